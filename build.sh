@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Usage:
+#   ./build.sh serve   build the wasm app and serve www/ on http://127.0.0.1:8080
+#   ./build.sh test    run every test (format, lints, cargo tests, wasm build, browser tests)
+#   ./build.sh wasm    build www/pkg only
+# Each command installs what it needs on a fresh Debian machine, idempotently.
+# Environment: PORT (serve, default 8080), WASM_OPT=0 skips wasm-opt.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")" && pwd)
+cd "$ROOT"
+CRATE=latent_diffusion_web
+WASM_TARGET=wasm32-unknown-unknown
+
+log() { printf '\n==> %s\n' "$*" >&2; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+ensure_wasm_target() {
+  rustup target list --installed | grep -qx "$WASM_TARGET" || rustup target add "$WASM_TARGET"
+}
+
+# wasm-bindgen-cli must be exactly the wasm-bindgen version in Cargo.lock.
+ensure_wasm_bindgen() {
+  local want have
+  want=$(awk '$0 == "name = \"wasm-bindgen\"" { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock)
+  have=$(wasm-bindgen --version 2>/dev/null | awk '{ print $2 }' || true)
+  if [ "$have" != "$want" ]; then
+    log "installing wasm-bindgen-cli $want (have: ${have:-none})"
+    # No --locked: with it, 0.2.130 fails to resolve webpki-roots.
+    cargo install wasm-bindgen-cli --version "$want" --force
+  fi
+}
+
+# binaryen (wasm-opt) and playwright-core, pinned by package-lock.json.
+ensure_npm() {
+  if [ ! -x node_modules/.bin/wasm-opt ] || [ ! -d node_modules/playwright-core ] \
+     || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+    log "npm ci"
+    npm ci --no-audit --no-fund
+  fi
+}
+
+# Debian's chromium (never a downloaded browser) and mesa's lavapipe Vulkan
+# driver, for browser tests and native wgpu tests.
+ensure_debian() {
+  local need=()
+  command -v chromium >/dev/null || need+=(chromium)
+  dpkg -s mesa-vulkan-drivers >/dev/null 2>&1 || need+=(mesa-vulkan-drivers)
+  if [ ${#need[@]} -gt 0 ]; then
+    log "apt-get install ${need[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+  fi
+}
+
+build_wasm() {
+  ensure_wasm_target
+  ensure_wasm_bindgen
+  ensure_npm
+  log "cargo build --release --target $WASM_TARGET"
+  cargo build --release --target "$WASM_TARGET" --lib
+  wasm-bindgen --target web --no-typescript --out-dir www/pkg \
+    "target/$WASM_TARGET/release/$CRATE.wasm"
+  if [ "${WASM_OPT:-1}" != 0 ]; then
+    log "wasm-opt -Oz"
+    # The features rustc enables by default for wasm32-unknown-unknown.
+    node_modules/.bin/wasm-opt -Oz --enable-bulk-memory --enable-nontrapping-float-to-int \
+      --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue \
+      "www/pkg/${CRATE}_bg.wasm" -o "www/pkg/${CRATE}_bg.wasm"
+  fi
+  local raw gz
+  raw=$(stat -c %s "www/pkg/${CRATE}_bg.wasm")
+  gz=$(gzip -9c "www/pkg/${CRATE}_bg.wasm" | wc -c)
+  log "www/pkg/${CRATE}_bg.wasm: $raw bytes raw, $gz bytes gzip -9"
+}
+
+run_tests() {
+  ensure_debian
+  log "cargo fmt --check"
+  cargo fmt --check
+  log "cargo clippy"
+  cargo clippy --all-targets -- -D warnings
+  ensure_wasm_target
+  cargo clippy --target "$WASM_TARGET" --lib -- -D warnings
+  log "cargo test"
+  cargo test --no-fail-fast
+  build_wasm
+  log "browser tests (Debian chromium via playwright-core)"
+  node --test tests/browser/
+}
+
+case "${1:-}" in
+  serve)
+    build_wasm
+    exec python3 tools/serve.py www "${PORT:-8080}"
+    ;;
+  test) run_tests ;;
+  wasm) build_wasm ;;
+  *)
+    sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
+    exit 2
+    ;;
+esac

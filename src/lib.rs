@@ -1,0 +1,23 @@
+//! Latent diffusion in Rust for the browser: Burn runs the networks on
+//! WebGPU (or the CPU in native tests) and a DDIM sampler drives them.
+//!
+//! Modules, each named after its diffusers twin:
+//! - [`schedulers`]: noise schedules, the forward process, `DDIMScheduler`
+//!   and `DDPMScheduler`, checked against diffusers in `tests/`.
+//! - [`noise`]: seeded Gaussian noise, identical on native and wasm.
+//! - [`error`]: the crate's one error type; [`config`]: reading `config.json` files.
+
+pub mod config;
+pub mod error;
+pub mod noise;
+pub mod schedulers;
+
+#[cfg(target_family = "wasm")]
+mod web;
+
+pub use error::{Error, Result};
+pub use noise::NoiseGenerator;
+pub use schedulers::{
+    DDIMScheduler, DDIMSchedulerConfig, DDPMScheduler, DDPMSchedulerConfig, NoiseSchedule,
+    PredictionType, SchedulerOutput, TimestepSpacing,
+};
