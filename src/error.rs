@@ -16,6 +16,9 @@ pub enum Error {
     /// A tensor holds NaN or infinity where finite numbers are required.
     #[error("non-finite values: {0}")]
     NonFinite(String),
+    /// A weights file is unreadable or does not fit the model config.
+    #[error("weights: {0}")]
+    Weights(String),
     /// Reading a tensor back from the device failed.
     #[error("device error: {0}")]
     Device(String),

@@ -4,13 +4,17 @@
 //! Modules, each named after its diffusers twin:
 //! - [`schedulers`]: noise schedules, the forward process, `DDIMScheduler`
 //!   and `DDPMScheduler`, checked against diffusers in `tests/`.
+//! - [`models`]: `UNet2DConditionModel`, `AutoencoderKL`, `AutoencoderTiny`,
+//!   built by [`weights`] from safetensors bytes by their checkpoint key names.
 //! - [`noise`]: seeded Gaussian noise, identical on native and wasm.
 //! - [`error`]: the crate's one error type; [`config`]: reading `config.json` files.
 
 pub mod config;
 pub mod error;
+pub mod models;
 pub mod noise;
 pub mod schedulers;
+pub mod weights;
 
 #[cfg(target_family = "wasm")]
 mod web;

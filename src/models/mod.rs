@@ -1,0 +1,34 @@
+//! The networks, one file per diffusers/transformers concept, with fields
+//! named after the checkpoint keys they load from.
+
+pub mod attention;
+pub mod autoencoder_kl;
+pub mod autoencoder_tiny;
+pub mod embeddings;
+pub mod resnet;
+pub mod unet_2d_blocks;
+pub mod unet_2d_condition;
+
+use serde::Deserialize;
+
+/// A config value that diffusers accepts either once or per block.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T: Clone + std::fmt::Debug> OneOrMany<T> {
+    /// One value per block, or an error naming `field` when a list has the wrong length.
+    pub fn per_block(&self, field: &str, n: usize) -> crate::Result<Vec<T>> {
+        match self {
+            Self::One(v) => Ok(vec![v.clone(); n]),
+            Self::Many(v) if v.len() == n => Ok(v.clone()),
+            Self::Many(v) => Err(crate::Error::Config(format!(
+                "{field} = {v:?} has {} entries but there are {n} blocks",
+                v.len()
+            ))),
+        }
+    }
+}
