@@ -1,0 +1,108 @@
+//! CLIP tokenizer ids against transformers' `CLIPTokenizer`, and
+//! `CLIPTextModel` against transformers with random tiny weights
+//! (fixtures from `tools/make_clip_tokenizer.py` and `tools/make_clip_fixtures.py`).
+//! Text model tolerance: max abs difference ≤ 1e-4.
+
+use burn::tensor::{Device, DeviceKind, Int, Tensor, TensorData};
+use latent_diffusion_web::models::clip::{CLIPTextConfig, CLIPTextModel, ClipTokenizer};
+use latent_diffusion_web::weights::WeightFile;
+use safetensors::SafeTensors;
+
+fn fixture(path: &str) -> String {
+    format!("{}/tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn tokenizer() -> ClipTokenizer {
+    let read = |f: &str| std::fs::read_to_string(fixture(&format!("clip_tokenizer/{f}"))).unwrap();
+    ClipTokenizer::new(
+        &read("vocab.json"),
+        &read("merges.txt"),
+        Some(&read("tokenizer_config.json")),
+    )
+    .unwrap()
+}
+
+#[test]
+fn tokenizer_matches_transformers() {
+    let tok = tokenizer();
+    let doc: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("clip_tokenizer/expected.json")).unwrap(),
+    )
+    .unwrap();
+    let cases = doc["cases"].as_array().unwrap();
+    assert!(cases.len() >= 15);
+    for case in cases {
+        let prompt = case["prompt"].as_str().unwrap();
+        let want: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+        assert_eq!(tok.encode(prompt), want, "prompt {prompt:?}");
+    }
+}
+
+#[test]
+fn tokenizer_rejects_broken_files() {
+    assert!(
+        ClipTokenizer::new("not json", "", None)
+            .unwrap_err()
+            .to_string()
+            .contains("vocab.json")
+    );
+    let e = ClipTokenizer::new(r#"{"a": 0}"#, "#version: 0.2\na b\n", None).unwrap_err();
+    assert!(e.to_string().contains("<|startoftext|>"), "{e}");
+    let e = ClipTokenizer::new(r#"{"a": 0}"#, "#version: 0.2\nab\n", None).unwrap_err();
+    assert!(e.to_string().contains("merges.txt line 1"), "{e}");
+}
+
+fn text_model(name: &str, device: &Device) {
+    let dir = fixture(&format!("models/{name}"));
+    let config =
+        CLIPTextConfig::from_json(&std::fs::read_to_string(format!("{dir}/config.json")).unwrap())
+            .unwrap();
+    let file = WeightFile::from_bytes(
+        "model.safetensors",
+        std::fs::read(format!("{dir}/model.safetensors")).unwrap(),
+        device,
+    )
+    .unwrap();
+    let model = CLIPTextModel::load(&file.root(), &config);
+    file.finish(CLIPTextModel::ignorable_key).unwrap();
+
+    let io_bytes = std::fs::read(format!("{dir}/io.safetensors")).unwrap();
+    let io = SafeTensors::deserialize(&io_bytes).unwrap();
+    let f32s = |k: &str| -> Vec<f32> {
+        io.tensor(k)
+            .unwrap()
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect()
+    };
+    let ids: Vec<i64> = f32s("input_ids").iter().map(|x| *x as i64).collect();
+    let want = f32s("last_hidden_state");
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [2, 16]), device);
+    let got = model.forward(ids).to_data().try_to_vec::<f32>().unwrap();
+    let max = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    println!("{name}: max abs diff {max:e}");
+    assert!(max <= 1e-4, "{name}: max abs diff {max:e}");
+}
+
+#[test]
+fn text_model_quick_gelu_matches_transformers() {
+    text_model("clip_text_quick_gelu", &Device::flex());
+}
+
+#[test]
+fn text_model_gelu_matches_transformers() {
+    text_model("clip_text_gelu", &Device::flex());
+}
+
+#[test]
+fn wgpu_text_model_matches_transformers() {
+    text_model(
+        "clip_text_quick_gelu",
+        &Device::wgpu(DeviceKind::DefaultDevice),
+    );
+}
