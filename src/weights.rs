@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 /// A parsed safetensors file and the bookkeeping of one load.
 pub struct WeightFile {
     name: String,
-    bytes: Vec<u8>,
+    bytes: RefCell<Vec<u8>>,
     data_start: usize,
     metadata: Metadata,
     device: Device,
@@ -48,7 +48,7 @@ impl WeightFile {
         })?;
         Ok(Rc::new(Self {
             name: name.to_string(),
-            bytes,
+            bytes: RefCell::new(bytes),
             data_start: 8 + header_len,
             metadata,
             device: device.clone(),
@@ -71,10 +71,27 @@ impl WeightFile {
         self.metadata.tensors().into_keys().collect()
     }
 
-    /// Ends the load: fails, naming them, if any key was missing, had the
-    /// wrong shape, or was never used (keys for which `ignore` returns true
-    /// may stay unused, e.g. non-persistent buffers). Frees the bytes.
-    pub fn finish(self: Rc<Self>, ignore: impl Fn(&str) -> bool) -> Result<()> {
+    /// Number of f32 values stored in the file, for checking that a model's
+    /// parameter count matches its checkpoint.
+    pub fn num_elements(&self) -> usize {
+        self.metadata
+            .tensors()
+            .values()
+            .map(|i| i.shape.iter().product::<usize>())
+            .sum()
+    }
+
+    /// Bytes of the file still held (0 after [`Self::finish`]).
+    pub fn resident_bytes(&self) -> usize {
+        self.bytes.borrow().len()
+    }
+
+    /// Ends the load and frees the file's bytes: the weights now live only in
+    /// the model's tensors. Fails, naming them, if any key was missing, had
+    /// the wrong shape or dtype, or was never used (keys for which `ignore`
+    /// returns true may stay unused, e.g. non-persistent buffers).
+    pub fn finish(&self, ignore: impl Fn(&str) -> bool) -> Result<()> {
+        *self.bytes.borrow_mut() = Vec::new();
         let used = self.used.borrow();
         let unexpected: Vec<String> = self
             .keys()
@@ -121,7 +138,13 @@ impl WeightFile {
             return placeholder();
         }
         let (start, end) = info.data_offsets;
-        let raw = &self.bytes[self.data_start + start..self.data_start + end];
+        let bytes = self.bytes.borrow();
+        let Some(raw) = bytes.get(self.data_start + start..self.data_start + end) else {
+            self.missing
+                .borrow_mut()
+                .push(format!("{key} (loaded after finish)"));
+            return placeholder();
+        };
         let values: Vec<f32> = match info.dtype {
             Dtype::F32 => raw
                 .chunks_exact(4)

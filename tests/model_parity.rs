@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 
+use burn::module::Module;
 use burn::tensor::{Device, DeviceKind, Tensor, TensorData};
 use latent_diffusion_web::models::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
 use latent_diffusion_web::models::autoencoder_tiny::{AutoencoderTiny, AutoencoderTinyConfig};
@@ -53,15 +54,21 @@ fn t3(io: &HashMap<String, (Vec<usize>, Vec<f32>)>, k: &str, d: &Device) -> Tens
     Tensor::from_data(TensorData::new(v.clone(), [s[0], s[1], s[2]]), d)
 }
 
-fn load<T>(name: &str, device: &Device, build: impl FnOnce(&VarBuilder, &str) -> T) -> T {
+fn load<T: Module>(name: &str, device: &Device, build: impl FnOnce(&VarBuilder, &str) -> T) -> T {
     let d = dir(name);
     let config = std::fs::read_to_string(format!("{d}/config.json")).unwrap();
     let bytes = std::fs::read(format!("{d}/diffusion_pytorch_model.safetensors")).unwrap();
     let file =
         WeightFile::from_bytes("diffusion_pytorch_model.safetensors", bytes, device).unwrap();
     let model = build(&file.root(), &config);
-    // Every key used, none missing or mis-shaped: nothing left at a placeholder.
+    // Every key used, none missing or mis-shaped: nothing left at a placeholder,
+    // and the model holds exactly as many parameters as the file.
     file.finish(|_| false).unwrap();
+    assert_eq!(
+        model.num_params(),
+        file.num_elements(),
+        "{name}: parameter count"
+    );
     model
 }
 
