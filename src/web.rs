@@ -3,6 +3,7 @@
 
 use wasm_bindgen::prelude::*;
 
+use crate::models::clip::ClipTokenizer;
 use crate::{DDIMScheduler, NoiseGenerator};
 
 #[wasm_bindgen(start)]
@@ -44,6 +45,30 @@ pub fn random_seed() -> Result<u32, JsError> {
     let mut b = [0u8; 4];
     getrandom::fill(&mut b).map_err(|e| JsError::new(&format!("no random source: {e}")))?;
     Ok(u32::from_le_bytes(b))
+}
+
+/// The CLIP tokenizer of a diffusers `tokenizer/` folder.
+#[wasm_bindgen]
+pub struct Tokenizer(ClipTokenizer);
+
+#[wasm_bindgen]
+impl Tokenizer {
+    /// From the texts of `vocab.json`, `merges.txt` and (optional) `tokenizer_config.json`.
+    #[wasm_bindgen(constructor)]
+    pub fn new(
+        vocab_json: &str,
+        merges_txt: &str,
+        tokenizer_config_json: Option<String>,
+    ) -> Result<Tokenizer, JsError> {
+        ClipTokenizer::new(vocab_json, merges_txt, tokenizer_config_json.as_deref())
+            .map(Tokenizer)
+            .map_err(to_js)
+    }
+
+    /// `[bos, tokens…, eos, pad…]`, `model_max_length` ids.
+    pub fn encode(&self, prompt: &str) -> Vec<u32> {
+        self.0.encode(prompt)
+    }
 }
 
 fn to_js(e: crate::Error) -> JsError {

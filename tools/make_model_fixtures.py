@@ -82,7 +82,7 @@ def main():
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=24,
         attention_head_dim=(2, 4, 4), use_linear_projection=True, transformer_layers_per_block=(2, 1, 1),
         norm_num_groups=8, flip_sin_to_cos=False, freq_shift=1, upcast_attention=True,
-    ), (1, 9, 10, 6), (1, 5, 24), [421.0], dtype=torch.float32)
+    ), (1, 9, 10, 6), (1, 5, 24), [421.0])
 
     torch.manual_seed(3)
     vae = randomize(AutoencoderKL(

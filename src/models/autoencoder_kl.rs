@@ -100,7 +100,7 @@ impl AutoencoderKLConfig {
         if let Some(ch) = c
             .block_out_channels
             .iter()
-            .find(|ch| *ch % c.norm_num_groups != 0)
+            .find(|ch| !ch.is_multiple_of(c.norm_num_groups))
         {
             return bad(
                 "block_out_channels",

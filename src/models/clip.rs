@@ -54,7 +54,7 @@ impl CLIPTextConfig {
                 c.hidden_act
             )));
         }
-        if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
+        if c.num_attention_heads == 0 || !c.hidden_size.is_multiple_of(c.num_attention_heads) {
             return Err(Error::Config(format!(
                 "text_encoder/config.json: hidden_size = {} is not divisible into num_attention_heads = {}",
                 c.hidden_size, c.num_attention_heads

@@ -191,7 +191,7 @@ impl UNet2DConditionConfig {
             return bad("norm_num_groups", &"null", "group norm is required");
         };
         for &c in &self.block_out_channels {
-            if c % groups != 0 {
+            if !c.is_multiple_of(groups) {
                 return bad(
                     "block_out_channels",
                     &c,
@@ -219,7 +219,7 @@ impl UNet2DConditionConfig {
             .zip(&self.heads()?)
             .enumerate()
         {
-            if h == 0 || c % h != 0 {
+            if h == 0 || !c.is_multiple_of(h) {
                 return bad(
                     "num_attention_heads",
                     &h,
