@@ -13,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod models;
 pub mod noise;
+pub mod pipeline;
 pub mod schedulers;
 pub mod weights;
 

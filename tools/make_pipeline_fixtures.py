@@ -1,0 +1,116 @@
+"""Writes tests/fixtures/pipelines/tiny/: a random-weight Stable Diffusion
+pipeline in the diffusers layout (tiny UNet, KL VAE, CLIP text encoder, the
+real CLIP tokenizer, DDIM scheduler), plus expected.safetensors: diffusers'
+StableDiffusionPipeline images for fixed settings, started from the crate's
+seeded noise (tools/noise.py) so the Rust pipeline can be compared exactly.
+For eta > 0 diffusers' variance noise is drawn from the same stream.
+
+    python tools/make_pipeline_fixtures.py
+"""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.schedulers import scheduling_ddim
+from safetensors.torch import save_file
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+import noise
+
+ROOT = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures")
+OUT = os.path.join(ROOT, "pipelines", "tiny")
+
+CASES = [
+    dict(name="guided_eta0", prompt="a red heart", negative_prompt="blurry", seed=42, steps=4, eta=0.0,
+         guidance_scale=3.0, spacing="leading"),
+    dict(name="guided_eta1_trailing", prompt="cat face", negative_prompt="", seed=7, steps=3, eta=1.0,
+         guidance_scale=5.0, spacing="trailing"),
+    dict(name="unguided", prompt="pizza", negative_prompt="", seed=1, steps=2, eta=0.0,
+         guidance_scale=1.0, spacing="leading"),
+]
+
+
+def build():
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64),
+                                layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
+                                attention_head_dim=4, norm_num_groups=16)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(32, 64), layers_per_block=1,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        latent_channels=4, norm_num_groups=16, sample_size=16)
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                        num_attention_heads=2, max_position_embeddings=77, projection_dim=16))
+    with torch.no_grad():  # make the nets' outputs large enough to matter
+        for m in (unet, vae, text):
+            for n, p in m.named_parameters():
+                if p.dim() > 1:
+                    p.mul_(2.0)
+    tok = CLIPTokenizer.from_pretrained(os.path.join(ROOT, "clip_tokenizer"))
+    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                          set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae.eval(), text_encoder=text.eval(), tokenizer=tok, unet=unet.eval(),
+                                   scheduler=sched, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    # f16 storage keeps the fixture small; round the live weights the same way.
+    with torch.no_grad():
+        for m in (unet, vae, text):
+            for p in m.parameters():
+                p.copy_(p.half().float())
+    return pipe
+
+
+def save(pipe):
+    if os.path.isdir(OUT):
+        shutil.rmtree(OUT)
+    pipe.save_pretrained(OUT, safe_serialization=True)
+    for sub, fname in [("unet", "diffusion_pytorch_model.safetensors"), ("vae", "diffusion_pytorch_model.safetensors"),
+                       ("text_encoder", "model.safetensors")]:
+        m = getattr(pipe, sub)
+        save_file({k: v.half().contiguous() for k, v in m.state_dict().items()}, os.path.join(OUT, sub, fname))
+    # The tokenizer files are the shared fixture's vocab.json + merges.txt (the
+    # layout of public SD folders); link them instead of copying 1.4 MB, and drop
+    # the tokenizer.json that transformers 5 writes instead.
+    tdir = os.path.join(OUT, "tokenizer")
+    for f in ("vocab.json", "merges.txt", "tokenizer.json"):
+        if os.path.lexists(os.path.join(tdir, f)):
+            os.remove(os.path.join(tdir, f))
+    for f in ("vocab.json", "merges.txt"):
+        os.symlink(os.path.join("..", "..", "..", "clip_tokenizer", f), os.path.join(tdir, f))
+
+
+def run(pipe, c):
+    shape = (1, 4, 8, 8)
+    stream = noise.gaussian(c["seed"], int(np.prod(shape)) * (c["steps"] + 1))
+    latents = torch.from_numpy(stream[: np.prod(shape)].reshape(shape).copy())
+    chunks = iter(torch.from_numpy(stream[np.prod(shape) * (i + 1): np.prod(shape) * (i + 2)].reshape(shape).copy())
+                  for i in range(c["steps"]))
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing=c["spacing"])
+    orig = scheduling_ddim.randn_tensor
+    scheduling_ddim.randn_tensor = lambda *a, **k: next(chunks)
+    try:
+        out = pipe(c["prompt"], negative_prompt=c["negative_prompt"] or None, num_inference_steps=c["steps"],
+                   guidance_scale=c["guidance_scale"], eta=c["eta"], latents=latents, output_type="np",
+                   height=16, width=16).images
+    finally:
+        scheduling_ddim.randn_tensor = orig
+    return torch.from_numpy(out[0]).permute(2, 0, 1).contiguous()  # CHW in [0, 1]
+
+
+def main():
+    pipe = build()
+    save(pipe)
+    images = {c["name"]: run(pipe, c) for c in CASES}
+    save_file(images, os.path.join(OUT, "expected.safetensors"))
+    with open(os.path.join(OUT, "cases.json"), "w") as f:
+        json.dump(CASES, f, indent=1)
+    for k, v in images.items():
+        print(k, tuple(v.shape), float(v.mean()), float(v.std()))
+
+
+if __name__ == "__main__":
+    main()
