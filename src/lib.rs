@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod error;
+pub mod image;
 pub mod models;
 pub mod noise;
 pub mod pipeline;

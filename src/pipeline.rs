@@ -77,7 +77,7 @@ impl PipelineFiles {
 /// The autoencoder of a pipeline: a KL VAE or TAESD.
 #[derive(Debug)]
 pub enum Vae {
-    Kl(AutoencoderKL),
+    Kl(Box<AutoencoderKL>),
     Tiny(AutoencoderTiny),
 }
 
@@ -176,7 +176,7 @@ impl StableDiffusion {
             } else {
                 let c = AutoencoderKLConfig::from_json(&files.vae_config)?;
                 (
-                    Vae::Kl(AutoencoderKL::load(&f.root(), &c)),
+                    Vae::Kl(Box::new(AutoencoderKL::load(&f.root(), &c))),
                     kind.block_out_channels.len().max(1),
                     c.latent_channels,
                 )
@@ -280,6 +280,10 @@ impl StableDiffusion {
             }
             _ => initial_noise.clone(),
         };
+        let composite = match (&init, &mask) {
+            (Some(img), Some(m)) => Some((img.clone(), m.clone())),
+            _ => None,
+        };
         let (latent_mask, masked_image_latents) = match (&init, mask) {
             // A 9-channel inpainting UNet is conditioned on the binary mask and
             // on the latents of the image with the masked region blanked.
@@ -305,6 +309,7 @@ impl StableDiffusion {
             image_latents,
             latent_mask,
             masked_image_latents,
+            composite,
         })
     }
 }
@@ -367,12 +372,12 @@ impl GenerateOptions {
     fn validate(&self, sd: &StableDiffusion) -> Result<()> {
         let f = sd.vae_scale_factor;
         for (name, v) in [("width", self.width), ("height", self.height)] {
-            if let Some(v) = v {
-                if v == 0 || !v.is_multiple_of(f) || v > 2048 {
-                    return Err(Error::arg(format!(
-                        "{name} = {v} must be a multiple of {f} between {f} and 2048"
-                    )));
-                }
+            if let Some(v) = v
+                && (v == 0 || !v.is_multiple_of(f) || v > 2048)
+            {
+                return Err(Error::arg(format!(
+                    "{name} = {v} must be a multiple of {f} between {f} and 2048"
+                )));
             }
         }
         if !(1..=1000).contains(&self.steps) {
@@ -419,6 +424,8 @@ pub struct Sampling<'a> {
     image_latents: Option<Tensor<4>>,
     latent_mask: Option<Tensor<4>>,
     masked_image_latents: Option<Tensor<4>>,
+    /// Inpainting: the original image and the pixel mask, for the final blend.
+    composite: Option<(Tensor<4>, Tensor<4>)>,
 }
 
 impl Sampling<'_> {
@@ -488,18 +495,17 @@ impl Sampling<'_> {
     pub fn decode(&self) -> Tensor<4> {
         self.sd.vae.decode_scaled(self.latents.clone())
     }
-}
 
-/// `[1, 3, H, W]` in about [-1, 1] → RGBA bytes, row-major (diffusers'
-/// postprocess: `(x / 2 + 0.5).clamp(0, 1) * 255`, rounded).
-pub fn to_rgba(image: &[f32], height: usize, width: usize) -> Vec<u8> {
-    let plane = height * width;
-    let mut out = vec![255u8; plane * 4];
-    for c in 0..3 {
-        for i in 0..plane {
-            let v = (image[c * plane + i] / 2.0 + 0.5).clamp(0.0, 1.0);
-            out[i * 4 + c] = (v * 255.0).round() as u8;
+    /// The result: the decoded image, and for inpainting the original's
+    /// pixels wherever the mask is 0 (blended where it is fractional).
+    pub fn finish(&self) -> Tensor<4> {
+        let image = self.decode();
+        match &self.composite {
+            Some((original, mask)) => {
+                let keep = mask.clone().neg().add_scalar(1.0);
+                image * mask.clone() + original.clone() * keep
+            }
+            None => image,
         }
     }
-    out
 }
