@@ -7,6 +7,8 @@
 //! worker awaits between steps; native code just loops). Nothing is read back
 //! from the device inside the loop.
 
+use std::rc::Rc;
+
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::Deserialize;
 
@@ -234,11 +236,11 @@ impl StableDiffusion {
     /// Starts sampling. `init` (image in [-1, 1], `[1, 3, H, W]`) turns this
     /// into image-to-image; `mask` (`[1, 1, H, W]`, 1 = repaint) into inpainting.
     pub fn start(
-        &self,
+        self: &Rc<Self>,
         o: &GenerateOptions,
         init: Option<Tensor<4>>,
         mask: Option<Tensor<4>>,
-    ) -> Result<Sampling<'_>> {
+    ) -> Result<Sampling> {
         o.validate(self)?;
         let (h, w) = (
             o.height.unwrap_or(self.default_size),
@@ -296,7 +298,7 @@ impl StableDiffusion {
             _ => (None, None),
         };
         Ok(Sampling {
-            sd: self,
+            sd: Rc::clone(self),
             scheduler,
             timesteps,
             index: 0,
@@ -410,8 +412,8 @@ impl GenerateOptions {
 
 /// A run in progress: call [`Sampling::step`] until it returns `false`,
 /// then [`Sampling::decode`].
-pub struct Sampling<'a> {
-    sd: &'a StableDiffusion,
+pub struct Sampling {
+    sd: Rc<StableDiffusion>,
     scheduler: DDIMScheduler,
     timesteps: Vec<usize>,
     index: usize,
@@ -428,7 +430,7 @@ pub struct Sampling<'a> {
     composite: Option<(Tensor<4>, Tensor<4>)>,
 }
 
-impl Sampling<'_> {
+impl Sampling {
     /// Steps to run in total, and already run.
     pub fn total_steps(&self) -> usize {
         self.timesteps.len()
@@ -442,7 +444,7 @@ impl Sampling<'_> {
         let Some(&t) = self.timesteps.get(self.index) else {
             return Ok(false);
         };
-        let sd = self.sd;
+        let sd = Rc::clone(&self.sd);
         let guidance = self.guidance_scale > 1.0;
         let mut input = self.latents.clone();
         if let (Some(m), Some(z)) = (&self.latent_mask, &self.masked_image_latents) {

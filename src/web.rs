@@ -1,9 +1,15 @@
 //! The `#[wasm_bindgen]` facade: thin wrappers that turn crate errors into
 //! JS errors. No logic lives here.
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use burn::tensor::{Device, Tensor};
 use wasm_bindgen::prelude::*;
 
+use crate::image::{mask_to_tensor, rgba_to_tensor, tensor_values_to_rgba};
 use crate::models::clip::ClipTokenizer;
+use crate::pipeline::{GenerateOptions, PipelineFiles, Sampling, StableDiffusion};
 use crate::{DDIMScheduler, NoiseGenerator};
 
 #[wasm_bindgen(start)]
@@ -68,6 +74,155 @@ impl Tokenizer {
     /// `[bos, tokens…, eos, pad…]`, `model_max_length` ids.
     pub fn encode(&self, prompt: &str) -> Vec<u32> {
         self.0.encode(prompt)
+    }
+}
+
+thread_local! {
+    static DEVICE: RefCell<Option<Device>> = const { RefCell::new(None) };
+}
+
+/// The WebGPU device, acquired once per page (Burn's runtime cannot be re-initialised).
+async fn device() -> Result<Device, JsError> {
+    if let Some(d) = DEVICE.with(|d| d.borrow().clone()) {
+        return Ok(d);
+    }
+    let d = Device::wgpu_options().init_async().await.map_err(|e| {
+        JsError::new(&format!(
+            "WebGPU is not available in this browser or on this GPU: {e:?}"
+        ))
+    })?;
+    DEVICE.with(|cell| *cell.borrow_mut() = Some(d.clone()));
+    Ok(d)
+}
+
+/// A loaded pipeline and the run in progress. The worker drives it:
+/// `start`, then `step` until it returns false (checking for cancel between
+/// steps), then `result`.
+#[wasm_bindgen]
+pub struct Generator {
+    sd: Rc<StableDiffusion>,
+    run: Option<Sampling>,
+}
+
+#[wasm_bindgen]
+impl Generator {
+    /// Builds the pipeline from a diffusers folder given as
+    /// `{ "unet/config.json": Uint8Array, ... }` (see `pipeline::FILES`).
+    pub async fn create(files: js_sys::Object) -> Result<Generator, JsError> {
+        let bytes = |path: &str| -> Result<Vec<u8>, JsError> {
+            let v = js_sys::Reflect::get(&files, &JsValue::from_str(path))
+                .map_err(|_| JsError::new(&format!("{path}: not readable")))?;
+            if v.is_undefined() || v.is_null() {
+                return Err(JsError::new(&format!(
+                    "{path} is missing from the model folder"
+                )));
+            }
+            Ok(js_sys::Uint8Array::new(&v).to_vec())
+        };
+        let text = |path: &str| -> Result<String, JsError> {
+            String::from_utf8(bytes(path)?)
+                .map_err(|_| JsError::new(&format!("{path} is not UTF-8 text")))
+        };
+        let f = crate::pipeline::FILES;
+        let parts = PipelineFiles {
+            unet_config: text(f[0])?,
+            unet_weights: bytes(f[1])?,
+            vae_config: text(f[2])?,
+            vae_weights: bytes(f[3])?,
+            text_encoder_config: text(f[4])?,
+            text_encoder_weights: bytes(f[5])?,
+            vocab: text(f[6])?,
+            merges: text(f[7])?,
+            tokenizer_config: text("tokenizer/tokenizer_config.json").ok(),
+            scheduler_config: text(f[8])?,
+        };
+        let device = device().await?;
+        let sd = StableDiffusion::load(parts, &device).map_err(to_js)?;
+        Ok(Generator {
+            sd: Rc::new(sd),
+            run: None,
+        })
+    }
+
+    /// The model's default image size in pixels.
+    #[wasm_bindgen(getter, js_name = defaultSize)]
+    pub fn default_size(&self) -> usize {
+        self.sd.default_size
+    }
+
+    /// Starts a run. `options`: `{ prompt, negativePrompt, seed, steps, eta,
+    /// guidanceScale, timestepSpacing, width, height, strength }`; `image` and
+    /// `mask` (RGBA bytes of `width × height`) select img2img / inpainting.
+    pub fn start(
+        &mut self,
+        options: JsValue,
+        image: Option<Vec<u8>>,
+        mask: Option<Vec<u8>>,
+    ) -> Result<(), JsError> {
+        let o: GenerateOptions = serde_wasm_bindgen::from_value(options)
+            .map_err(|e| JsError::new(&format!("bad options: {e}")))?;
+        let d = &self.sd.device;
+        let size = self.sd.default_size;
+        let (w, h) = (o.width.unwrap_or(size), o.height.unwrap_or(size));
+        let init = image
+            .map(|b| rgba_to_tensor(&b, w, h, d))
+            .transpose()
+            .map_err(to_js)?;
+        let mask = mask
+            .map(|b| mask_to_tensor(&b, w, h, d))
+            .transpose()
+            .map_err(to_js)?;
+        self.run = Some(self.sd.start(&o, init, mask).map_err(to_js)?);
+        Ok(())
+    }
+
+    /// Queues one denoising step on the GPU; false when the run is complete.
+    pub fn step(&mut self) -> Result<bool, JsError> {
+        let run = self
+            .run
+            .as_mut()
+            .ok_or_else(|| JsError::new("no run: call start first"))?;
+        run.step().map_err(to_js)
+    }
+
+    /// Steps done and in total.
+    #[wasm_bindgen(js_name = stepsDone)]
+    pub fn steps_done(&self) -> usize {
+        self.run.as_ref().map_or(0, |r| r.steps_done())
+    }
+
+    #[wasm_bindgen(js_name = totalSteps)]
+    pub fn total_steps(&self) -> usize {
+        self.run.as_ref().map_or(0, |r| r.total_steps())
+    }
+
+    /// Drops the run in progress.
+    pub fn cancel(&mut self) {
+        self.run = None;
+    }
+
+    /// Resolves to the image as RGBA bytes: the final image once all steps
+    /// ran, or a preview of the current latents before that.
+    pub fn result(&self) -> Result<js_sys::Promise, JsError> {
+        let run = self
+            .run
+            .as_ref()
+            .ok_or_else(|| JsError::new("no run: call start first"))?;
+        let image: Tensor<4> = if run.steps_done() == run.total_steps() {
+            run.finish()
+        } else {
+            run.decode()
+        };
+        Ok(wasm_bindgen_futures::future_to_promise(async move {
+            let [_, _, h, w] = image.dims();
+            let data = image.into_data_async().await.map_err(|e| {
+                JsError::new(&format!("reading the image from the GPU failed: {e:?}"))
+            })?;
+            let values = data
+                .try_to_vec::<f32>()
+                .map_err(|e| JsError::new(&format!("{e:?}")))?;
+            Ok(js_sys::Uint8Array::from(tensor_values_to_rgba(&values, w, h).as_slice()).into())
+        }))
     }
 }
 

@@ -16,7 +16,9 @@ fn dir() -> std::path::PathBuf {
 #[test]
 fn matches_diffusers_stable_diffusion_pipeline() {
     let device = Device::flex();
-    let sd = StableDiffusion::load(PipelineFiles::read_dir(&dir()).unwrap(), &device).unwrap();
+    let sd = std::rc::Rc::new(
+        StableDiffusion::load(PipelineFiles::read_dir(&dir()).unwrap(), &device).unwrap(),
+    );
     assert_eq!((sd.vae_scale_factor, sd.default_size), (2, 16));
     let cases: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir().join("cases.json")).unwrap()).unwrap();

@@ -72,7 +72,7 @@ fn run() -> Result<(), String> {
         strength: num("strength")?.unwrap_or(d.strength),
     };
     let files = PipelineFiles::read_dir(Path::new(model)).map_err(|e| e.to_string())?;
-    let sd = StableDiffusion::load(files, &device).map_err(|e| e.to_string())?;
+    let sd = std::rc::Rc::new(StableDiffusion::load(files, &device).map_err(|e| e.to_string())?);
     let (init, size) = match get("init") {
         Some(p) => {
             let (rgba, w, h) = read_png(p)?;

@@ -1,0 +1,90 @@
+// The Rust pipeline compiled to wasm runs on WebGPU (SwiftShader in headless
+// chromium) and reproduces diffusers' StableDiffusionPipeline image for the
+// tiny fixture pipeline within one 8-bit level, the same bound the native CLI
+// test uses; bad model files are JS errors and the module stays usable.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
+import { serve, launch, ROOT } from './harness.mjs';
+
+const MODEL = 'tests/fixtures/pipelines/tiny/';
+const FILES = ['unet/config.json', 'unet/diffusion_pytorch_model.safetensors', 'vae/config.json',
+  'vae/diffusion_pytorch_model.safetensors', 'text_encoder/config.json', 'text_encoder/model.safetensors',
+  'tokenizer/vocab.json', 'tokenizer/merges.txt', 'tokenizer/tokenizer_config.json',
+  'scheduler/scheduler_config.json'];
+
+let server, browser, page;
+
+before(async () => {
+  server = await serve('.');
+  browser = await launch();
+  page = await browser.context.newPage();
+  await page.goto(`${server.url}www/`);
+  await page.waitForSelector('body[data-ready="true"]', { timeout: 60_000 });
+});
+
+after(async () => {
+  await browser?.close();
+  server?.close();
+});
+
+/** Reads one f32 tensor from a safetensors file. */
+async function safetensor(path, name) {
+  const buf = await readFile(ROOT + path);
+  const n = Number(buf.readBigUInt64LE(0));
+  const header = JSON.parse(buf.subarray(8, 8 + n).toString());
+  const [start, end] = header[name].data_offsets;
+  const data = buf.subarray(8 + n + start, 8 + n + end);
+  return new Float32Array(data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength));
+}
+
+async function generate(files, options) {
+  return page.evaluate(async ([base, files, options]) => {
+    const m = await import('./pkg/latent_diffusion_web.js');
+    const bytes = {};
+    for (const f of files) {
+      const r = await fetch(base + f);
+      if (r.ok) bytes[f] = new Uint8Array(await r.arrayBuffer());
+    }
+    try {
+      const g = await m.Generator.create(bytes);
+      g.start(options, null, null);
+      let steps = 0;
+      while (g.step()) steps++;
+      const rgba = await g.result();
+      return { rgba: Array.from(rgba), steps: steps + 1 };
+    } catch (e) {
+      return { error: e.message ?? String(e) };
+    }
+  }, [`/${MODEL}`, files, options]);
+}
+
+test('generate on WebGPU matches diffusers within one level', async () => {
+  const got = await generate(FILES, { prompt: 'a red heart', negativePrompt: 'blurry', seed: 42, steps: 4,
+    guidanceScale: 3.0, eta: 0.0, timestepSpacing: 'leading' });
+  assert.equal(got.error, undefined, got.error);
+  assert.equal(got.steps, 4);
+  const want = await safetensor(`${MODEL}expected.safetensors`, 'guided_eta0');
+  const plane = 16 * 16;
+  let worst = 0;
+  for (let i = 0; i < plane; i++) {
+    for (let c = 0; c < 3; c++) {
+      worst = Math.max(worst, Math.abs(got.rgba[i * 4 + c] - Math.round(want[c * plane + i] * 255)));
+    }
+  }
+  assert.ok(worst <= 1, `worst pixel differs by ${worst} levels`);
+});
+
+test('a missing or corrupted weight file is a JS error', async () => {
+  const missing = await generate(FILES.filter((f) => !f.startsWith('unet/diffusion')), { prompt: 'x' });
+  assert.match(missing.error, /unet\/diffusion_pytorch_model\.safetensors is missing/);
+  const corrupt = await page.evaluate(async () => {
+    const m = await import('./pkg/latent_diffusion_web.js');
+    try {
+      await m.Generator.create({ 'unet/config.json': new TextEncoder().encode('{') });
+      return 'no error';
+    } catch (e) { return e.message; }
+  });
+  assert.match(corrupt, /missing|unet\/config\.json/);
+  assert.deepEqual(browser.errors, []);
+});
