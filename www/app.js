@@ -1,47 +1,75 @@
-import init, { ddimTimesteps, alphasCumprod, gaussianNoise, randomSeed, version } from './pkg/latent_diffusion_web.js';
-
+// The page: collects options, talks to the worker, draws progress and images.
 const $ = (id) => document.getElementById(id);
+const worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
+let busy = false;
 
-function config() {
-  const schedule = $('beta_schedule').value;
-  const c = { beta_schedule: schedule, timestep_spacing: $('timestep_spacing').value,
-    rescale_betas_zero_snr: $('zero_snr').checked };
-  if (schedule === 'scaled_linear') Object.assign(c, { beta_start: 0.00085, beta_end: 0.012, steps_offset: 1 });
-  return JSON.stringify(c);
+function setBusy(b) {
+  busy = b;
+  $('generate').disabled = b;
+  $('cancel').disabled = !b;
 }
 
-function plot(alphas, steps) {
-  const cv = $('plot'), g = cv.getContext('2d'), w = cv.width, h = cv.height, T = alphas.length;
-  g.clearRect(0, 0, w, h);
-  g.strokeStyle = '#3366cc'; g.lineWidth = 2; g.beginPath();
-  alphas.forEach((a, t) => { const x = (t / (T - 1)) * w, y = h - a * (h - 10) - 5; t ? g.lineTo(x, y) : g.moveTo(x, y); });
-  g.stroke();
-  g.fillStyle = '#cc3333';
-  for (const t of steps) { const x = (t / (T - 1)) * w, y = h - alphas[t] * (h - 10) - 5; g.beginPath(); g.arc(x, y, 4, 0, 7); g.fill(); }
+function draw(rgba, size) {
+  const c = $('out');
+  c.width = size; c.height = size;
+  c.getContext('2d').putImageData(new ImageData(new Uint8ClampedArray(rgba), size, size), 0, 0);
 }
 
-function update() {
-  $('error').textContent = '';
-  try {
-    const cfg = config();
-    const steps = ddimTimesteps(cfg, Number($('steps').value));
-    $('timesteps').textContent = Array.from(steps).join(', ');
-    plot(alphasCumprod(cfg), steps);
-  } catch (e) {
-    $('error').textContent = e.message ?? String(e);
+worker.onmessage = ({ data: m }) => {
+  if (m.type === 'download') {
+    $('status').textContent = `Downloading ${m.file}: ${(m.loaded / 1e6).toFixed(1)}${m.total ? ` / ${(m.total / 1e6).toFixed(1)}` : ''} MB`;
+    $('bar').max = m.total || 1; $('bar').value = m.total ? m.loaded : 0;
+  } else if (m.type === 'step') {
+    $('status').textContent = `Denoising: step ${m.done} of ${m.total}`;
+    $('bar').max = m.total; $('bar').value = m.done;
+    if (m.rgba) draw(m.rgba, m.size);
+  } else if (m.type === 'result') {
+    draw(m.rgba, m.size);
+    $('status').textContent = 'Done.';
+    $('out').toBlob((b) => { $('download').href = URL.createObjectURL(b); $('download').hidden = false; });
+    setBusy(false);
+    document.body.dataset.state = 'done';
+  } else if (m.type === 'cancelled') {
+    $('status').textContent = 'Cancelled.';
+    setBusy(false);
+    document.body.dataset.state = 'cancelled';
+  } else if (m.type === 'error') {
+    $('error').textContent = m.message;
+    $('status').textContent = 'Failed.';
+    setBusy(false);
+    document.body.dataset.state = 'error';
   }
-}
+};
+worker.onerror = (e) => {
+  $('error').textContent = `The worker failed: ${e.message}`;
+  setBusy(false);
+  document.body.dataset.state = 'error';
+};
 
-function showNoise() {
-  const v = gaussianNoise(BigInt($('seed').value || 0), 6);
-  $('noise').textContent = Array.from(v, (x) => x.toFixed(4)).join(', ');
-}
+$('controls').addEventListener('submit', (e) => {
+  e.preventDefault();
+  if (busy) return;
+  $('error').textContent = '';
+  $('download').hidden = true;
+  document.body.dataset.state = 'running';
+  setBusy(true);
+  const num = (id) => Number($(id).value);
+  worker.postMessage({
+    type: 'generate',
+    base: $('model').value,
+    preview: true,
+    options: {
+      prompt: $('prompt').value, negativePrompt: $('negative').value, seed: num('seed'),
+      steps: num('steps'), guidanceScale: num('guidance'), eta: num('eta'),
+    },
+  });
+});
+$('cancel').addEventListener('click', () => worker.postMessage({ type: 'cancel' }));
+$('dice').addEventListener('click', () => { $('seed').value = Math.floor(Math.random() * 2 ** 32); });
 
-await init();
-$('version').textContent = version();
-$('sched').addEventListener('input', update);
-$('seed').addEventListener('input', showNoise);
-$('dice').addEventListener('click', () => { $('seed').value = randomSeed(); showNoise(); });
-update();
-showNoise();
+if (!navigator.gpu) {
+  $('error').textContent = 'This browser does not offer WebGPU, which the generator needs. '
+    + 'Try a recent Chrome, Edge or Safari, or enable WebGPU in your browser settings.';
+}
+$('status').textContent = 'Ready.';
 document.body.dataset.ready = 'true';

@@ -19,7 +19,7 @@ before(async () => {
   server = await serve('.');
   browser = await launch();
   page = await browser.context.newPage();
-  await page.goto(`${server.url}www/`);
+  await page.goto(`${server.url}www/schedules.html`);
   await page.waitForSelector('body[data-ready="true"]', { timeout: 60_000 });
 });
 

@@ -10,7 +10,7 @@ before(async () => {
   server = await serve('www');
   browser = await launch();
   page = await browser.context.newPage();
-  await page.goto(server.url);
+  await page.goto(server.url + 'schedules.html');
   await page.waitForSelector('body[data-ready="true"]', { timeout: 60_000 });
 });
 

@@ -1,0 +1,75 @@
+// The generator page end to end in headless chromium (WebGPU on SwiftShader):
+// generate equals diffusers' image for the tiny pipeline within one level
+// (the native CLI is held to the same bound), cancel stops a run and the next
+// one works, a bad model URL is an error that leaves the page usable.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFile, mkdir } from 'node:fs/promises';
+import { serve, launch, ROOT } from './harness.mjs';
+
+let server, browser, page;
+
+before(async () => {
+  server = await serve('www');
+  browser = await launch();
+  page = await browser.context.newPage();
+  await page.goto(server.url);
+  await page.waitForSelector('body[data-ready="true"]', { timeout: 60_000 });
+});
+
+after(async () => {
+  await browser?.close();
+  server?.close();
+});
+
+async function run(settings) {
+  for (const [id, v] of Object.entries(settings)) await page.fill(`#${id}`, String(v));
+  await page.click('#generate');
+  await page.waitForFunction(() => ['done', 'error', 'cancelled'].includes(document.body.dataset.state),
+    null, { timeout: 180_000 });
+  return page.evaluate(() => document.body.dataset.state);
+}
+
+async function expected(name) {
+  const buf = await readFile(`${ROOT}tests/fixtures/pipelines/tiny/expected.safetensors`);
+  const n = Number(buf.readBigUInt64LE(0));
+  const [s, e] = JSON.parse(buf.subarray(8, 8 + n).toString())[name].data_offsets;
+  const d = buf.subarray(8 + n + s, 8 + n + e);
+  return new Float32Array(d.buffer.slice(d.byteOffset, d.byteOffset + d.byteLength));
+}
+
+test('generate shows the image diffusers makes, and a PNG to download', async () => {
+  const state = await run({ model: 'models/tiny-random/', prompt: 'a red heart', negative: 'blurry',
+    seed: 42, steps: 4, guidance: 3, eta: 0 });
+  assert.equal(state, 'done', await page.textContent('#error'));
+  const rgba = await page.evaluate(() => Array.from(
+    document.getElementById("out").getContext("2d").getImageData(0, 0, 16, 16).data));
+  const want = await expected('guided_eta0');
+  let worst = 0;
+  for (let i = 0; i < 256; i++) {
+    for (let c = 0; c < 3; c++) worst = Math.max(worst, Math.abs(rgba[i * 4 + c] - Math.round(want[c * 256 + i] * 255)));
+  }
+  assert.ok(worst <= 1, `worst pixel differs by ${worst} levels`);
+  assert.equal(await page.isHidden('#download'), false);
+  await mkdir(`${ROOT}docs`, { recursive: true });
+  await page.screenshot({ path: `${ROOT}docs/screenshot-generate.png`, fullPage: true });
+});
+
+test('cancel stops a run and the next generate works', async () => {
+  await page.fill('#steps', '200');
+  await page.click('#generate');
+  await page.waitForFunction(() => /step [2-9]/.test(document.getElementById('status').textContent), null,
+    { timeout: 120_000 });
+  await page.click('#cancel');
+  await page.waitForFunction(() => document.body.dataset.state === 'cancelled', null, { timeout: 60_000 });
+  assert.equal(await page.textContent('#status'), 'Cancelled.');
+  assert.equal(await run({ steps: 2 }), 'done');
+});
+
+test('a bad model URL shows an error and the page stays usable', async () => {
+  assert.equal(await run({ model: 'models/does-not-exist/', steps: 2 }), 'error');
+  assert.match(await page.textContent('#error'), /does-not-exist\/unet\/config\.json: HTTP 404/);
+  assert.equal(await run({ model: 'models/tiny-random/', steps: 2 }), 'done');
+  assert.equal(await page.textContent('#error'), '');
+  assert.deepEqual(browser.errors, []);
+});

@@ -1,0 +1,100 @@
+// Runs the pipeline off the main thread so the page never freezes.
+// In:  {type: 'generate', base, options} | {type: 'cancel'}
+// Out: {type: 'download', file, loaded, total} | {type: 'step', done, total, rgba?, size}
+//      {type: 'result', rgba, size} | {type: 'cancelled'} | {type: 'error', message}
+import init, { Generator } from './pkg/latent_diffusion_web.js';
+
+const FILES = ['unet/config.json', 'unet/diffusion_pytorch_model.safetensors', 'vae/config.json',
+  'vae/diffusion_pytorch_model.safetensors', 'text_encoder/config.json', 'text_encoder/model.safetensors',
+  'tokenizer/vocab.json', 'tokenizer/merges.txt', 'tokenizer/tokenizer_config.json',
+  'scheduler/scheduler_config.json'];
+const OPTIONAL = new Set(['tokenizer/tokenizer_config.json']);
+const CACHE = 'ldw-models-v1';
+
+let ready = init();
+let generator = null, loadedBase = null, cancelled = false;
+
+/** One file: from the Cache API if there, else streamed from the network with byte progress. */
+async function fetchFile(base, file) {
+  const url = new URL(file, new URL(base, self.location.href)).href;
+  const cache = await caches.open(CACHE);
+  const hit = await cache.match(url);
+  if (hit) return new Uint8Array(await hit.arrayBuffer());
+  let res;
+  try {
+    res = await fetch(url);
+  } catch (e) {
+    throw new Error(`could not reach ${url}: ${e.message}`);
+  }
+  if (!res.ok) {
+    if (OPTIONAL.has(file) && res.status === 404) return null;
+    throw new Error(`${url}: HTTP ${res.status} ${res.statusText}`);
+  }
+  const total = Number(res.headers.get('content-length')) || 0;
+  const reader = res.body.getReader();
+  const chunks = [];
+  let loaded = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    chunks.push(value);
+    loaded += value.length;
+    postMessage({ type: 'download', file, loaded, total });
+  }
+  const bytes = new Uint8Array(loaded);
+  let at = 0;
+  for (const c of chunks) { bytes.set(c, at); at += c.length; }
+  await cache.put(url, new Response(bytes, { headers: { 'content-type': 'application/octet-stream' } }));
+  return bytes;
+}
+
+async function load(base) {
+  if (generator && loadedBase === base) return;
+  generator?.free();
+  generator = null;
+  const files = {};
+  for (const f of FILES) {
+    const b = await fetchFile(base, f);
+    if (b) files[f] = b;
+  }
+  generator = await Generator.create(files);
+  loadedBase = base;
+}
+
+const tick = () => new Promise((r) => setTimeout(r, 0));
+
+async function generate({ base, options, preview }) {
+  cancelled = false;
+  await ready;
+  await load(base);
+  const size = generator.defaultSize;
+  generator.start(options, null, null);
+  const total = generator.totalSteps();
+  for (;;) {
+    const more = generator.step();
+    const done = generator.stepsDone();
+    const msg = { type: 'step', done, total, size };
+    if (preview && more) msg.rgba = await generator.result();
+    postMessage(msg);
+    await tick(); // lets a 'cancel' message in
+    if (cancelled) {
+      generator.cancel();
+      postMessage({ type: 'cancelled' });
+      return;
+    }
+    if (!more) break;
+  }
+  const rgba = await generator.result();
+  postMessage({ type: 'result', rgba, size }, [rgba.buffer]);
+}
+
+onmessage = async ({ data }) => {
+  if (data.type === 'cancel') { cancelled = true; return; }
+  if (data.type === 'generate') {
+    try {
+      await generate(data);
+    } catch (e) {
+      postMessage({ type: 'error', message: e?.message ?? String(e) });
+    }
+  }
+};
