@@ -59,7 +59,7 @@ build_wasm() {
   log "cargo build --release --target $WASM_TARGET"
   cargo build --release --target "$WASM_TARGET" --lib
   wasm-bindgen --target web --no-typescript --out-dir www/pkg \
-    "target/$WASM_TARGET/release/$CRATE.wasm"
+    "${CARGO_TARGET_DIR:-target}/$WASM_TARGET/release/$CRATE.wasm"
   if [ "${WASM_OPT:-1}" != 0 ]; then
     log "wasm-opt -Oz"
     # The features rustc enables by default for wasm32-unknown-unknown.
