@@ -41,6 +41,7 @@ async function fetchFile(base, file) {
     loaded += value.length;
     postMessage({ type: 'download', file, loaded, total });
   }
+  if (total && loaded !== total) throw new Error(`${url}: download stopped at ${loaded} of ${total} bytes`);
   const bytes = new Uint8Array(loaded);
   let at = 0;
   for (const c of chunks) { bytes.set(c, at); at += c.length; }
@@ -57,7 +58,14 @@ async function load(base) {
     const b = await fetchFile(base, f);
     if (b) files[f] = b;
   }
-  generator = await Generator.create(files);
+  try {
+    generator = await Generator.create(files);
+  } catch (e) {
+    // Never keep files that failed to load: the next attempt downloads them again.
+    const cache = await caches.open(CACHE);
+    await Promise.all(FILES.map((f) => cache.delete(new URL(f, new URL(base, self.location.href)).href)));
+    throw e;
+  }
   loadedBase = base;
 }
 

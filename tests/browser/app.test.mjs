@@ -1,7 +1,8 @@
 // The generator page end to end in headless chromium (WebGPU on SwiftShader):
 // generate equals diffusers' image for the tiny pipeline within one level
 // (the native CLI is held to the same bound), cancel stops a run and the next
-// one works, a bad model URL is an error that leaves the page usable.
+// one works, a bad model URL or a corrupted weight file is an error that
+// leaves the page usable.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile, mkdir } from 'node:fs/promises';
@@ -71,5 +72,14 @@ test('a bad model URL shows an error and the page stays usable', async () => {
   assert.match(await page.textContent('#error'), /does-not-exist\/unet\/config\.json: HTTP 404/);
   assert.equal(await run({ model: 'models/tiny-random/', steps: 2 }), 'done');
   assert.equal(await page.textContent('#error'), '');
+});
+
+test('a corrupted safetensors download shows an error and the page stays usable', async () => {
+  assert.equal(await run({ model: 'models/corrupt/', steps: 2 }), 'error');
+  assert.match(await page.textContent('#error'), /not a valid safetensors file.*truncated/);
+  const cached = await page.evaluate(async () => (await (await caches.open('ldw-models-v1')).keys())
+    .filter((r) => r.url.includes('/models/corrupt/')).length);
+  assert.equal(cached, 0, 'files of a model that failed to load must not stay cached');
+  assert.equal(await run({ model: 'models/tiny-random/', steps: 2 }), 'done');
   assert.deepEqual(browser.errors, []);
 });

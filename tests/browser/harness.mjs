@@ -13,15 +13,20 @@ const TYPES = {
   '.wasm': 'application/wasm', '.json': 'application/json', '.png': 'image/png',
 };
 
-/** Serves `dir` (relative to the repo root) on a free loopback port. */
+/** Serves `dir` (relative to the repo root) on a free loopback port. Paths
+ * under /models/corrupt/ serve /models/tiny-random/ with every .safetensors
+ * file cut in half, for the corrupted-download tests. */
 export async function serve(dir = 'www') {
   const base = join(ROOT, dir);
   const server = createServer(async (req, res) => {
-    const path = normalize(decodeURIComponent(new URL(req.url, 'http://x').pathname));
+    let path = normalize(decodeURIComponent(new URL(req.url, 'http://x').pathname));
+    const corrupt = path.startsWith('/models/corrupt/');
+    if (corrupt) path = path.replace('/models/corrupt/', '/models/tiny-random/');
     const file = join(base, path.endsWith('/') ? path + 'index.html' : path);
     if (!file.startsWith(base)) { res.writeHead(403).end(); return; }
     try {
-      const body = await readFile(file);
+      let body = await readFile(file);
+      if (corrupt && file.endsWith('.safetensors')) body = body.subarray(0, body.length >> 1);
       res.writeHead(200, { 'content-type': TYPES[extname(file)] ?? 'application/octet-stream' }).end(body);
     } catch {
       res.writeHead(404).end('not found');
