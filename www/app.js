@@ -71,5 +71,8 @@ if (!navigator.gpu) {
   $('error').textContent = 'This browser does not offer WebGPU, which the generator needs. '
     + 'Try a recent Chrome, Edge or Safari, or enable WebGPU in your browser settings.';
 }
+if ('serviceWorker' in navigator) {
+  navigator.serviceWorker.register('sw.js').catch((e) => console.warn('no offline support:', e));
+}
 $('status').textContent = 'Ready.';
 document.body.dataset.ready = 'true';

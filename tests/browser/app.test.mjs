@@ -2,7 +2,7 @@
 // generate equals diffusers' image for the tiny pipeline within one level
 // (the native CLI is held to the same bound), cancel stops a run and the next
 // one works, a bad model URL or a corrupted weight file is an error that
-// leaves the page usable.
+// leaves the page usable, and after one visit it works with the server gone.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile, mkdir } from 'node:fs/promises';
@@ -82,4 +82,15 @@ test('a corrupted safetensors download shows an error and the page stays usable'
   assert.equal(cached, 0, 'files of a model that failed to load must not stay cached');
   assert.equal(await run({ model: 'models/tiny-random/', steps: 2 }), 'done');
   assert.deepEqual(browser.errors, []);
+});
+
+test('after one visit the page reloads and generates with the server gone', async () => {
+  await page.evaluate(() => navigator.serviceWorker.ready);
+  await page.reload();
+  await page.waitForSelector('body[data-ready="true"]');
+  assert.ok(await page.evaluate(() => !!navigator.serviceWorker.controller), 'page is controlled by the service worker');
+  server.close();
+  await page.reload();
+  await page.waitForSelector('body[data-ready="true"]', { timeout: 60_000 });
+  assert.equal(await run({ model: 'models/tiny-random/', steps: 2 }), 'done', await page.textContent('#error'));
 });

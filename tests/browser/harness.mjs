@@ -33,7 +33,10 @@ export async function serve(dir = 'www') {
     }
   });
   await new Promise((ok) => server.listen(0, '127.0.0.1', ok));
-  return { url: `http://127.0.0.1:${server.address().port}/`, close: () => server.close() };
+  return {
+    url: `http://127.0.0.1:${server.address().port}/`,
+    close: () => { server.closeAllConnections(); server.close(); },
+  };
 }
 
 /** Launches Debian's chromium headless with WebGPU on its software adapter. */

@@ -1,0 +1,29 @@
+// Service worker: keeps the app shell so the page works offline after one
+// visit. Network first (so a rebuild is picked up), the cache when offline.
+// Model weights are cached by worker.js in their own cache.
+const SHELL = 'ldw-shell-v1';
+const FILES = ['./', 'index.html', 'app.js', 'worker.js', 'style.css', 'schedules.html', 'schedules.js',
+  'pkg/latent_diffusion_web.js', 'pkg/latent_diffusion_web_bg.wasm'];
+
+self.addEventListener('install', (e) => {
+  e.waitUntil(caches.open(SHELL).then((c) => c.addAll(FILES)).then(() => self.skipWaiting()));
+});
+
+self.addEventListener('activate', (e) => e.waitUntil(self.clients.claim()));
+
+self.addEventListener('fetch', (e) => {
+  const url = new URL(e.request.url);
+  if (e.request.method !== 'GET' || url.origin !== self.location.origin || url.pathname.includes('/models/')) return;
+  e.respondWith((async () => {
+    const cache = await caches.open(SHELL);
+    try {
+      const res = await fetch(e.request);
+      if (res.ok) await cache.put(e.request, res.clone());
+      return res;
+    } catch (err) {
+      const hit = await cache.match(e.request, { ignoreSearch: true });
+      if (hit) return hit;
+      throw err;
+    }
+  })());
+});
