@@ -1,5 +1,5 @@
 // Runs the pipeline off the main thread so the page never freezes.
-// In:  {type: 'generate', base, options} | {type: 'cancel'}
+// In:  {type: 'generate', base, options, preview, image?, mask?} | {type: 'cancel'}
 // Out: {type: 'download', file, loaded, total} | {type: 'step', done, total, rgba?, size}
 //      {type: 'result', rgba, size} | {type: 'cancelled'} | {type: 'error', message}
 import init, { Generator } from './pkg/latent_diffusion_web.js';
@@ -71,12 +71,12 @@ async function load(base) {
 
 const tick = () => new Promise((r) => setTimeout(r, 0));
 
-async function generate({ base, options, preview }) {
+async function generate({ base, options, preview, image, mask }) {
   cancelled = false;
   await ready;
   await load(base);
-  const size = generator.defaultSize;
-  generator.start(options, null, null);
+  const size = options.width ?? generator.defaultSize;
+  generator.start(options, image ?? null, mask ?? null);
   const total = generator.totalSteps();
   for (;;) {
     const more = generator.step();

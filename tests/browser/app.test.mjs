@@ -1,7 +1,7 @@
 // The generator page end to end in headless chromium (WebGPU on SwiftShader):
 // generate equals diffusers' image for the tiny pipeline within one level
 // (the native CLI is held to the same bound), cancel stops a run and the next
-// one works, a bad model URL or a corrupted weight file is an error that
+// one works, inpainting keeps what is not painted, a bad model URL or a corrupted weight file is an error that
 // leaves the page usable, and after one visit it works with the server gone.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -82,6 +82,36 @@ test('a corrupted safetensors download shows an error and the page stays usable'
   assert.equal(cached, 0, 'files of a model that failed to load must not stay cached');
   assert.equal(await run({ model: 'models/tiny-random/', steps: 2 }), 'done');
   assert.deepEqual(browser.errors, []);
+});
+
+test('inpaint keeps unmasked pixels and changes masked ones', async () => {
+  assert.equal(await run({ model: 'models/tiny-random/', steps: 4, seed: 42 }), 'done');
+  const pixels = () => page.evaluate(() => Array.from(
+    document.getElementById('out').getContext('2d').getImageData(0, 0, 16, 16).data));
+  const before = await pixels();
+  await page.selectOption('#mode', 'inpaint');
+  // Paint the left half with the brush, as a person would.
+  const box = await page.locator('#mask').boundingBox();
+  await page.fill('#brush', '64');
+  for (let y = 0.05; y < 1; y += 0.1) {
+    await page.mouse.move(box.x + box.width * 0.02, box.y + box.height * y);
+    await page.mouse.down();
+    await page.mouse.move(box.x + box.width * 0.45, box.y + box.height * y, { steps: 6 });
+    await page.mouse.up();
+  }
+  const mask = await page.evaluate(() => Array.from(
+    document.getElementById('mask').getContext('2d').getImageData(0, 0, 16, 16).data).filter((_, i) => i % 4 === 3));
+  assert.equal(await run({ seed: 7 }), 'done', await page.textContent('#error'));
+  const after = await pixels();
+  let kept = 0, changed = 0, masked = 0;
+  for (let i = 0; i < 256; i++) {
+    const same = [0, 1, 2].every((c) => after[i * 4 + c] === before[i * 4 + c]);
+    if (mask[i] > 0) { masked++; changed += !same; } else { assert.ok(same, `unmasked pixel ${i} changed`); kept++; }
+  }
+  assert.ok(masked > 64 && kept > 64, `mask covers ${masked} pixels`);
+  assert.ok(changed > masked / 2, `only ${changed} of ${masked} masked pixels changed`);
+  await page.screenshot({ path: `${ROOT}docs/screenshot-inpaint.png`, fullPage: true });
+  await page.selectOption('#mode', 'generate');
 });
 
 test('after one visit the page reloads and generates with the server gone', async () => {
