@@ -91,6 +91,8 @@ test('inpaint keeps unmasked pixels and changes masked ones', async () => {
   const before = await pixels();
   await page.selectOption('#mode', 'inpaint');
   // Paint the left half with the brush, as a person would.
+  await page.setViewportSize({ width: 1280, height: 1400 });
+  await page.locator('#mask').scrollIntoViewIfNeeded();
   const box = await page.locator('#mask').boundingBox();
   await page.fill('#brush', '64');
   for (let y = 0.05; y < 1; y += 0.1) {
