@@ -50,28 +50,51 @@ pub const FILES: [&str; 9] = [
 ];
 
 impl PipelineFiles {
+    /// Collects the files through `get(relative path)`, which returns `None`
+    /// for a file that is not there; `location` prefixes paths in messages.
+    pub fn from_lookup(
+        location: &str,
+        mut get: impl FnMut(&str) -> Result<Option<Vec<u8>>>,
+    ) -> Result<Self> {
+        let mut bytes = |p: &str| -> Result<Vec<u8>> {
+            get(p)?.ok_or_else(|| {
+                Error::Weights(format!("{location}{p} is missing from the model folder"))
+            })
+        };
+        let text = |b: Vec<u8>, p: &str| {
+            String::from_utf8(b)
+                .map_err(|_| Error::Config(format!("{location}{p} is not UTF-8 text")))
+        };
+        let f = FILES;
+        let files = Self {
+            unet_config: text(bytes(f[0])?, f[0])?,
+            unet_weights: bytes(f[1])?,
+            vae_config: text(bytes(f[2])?, f[2])?,
+            vae_weights: bytes(f[3])?,
+            text_encoder_config: text(bytes(f[4])?, f[4])?,
+            text_encoder_weights: bytes(f[5])?,
+            vocab: text(bytes(f[6])?, f[6])?,
+            merges: text(bytes(f[7])?, f[7])?,
+            tokenizer_config: None,
+            scheduler_config: text(bytes(f[8])?, f[8])?,
+        };
+        let tc = "tokenizer/tokenizer_config.json";
+        let tokenizer_config = get(tc)?.map(|b| text(b, tc)).transpose()?;
+        Ok(Self {
+            tokenizer_config,
+            ..files
+        })
+    }
+
     /// Reads a diffusers folder from disk.
     #[cfg(not(target_family = "wasm"))]
     pub fn read_dir(dir: &std::path::Path) -> Result<Self> {
-        let bytes = |p: &str| {
-            std::fs::read(dir.join(p))
-                .map_err(|e| Error::Weights(format!("{}: {e}", dir.join(p).display())))
-        };
-        let text = |p: &str| {
-            String::from_utf8(bytes(p)?)
-                .map_err(|_| Error::Config(format!("{p} is not UTF-8 text")))
-        };
-        Ok(Self {
-            unet_config: text(FILES[0])?,
-            unet_weights: bytes(FILES[1])?,
-            vae_config: text(FILES[2])?,
-            vae_weights: bytes(FILES[3])?,
-            text_encoder_config: text(FILES[4])?,
-            text_encoder_weights: bytes(FILES[5])?,
-            vocab: text(FILES[6])?,
-            merges: text(FILES[7])?,
-            tokenizer_config: text("tokenizer/tokenizer_config.json").ok(),
-            scheduler_config: text(FILES[8])?,
+        Self::from_lookup(&format!("{}/", dir.display()), |p| {
+            match std::fs::read(dir.join(p)) {
+                Ok(b) => Ok(Some(b)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(Error::Weights(format!("{}: {e}", dir.join(p).display()))),
+            }
         })
     }
 }

@@ -109,33 +109,12 @@ impl Generator {
     /// Builds the pipeline from a diffusers folder given as
     /// `{ "unet/config.json": Uint8Array, ... }` (see `pipeline::FILES`).
     pub async fn create(files: js_sys::Object) -> Result<Generator, JsError> {
-        let bytes = |path: &str| -> Result<Vec<u8>, JsError> {
+        let parts = PipelineFiles::from_lookup("", |path| {
             let v = js_sys::Reflect::get(&files, &JsValue::from_str(path))
-                .map_err(|_| JsError::new(&format!("{path}: not readable")))?;
-            if v.is_undefined() || v.is_null() {
-                return Err(JsError::new(&format!(
-                    "{path} is missing from the model folder"
-                )));
-            }
-            Ok(js_sys::Uint8Array::new(&v).to_vec())
-        };
-        let text = |path: &str| -> Result<String, JsError> {
-            String::from_utf8(bytes(path)?)
-                .map_err(|_| JsError::new(&format!("{path} is not UTF-8 text")))
-        };
-        let f = crate::pipeline::FILES;
-        let parts = PipelineFiles {
-            unet_config: text(f[0])?,
-            unet_weights: bytes(f[1])?,
-            vae_config: text(f[2])?,
-            vae_weights: bytes(f[3])?,
-            text_encoder_config: text(f[4])?,
-            text_encoder_weights: bytes(f[5])?,
-            vocab: text(f[6])?,
-            merges: text(f[7])?,
-            tokenizer_config: text("tokenizer/tokenizer_config.json").ok(),
-            scheduler_config: text(f[8])?,
-        };
+                .map_err(|_| crate::Error::Weights(format!("{path}: not readable")))?;
+            Ok((!v.is_undefined() && !v.is_null()).then(|| js_sys::Uint8Array::new(&v).to_vec()))
+        })
+        .map_err(to_js)?;
         let device = device().await?;
         let sd = StableDiffusion::load(parts, &device).map_err(to_js)?;
         Ok(Generator {
