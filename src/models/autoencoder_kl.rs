@@ -7,7 +7,7 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::silu;
 use serde::Deserialize;
 
-use super::attention::{Attention, scaled_dot_product};
+use super::attention::Attention;
 use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
 use crate::config::parse_config;
 use crate::error::{Error, Result};
@@ -135,19 +135,8 @@ impl SpatialAttention {
             .forward(x.clone())
             .reshape([b, c, h * w])
             .swap_dims(1, 2);
-        let a = &self.attn;
-        let out = scaled_dot_product(
-            a.to_q.forward(tokens.clone()),
-            a.to_k.forward(tokens.clone()),
-            a.to_v.forward(tokens),
-            1,
-            None,
-        );
-        let out = a.to_out[0]
-            .forward(out)
-            .swap_dims(1, 2)
-            .reshape([b, c, h, w]);
-        out + x
+        let out = self.attn.forward(tokens, None);
+        out.swap_dims(1, 2).reshape([b, c, h, w]) + x
     }
 }
 

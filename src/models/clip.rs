@@ -139,7 +139,7 @@ impl CLIPTextModel {
     /// `input_ids`: `[B, L]` token ids, L ≤ max_position_embeddings.
     pub fn forward(&self, input_ids: Tensor<2, Int>) -> Tensor<3> {
         let device = input_ids.device();
-        let [b, l] = input_ids.dims();
+        let l = input_ids.dims()[1];
         let pos = Tensor::<1, Int>::arange(0..l as i64, &device).reshape([1, l]);
         let mut x = self.token_embedding.forward(input_ids) + self.position_embedding.forward(pos);
         let mask = causal_mask(l, &device);
@@ -161,7 +161,6 @@ impl CLIPTextModel {
             };
             x = x + layer.fc2.forward(h);
         }
-        let _ = b;
         self.final_layer_norm.forward(x)
     }
 }

@@ -14,6 +14,21 @@ pub struct BlockSpec {
     pub eps: f64,
 }
 
+/// `attentions.0..layers`, one per resnet, or none for a block without cross-attention.
+fn transformers(
+    vb: &VarBuilder,
+    channels: usize,
+    layers: usize,
+    spec: Option<TransformerSpec>,
+) -> Vec<Transformer2DModel> {
+    spec.map(|spec| {
+        (0..layers)
+            .map(|i| Transformer2DModel::load(&vb.pp("attentions").pp(i), channels, spec))
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
 /// `CrossAttnDownBlock2D` (with `attentions`) or `DownBlock2D` (without).
 #[derive(burn::module::Module, Debug)]
 pub struct DownBlock {
@@ -47,13 +62,7 @@ impl DownBlock {
                     )
                 })
                 .collect(),
-            attentions: attention
-                .map(|spec| {
-                    (0..layers)
-                        .map(|i| Transformer2DModel::load(&vb.pp("attentions").pp(i), c_out, spec))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            attentions: transformers(vb, c_out, layers, attention),
             downsamplers: add_downsample
                 .then(|| Downsample2D::load(&vb.pp("downsamplers").pp(0), c_out, 1))
                 .into_iter()
@@ -159,13 +168,7 @@ impl UpBlock {
                     )
                 })
                 .collect(),
-            attentions: attention
-                .map(|spec| {
-                    (0..layers)
-                        .map(|i| Transformer2DModel::load(&vb.pp("attentions").pp(i), c_out, spec))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            attentions: transformers(vb, c_out, layers, attention),
             upsamplers: add_upsample
                 .then(|| Upsample2D::load(&vb.pp("upsamplers").pp(0), c_out))
                 .into_iter()

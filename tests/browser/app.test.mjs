@@ -6,22 +6,18 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile, mkdir } from 'node:fs/promises';
-import { serve, launch, ROOT } from './harness.mjs';
+import { openPage, ROOT } from './harness.mjs';
 
 let server, browser, page;
 
+let ctx;
+
 before(async () => {
-  server = await serve('www');
-  browser = await launch();
-  page = await browser.context.newPage();
-  await page.goto(server.url);
-  await page.waitForSelector('body[data-ready="true"]', { timeout: 60_000 });
+  ctx = await openPage('www', '');
+  ({ server, browser, page } = ctx);
 });
 
-after(async () => {
-  await browser?.close();
-  server?.close();
-});
+after(async () => ctx?.close());
 
 async function run(settings) {
   for (const [id, v] of Object.entries(settings)) await page.fill(`#${id}`, String(v));

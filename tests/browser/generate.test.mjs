@@ -5,7 +5,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
-import { serve, launch, ROOT } from './harness.mjs';
+import { openPage, ROOT } from './harness.mjs';
 
 const MODEL = 'tests/fixtures/pipelines/tiny/';
 const FILES = ['unet/config.json', 'unet/diffusion_pytorch_model.safetensors', 'vae/config.json',
@@ -15,18 +15,14 @@ const FILES = ['unet/config.json', 'unet/diffusion_pytorch_model.safetensors', '
 
 let server, browser, page;
 
+let ctx;
+
 before(async () => {
-  server = await serve('.');
-  browser = await launch();
-  page = await browser.context.newPage();
-  await page.goto(`${server.url}www/schedules.html`);
-  await page.waitForSelector('body[data-ready="true"]', { timeout: 60_000 });
+  ctx = await openPage('.', 'www/schedules.html');
+  ({ server, browser, page } = ctx);
 });
 
-after(async () => {
-  await browser?.close();
-  server?.close();
-});
+after(async () => ctx?.close());
 
 /** Reads one f32 tensor from a safetensors file. */
 async function safetensor(path, name) {

@@ -55,3 +55,14 @@ export async function launch() {
     close: async () => { await context.close(); await rm(userDataDir, { recursive: true, force: true }); },
   };
 }
+
+/** Serves `dir`, opens `path` in a fresh browser and waits for the page's
+ * `data-ready`. Returns { server, browser, page }; `close()` ends both. */
+export async function openPage(dir, path) {
+  const server = await serve(dir);
+  const browser = await launch();
+  const page = await browser.context.newPage();
+  await page.goto(server.url + path);
+  await page.waitForSelector('body[data-ready="true"]', { timeout: 60_000 });
+  return { server, browser, page, close: async () => { await browser.close(); server.close(); } };
+}

@@ -2,22 +2,18 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
-import { serve, launch, ROOT } from './harness.mjs';
+import { openPage, ROOT } from './harness.mjs';
 
 let server, browser, page;
 
+let ctx;
+
 before(async () => {
-  server = await serve('www');
-  browser = await launch();
-  page = await browser.context.newPage();
-  await page.goto(server.url + 'schedules.html');
-  await page.waitForSelector('body[data-ready="true"]', { timeout: 60_000 });
+  ctx = await openPage('www', 'schedules.html');
+  ({ server, browser, page } = ctx);
 });
 
-after(async () => {
-  await browser?.close();
-  server?.close();
-});
+after(async () => ctx?.close());
 
 test('wasm tokenizer matches transformers CLIPTokenizer', async () => {
   const dir = `${ROOT}tests/fixtures/clip_tokenizer/`;
