@@ -50,6 +50,32 @@ pub const FILES: [&str; 9] = [
 ];
 
 impl PipelineFiles {
+    /// The largest weight tensor as `(name, bytes once loaded as f32)`, read
+    /// from the safetensors headers: a GPU must be able to bind a buffer this
+    /// big. A file whose header does not parse counts as 0 here; loading
+    /// reports it properly.
+    pub fn largest_tensor(&self) -> (String, u64) {
+        let files = [
+            ("unet", &self.unet_weights),
+            ("vae", &self.vae_weights),
+            ("text_encoder", &self.text_encoder_weights),
+        ];
+        let mut best = (String::new(), 0u64);
+        for (folder, bytes) in files {
+            let Ok((_, meta)) = safetensors::SafeTensors::read_metadata(bytes) else {
+                continue;
+            };
+            for (name, info) in meta.tensors() {
+                let n = info.shape.iter().map(|&d| d as u64).product::<u64>() * 4;
+                let name = format!("{folder}/{name}");
+                if n > best.1 || (n == best.1 && name < best.0) {
+                    best = (name, n);
+                }
+            }
+        }
+        best
+    }
+
     /// Collects the files through `get(relative path)`, which returns `None`
     /// for a file that is not there; `location` prefixes paths in messages.
     pub fn from_lookup(

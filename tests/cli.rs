@@ -1,5 +1,5 @@
-//! The native CLI end to end on the tiny pipeline fixture: its PNG equals
-//! diffusers' image to within one 8-bit level; inpainting keeps the pixels
+//! The native CLI end to end on the tiny pipeline fixture and on the shipped
+//! model: its PNG equals diffusers' image to within one 8-bit level; inpainting keeps the pixels
 //! outside the mask exactly and changes the ones inside; bad input is a
 //! clear error and a non-zero exit.
 
@@ -45,11 +45,8 @@ fn tmp(name: &str) -> PathBuf {
 
 #[test]
 fn generate_matches_diffusers_within_one_level() {
-    let out = tmp("gen.png");
     let m = model();
-    let o = cli(&[
-        "--model",
-        m.to_str().unwrap(),
+    let args = [
         "--prompt",
         "a red heart",
         "--negative-prompt",
@@ -60,28 +57,60 @@ fn generate_matches_diffusers_within_one_level() {
         "4",
         "--guidance",
         "3",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    ];
+    check_against_diffusers(&m, &m, "guided_eta0", &args, 16);
+}
+
+/// The shipped model (www/models/emoji-4step) with the page's defaults.
+#[test]
+fn shipped_model_matches_diffusers_within_one_level() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let args = [
+        "--prompt",
+        "red heart",
+        "--seed",
+        "0",
+        "--steps",
+        "4",
+        "--guidance",
+        "1",
+        "--spacing",
+        "trailing",
+    ];
+    check_against_diffusers(
+        &root.join("www/models/emoji-4step"),
+        &root.join("tests/fixtures/pipelines/emoji-4step"),
+        "red_heart",
+        &args,
+        64,
+    );
+}
+
+fn check_against_diffusers(model: &Path, fixtures: &Path, case: &str, args: &[&str], size: u32) {
+    let out = tmp(&format!("{case}.png"));
+    let mut all = vec!["--model", model.to_str().unwrap()];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--out", out.to_str().unwrap()]);
+    let o = cli(&all);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let (rgba, w, h) = read_png(&out);
-    assert_eq!((w, h), (16, 16));
-    let bytes = std::fs::read(m.join("expected.safetensors")).unwrap();
+    assert_eq!((w, h), (size, size));
+    let bytes = std::fs::read(fixtures.join("expected.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let want: Vec<f32> = st
-        .tensor("guided_eta0")
+        .tensor(case)
         .unwrap()
         .data()
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
         .collect();
-    let plane = 256;
+    let plane = (size * size) as usize;
     for i in 0..plane {
         for c in 0..3 {
             let ref_level = (want[c * plane + i] * 255.0).round();
             assert!(
                 (rgba[i * 4 + c] as f32 - ref_level).abs() <= 1.0,
-                "pixel {i} channel {c}"
+                "{case}: pixel {i} channel {c}"
             );
         }
     }

@@ -5,6 +5,9 @@ StableDiffusionPipeline images for fixed settings, started from the crate's
 seeded noise (tools/noise.py) so the Rust pipeline can be compared exactly.
 For eta > 0 diffusers' variance noise is drawn from the same stream.
 
+Also writes tests/fixtures/pipelines/emoji-4step/{expected.safetensors,cases.json}:
+the same comparison for the shipped model in www/models/emoji-4step/.
+
     python tools/make_pipeline_fixtures.py
 """
 
@@ -83,8 +86,23 @@ def save(pipe):
         os.symlink(os.path.join("..", "..", "..", "clip_tokenizer", f), os.path.join(tdir, f))
 
 
-def run(pipe, c):
-    shape = (1, 4, 8, 8)
+EMOJI_CASES = [
+    dict(name="red_heart", prompt="red heart", negative_prompt="", seed=0, steps=4, eta=0.0,
+         guidance_scale=1.0, spacing="trailing"),
+    # eta 1 with leading spacing: from t = 1023 (trailing) stock diffusers' f32
+    # DDIM takes sqrt(1 - a_prev - std^2) of a value rounded below zero (NaN).
+    dict(name="cat_face_eta1_guided_leading", prompt="cat face", negative_prompt="dog", seed=3, steps=4, eta=1.0,
+         guidance_scale=2.0, spacing="leading"),
+    dict(name="pizza_2_steps", prompt="pizza", negative_prompt="", seed=11, steps=2, eta=0.0,
+         guidance_scale=1.0, spacing="trailing"),
+]
+EMOJI_MODEL = os.path.join(ROOT, "..", "..", "www", "models", "emoji-4step")
+EMOJI_OUT = os.path.join(ROOT, "pipelines", "emoji-4step")
+
+
+def run(pipe, c, size=16):
+    latent = size // pipe.vae_scale_factor
+    shape = (1, 4, latent, latent)
     stream = noise.gaussian(c["seed"], int(np.prod(shape)) * (c["steps"] + 1))
     latents = torch.from_numpy(stream[: np.prod(shape)].reshape(shape).copy())
     chunks = iter(torch.from_numpy(stream[np.prod(shape) * (i + 1): np.prod(shape) * (i + 2)].reshape(shape).copy())
@@ -95,7 +113,7 @@ def run(pipe, c):
     try:
         out = pipe(c["prompt"], negative_prompt=c["negative_prompt"] or None, num_inference_steps=c["steps"],
                    guidance_scale=c["guidance_scale"], eta=c["eta"], latents=latents, output_type="np",
-                   height=16, width=16).images
+                   height=size, width=size).images
     finally:
         scheduling_ddim.randn_tensor = orig
     return torch.from_numpy(out[0]).permute(2, 0, 1).contiguous()  # CHW in [0, 1]
@@ -108,6 +126,16 @@ def main():
     save_file(images, os.path.join(OUT, "expected.safetensors"))
     with open(os.path.join(OUT, "cases.json"), "w") as f:
         json.dump(CASES, f, indent=1)
+    for k, v in images.items():
+        print(k, tuple(v.shape), float(v.mean()), float(v.std()))
+
+    emoji = StableDiffusionPipeline.from_pretrained(EMOJI_MODEL)
+    emoji.set_progress_bar_config(disable=True)
+    os.makedirs(EMOJI_OUT, exist_ok=True)
+    images = {c["name"]: run(emoji, c, size=64) for c in EMOJI_CASES}
+    save_file(images, os.path.join(EMOJI_OUT, "expected.safetensors"))
+    with open(os.path.join(EMOJI_OUT, "cases.json"), "w") as f:
+        json.dump(EMOJI_CASES, f, indent=1)
     for k, v in images.items():
         print(k, tuple(v.shape), float(v.mean()), float(v.std()))
 

@@ -1,0 +1,73 @@
+"""Writes a diffusers pipeline folder (StableDiffusionPipeline layout, f16
+weights, the real CLIP tokenizer files) from the outputs of train.py.
+
+    python tools/train/export.py RUN_DIR OUT_DIR [--unet student|teacher]
+
+The student UNet is the shipped default (4 DDIM steps, guidance 1); the
+teacher can be exported the same way for evaluation.
+"""
+
+import argparse
+import json
+import os
+import shutil
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from safetensors.torch import load_file, save_file
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+import configs
+
+TOKENIZER = os.path.join(os.path.dirname(__file__), "..", "..", "tests", "fixtures", "clip_tokenizer")
+WEIGHTS = [("unet", "diffusion_pytorch_model.safetensors"), ("vae", "diffusion_pytorch_model.safetensors"),
+           ("text_encoder", "model.safetensors")]
+
+
+def load(run, unet_name):
+    meta = json.load(open(os.path.join(run, "meta.json")))
+    vae = AutoencoderKL(**configs.VAE, scaling_factor=meta["scaling_factor"])
+    vae.load_state_dict(load_file(os.path.join(run, "vae.safetensors")))
+    unet = UNet2DConditionModel(**configs.UNET)
+    unet.load_state_dict(load_file(os.path.join(run, f"{unet_name}.safetensors")))
+    text = CLIPTextModel(CLIPTextConfig(**configs.TEXT))
+    state = load_file(os.path.join(run, "text_encoder.safetensors"))
+    missing, unexpected = text.load_state_dict(state, strict=False)
+    # Only the position-id buffer may differ between transformers versions.
+    assert all("position_ids" in k for k in missing + unexpected), (missing, unexpected)
+    tok = CLIPTokenizer.from_pretrained(TOKENIZER)
+    pipe = StableDiffusionPipeline(vae=vae.eval(), text_encoder=text.eval(), tokenizer=tok, unet=unet.eval(),
+                                   scheduler=DDIMScheduler(**configs.SCHEDULER), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    return pipe, meta
+
+
+def save(pipe, out):
+    if os.path.isdir(out):
+        for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+            shutil.rmtree(os.path.join(out, sub), ignore_errors=True)
+    pipe.save_pretrained(out, safe_serialization=True)
+    for sub, fname in WEIGHTS:
+        state = getattr(pipe, sub).state_dict()
+        save_file({k: v.half().contiguous() for k, v in state.items()}, os.path.join(out, sub, fname))
+    tdir = os.path.join(out, "tokenizer")
+    if os.path.exists(os.path.join(tdir, "tokenizer.json")):
+        os.remove(os.path.join(tdir, "tokenizer.json"))  # transformers 5 writes only this; ship vocab + merges
+    for f in ("vocab.json", "merges.txt"):
+        shutil.copy(os.path.join(TOKENIZER, f), os.path.join(tdir, f))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("run")
+    ap.add_argument("out")
+    ap.add_argument("--unet", default="student", choices=["student", "teacher"])
+    a = ap.parse_args()
+    pipe, _ = load(a.run, a.unet)
+    save(pipe, a.out)
+    total = sum(os.path.getsize(os.path.join(a.out, s, f)) for s, f in WEIGHTS)
+    print(f"wrote {a.out}: weights {total} bytes ({total / 1e6:.2f} MB)")
+
+
+if __name__ == "__main__":
+    main()
