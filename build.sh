@@ -67,8 +67,9 @@ build_wasm() {
       --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue \
       "www/pkg/${CRATE}_bg.wasm" -o "www/pkg/${CRATE}_bg.wasm"
   fi
-  # Until our own model ships, the page's default is the random-weight test
-  # pipeline (symlinks resolved, reference outputs left out).
+  # The page's default model (www/models/emoji-4step) is committed; the
+  # random-weight test pipeline is copied beside it for the tests and as a
+  # preset (symlinks resolved, reference outputs left out).
   rm -rf www/models/tiny-random && mkdir -p www/models/tiny-random
   tar -C tests/fixtures/pipelines/tiny -chf - --exclude='expected.*' --exclude=cases.json . \
     | tar -C www/models/tiny-random -xf -

@@ -77,22 +77,119 @@ impl Tokenizer {
     }
 }
 
-thread_local! {
-    static DEVICE: RefCell<Option<Device>> = const { RefCell::new(None) };
+/// Where the pipeline runs.
+#[derive(Clone)]
+struct Gpu {
+    device: Device,
+    adapter: String,
+    /// The most bytes one storage buffer binding may hold on this device.
+    max_binding: u64,
 }
 
-/// The WebGPU device, acquired once per page (Burn's runtime cannot be re-initialised).
-async fn device() -> Result<Device, JsError> {
-    if let Some(d) = DEVICE.with(|d| d.borrow().clone()) {
-        return Ok(d);
+thread_local! {
+    /// WebGPU is acquired once per page (Burn's runtime cannot be
+    /// re-initialised); a failure is remembered too, so the CPU is used.
+    static GPU: RefCell<Option<Result<Gpu, String>>> = const { RefCell::new(None) };
+}
+
+/// Set by wgpu when the GPU device is lost (driver reset, tab in background
+/// on some systems, ...); every later call reports it instead of hanging.
+static LOST: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+fn lost() -> Result<(), JsError> {
+    match LOST.lock().ok().and_then(|l| l.clone()) {
+        Some(m) => Err(JsError::new(&format!(
+            "The GPU device was lost ({m}). Reload the page to start again, or choose the CPU."
+        ))),
+        None => Ok(()),
     }
-    let d = Device::wgpu_options().init_async().await.map_err(|e| {
-        JsError::new(&format!(
-            "WebGPU is not available in this browser or on this GPU: {e:?}"
-        ))
-    })?;
-    DEVICE.with(|cell| *cell.borrow_mut() = Some(d.clone()));
-    Ok(d)
+}
+
+async fn webgpu() -> Result<Gpu, String> {
+    if let Some(g) = GPU.with(|g| g.borrow().clone()) {
+        return g;
+    }
+    let g = Device::wgpu_options()
+        .init_with_setup_async()
+        .await
+        .map(|(device, setup)| {
+            let info = setup.adapter.get_info();
+            let limits = setup.device.limits();
+            setup.device.set_device_lost_callback(|reason, message| {
+                if let Ok(mut l) = LOST.lock() {
+                    *l = Some(format!("{reason:?}: {message}"));
+                }
+            });
+            Gpu {
+                device,
+                // Browsers often hide the adapter's name; say what is known.
+                adapter: [info.name, info.driver]
+                    .into_iter()
+                    .filter(|s| !s.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                max_binding: limits
+                    .max_storage_buffer_binding_size
+                    .min(limits.max_buffer_size),
+            }
+        })
+        .map_err(|e| format!("{e}"));
+    GPU.with(|cell| *cell.borrow_mut() = Some(g.clone()));
+    g
+}
+
+/// Picks the device for a model whose largest tensor is `need` bytes:
+/// `backend` is "auto" (WebGPU if usable, else the CPU, with a notice saying
+/// why), "webgpu" (an error if unusable) or "cpu".
+async fn choose_device(
+    backend: &str,
+    (tensor, need): (String, u64),
+) -> Result<(Device, String, Option<String>), JsError> {
+    let mb = |b: u64| b as f64 / (1 << 20) as f64;
+    let cpu = || (Device::flex(), "CPU (WebAssembly)".to_string());
+    let problem = match backend {
+        "cpu" => {
+            let (d, name) = cpu();
+            return Ok((d, name, None));
+        }
+        "auto" | "webgpu" => match webgpu().await {
+            Ok(g) if g.max_binding >= need => {
+                let name = match g.adapter.as_str() {
+                    "" => "WebGPU".to_string(),
+                    a => format!("WebGPU ({a})"),
+                };
+                return Ok((g.device, name, None));
+            }
+            Ok(g) => format!(
+                "this GPU{} allows buffers of at most {:.0} MB, but the model's largest \
+                 tensor ({tensor}) needs {:.0} MB",
+                if g.adapter.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", g.adapter)
+                },
+                mb(g.max_binding),
+                mb(need)
+            ),
+            Err(e) => format!("WebGPU is not available in this browser or on this GPU ({e})"),
+        },
+        other => {
+            return Err(JsError::new(&format!(
+                "unknown backend {other:?}: use \"auto\", \"webgpu\" or \"cpu\""
+            )));
+        }
+    };
+    if backend == "webgpu" {
+        return Err(JsError::new(&format!("{problem}.")));
+    }
+    let (d, name) = cpu();
+    Ok((
+        d,
+        name,
+        Some(format!(
+            "{problem}; running on the CPU instead, which is much slower."
+        )),
+    ))
 }
 
 /// A loaded pipeline and the run in progress. The worker drives it:
@@ -102,25 +199,46 @@ async fn device() -> Result<Device, JsError> {
 pub struct Generator {
     sd: Rc<StableDiffusion>,
     run: Option<Sampling>,
+    backend: String,
+    notice: Option<String>,
 }
 
 #[wasm_bindgen]
 impl Generator {
     /// Builds the pipeline from a diffusers folder given as
     /// `{ "unet/config.json": Uint8Array, ... }` (see `pipeline::FILES`).
-    pub async fn create(files: js_sys::Object) -> Result<Generator, JsError> {
+    /// `backend`: "auto" (default: WebGPU, else the CPU), "webgpu" or "cpu".
+    pub async fn create(
+        files: js_sys::Object,
+        backend: Option<String>,
+    ) -> Result<Generator, JsError> {
         let parts = PipelineFiles::from_lookup("", |path| {
             let v = js_sys::Reflect::get(&files, &JsValue::from_str(path))
                 .map_err(|_| crate::Error::Weights(format!("{path}: not readable")))?;
             Ok((!v.is_undefined() && !v.is_null()).then(|| js_sys::Uint8Array::new(&v).to_vec()))
         })
         .map_err(to_js)?;
-        let device = device().await?;
+        let (device, backend, notice) =
+            choose_device(backend.as_deref().unwrap_or("auto"), parts.largest_tensor()).await?;
         let sd = StableDiffusion::load(parts, &device).map_err(to_js)?;
         Ok(Generator {
             sd: Rc::new(sd),
             run: None,
+            backend,
+            notice,
         })
+    }
+
+    /// Where the model runs: "WebGPU", "WebGPU (<adapter>)" or "CPU (WebAssembly)".
+    #[wasm_bindgen(getter)]
+    pub fn backend(&self) -> String {
+        self.backend.clone()
+    }
+
+    /// Why the CPU is used although WebGPU was asked for, if it is.
+    #[wasm_bindgen(getter)]
+    pub fn notice(&self) -> Option<String> {
+        self.notice.clone()
     }
 
     /// The model's default image size in pixels.
@@ -138,6 +256,7 @@ impl Generator {
         image: Option<Vec<u8>>,
         mask: Option<Vec<u8>>,
     ) -> Result<(), JsError> {
+        lost()?;
         let o: GenerateOptions = serde_wasm_bindgen::from_value(options)
             .map_err(|e| JsError::new(&format!("bad options: {e}")))?;
         let d = &self.sd.device;
@@ -157,6 +276,7 @@ impl Generator {
 
     /// Queues one denoising step on the GPU; false when the run is complete.
     pub fn step(&mut self) -> Result<bool, JsError> {
+        lost()?;
         let run = self
             .run
             .as_mut()
@@ -183,6 +303,7 @@ impl Generator {
     /// Resolves to the image as RGBA bytes: the final image once all steps
     /// ran, or a preview of the current latents before that.
     pub fn result(&self) -> Result<js_sys::Promise, JsError> {
+        lost()?;
         let run = self
             .run
             .as_ref()

@@ -9,17 +9,30 @@ function setBusy(b) {
   $('cancel').disabled = !b;
 }
 
-function resize(size) {
+function resize(w, h) {
   for (const id of ['out', 'mask']) {
     const c = $(id);
-    if (c.width !== size) { c.width = size; c.height = size; }
+    if (c.width !== w || c.height !== h) { c.width = w; c.height = h; }
   }
+  $('stage').style.aspectRatio = `${w} / ${h}`;
 }
 
-function draw(rgba, size) {
-  resize(size);
-  $('out').getContext('2d').putImageData(new ImageData(new Uint8ClampedArray(rgba), size, size), 0, 0);
+function draw(rgba, w, h) {
+  resize(w, h);
+  $('out').getContext('2d').putImageData(new ImageData(new Uint8ClampedArray(rgba), w, h), 0, 0);
 }
+
+// Presets fill in the model URL and the settings that suit that model.
+$('preset').addEventListener('change', () => {
+  const o = $('preset').selectedOptions[0];
+  if (!o.value) { $('model').focus(); return; }
+  $('model').value = o.value;
+  for (const k of ['steps', 'guidance', 'prompt']) if (o.dataset[k]) $(k).value = o.dataset[k];
+});
+$('model').addEventListener('input', () => {
+  const match = [...$('preset').options].find((o) => o.value && o.value === $('model').value);
+  $('preset').value = match ? match.value : '';
+});
 
 // Inpainting mask: painted in red on a canvas over the image; white = repaint.
 const maskCtx = () => $('mask').getContext('2d');
@@ -27,7 +40,7 @@ let painting = false;
 function paint(e) {
   const c = $('mask'), r = c.getBoundingClientRect();
   const x = ((e.clientX - r.left) / r.width) * c.width, y = ((e.clientY - r.top) / r.height) * c.height;
-  const rad = (Number($('brush').value) / 512) * c.width;
+  const rad = (Number($('brush').value) / 512) * Math.max(c.width, c.height);
   const g = maskCtx();
   g.globalCompositeOperation = $('erase').checked ? 'destination-out' : 'source-over';
   g.fillStyle = '#f00';
@@ -38,45 +51,48 @@ $('mask').addEventListener('pointermove', (e) => painting && paint(e));
 $('mask').addEventListener('pointerup', () => { painting = false; });
 $('clear').addEventListener('click', () => maskCtx().clearRect(0, 0, $('mask').width, $('mask').height));
 $('mode').addEventListener('change', () => {
-  const inpaint = $('mode').value === 'inpaint';
-  document.body.classList.toggle('inpaint', inpaint);
-  $('inpaint-tools').hidden = !inpaint;
-  $('generate').textContent = inpaint ? 'Inpaint' : 'Generate';
+  const mode = $('mode').value;
+  document.body.classList.toggle('inpaint', mode === 'inpaint');
+  $('image-tools').hidden = mode === 'generate';
+  $('strength').value = mode === 'img2img' ? '0.6' : '1';
+  $('generate').textContent = { generate: 'Generate', img2img: 'Redo image', inpaint: 'Inpaint' }[mode];
 });
 $('upload').addEventListener('change', async () => {
   const file = $('upload').files[0];
   if (!file) return;
   const bmp = await createImageBitmap(file);
-  const size = $('out').width;
-  $('out').getContext('2d').drawImage(bmp, 0, 0, size, size);
-  maskCtx().clearRect(0, 0, size, size);
+  const { width: w, height: h } = $('out');
+  $('out').getContext('2d').drawImage(bmp, 0, 0, w, h);
+  maskCtx().clearRect(0, 0, w, h);
 });
 
-/** The image and the mask as RGBA bytes for the worker. */
-function inpaintInputs() {
-  const size = $('out').width;
-  const image = $('out').getContext('2d').getImageData(0, 0, size, size).data;
-  const alpha = maskCtx().getImageData(0, 0, size, size).data;
-  const mask = new Uint8Array(size * size * 4);
+/** The current image and the mask as RGBA bytes for the worker. */
+function imageInputs() {
+  const { width: w, height: h } = $('out');
+  const image = $('out').getContext('2d').getImageData(0, 0, w, h).data;
+  const alpha = maskCtx().getImageData(0, 0, w, h).data;
+  const mask = new Uint8Array(w * h * 4);
   let painted = 0;
-  for (let i = 0; i < size * size; i++) {
+  for (let i = 0; i < w * h; i++) {
     const v = alpha[i * 4 + 3] > 0 ? 255 : 0;
     painted += v > 0;
     mask.set([v, v, v, 255], i * 4);
   }
-  return { size, image: new Uint8Array(image), mask, painted };
+  return { w, h, image: new Uint8Array(image), mask, painted };
 }
 
 worker.onmessage = ({ data: m }) => {
   if (m.type === 'download') {
     $('status').textContent = `Downloading ${m.file}: ${(m.loaded / 1e6).toFixed(1)}${m.total ? ` / ${(m.total / 1e6).toFixed(1)}` : ''} MB`;
     $('bar').max = m.total || 1; $('bar').value = m.total ? m.loaded : 0;
+  } else if (m.type === 'loaded') {
+    $('backend-info').textContent = `Running on ${m.backend}.${m.notice ? ` ${m.notice}` : ''}`;
   } else if (m.type === 'step') {
     $('status').textContent = `Denoising: step ${m.done} of ${m.total}`;
     $('bar').max = m.total; $('bar').value = m.done;
-    if (m.rgba) draw(m.rgba, m.size);
+    if (m.rgba) draw(m.rgba, m.width, m.height);
   } else if (m.type === 'result') {
-    draw(m.rgba, m.size);
+    draw(m.rgba, m.width, m.height);
     $('status').textContent = 'Done.';
     $('out').toBlob((b) => { $('download').href = URL.createObjectURL(b); $('download').hidden = false; });
     setBusy(false);
@@ -110,26 +126,32 @@ $('controls').addEventListener('submit', (e) => {
     prompt: $('prompt').value, negativePrompt: $('negative').value, seed: num('seed'),
     steps: num('steps'), guidanceScale: num('guidance'), eta: num('eta'),
   };
+  if ($('spacing').value) options.timestepSpacing = $('spacing').value;
+  for (const k of ['width', 'height']) if ($(k).value) options[k] = num(k);
   let image = null, mask = null;
-  if ($('mode').value === 'inpaint') {
-    const inp = inpaintInputs();
-    if (!inp.painted) {
+  const mode = $('mode').value;
+  if (mode !== 'generate') {
+    const inp = imageInputs();
+    if (mode === 'inpaint' && !inp.painted) {
       $('error').textContent = 'Paint over the part of the image to redo first.';
       setBusy(false);
       document.body.dataset.state = 'error';
       return;
     }
-    Object.assign(options, { width: inp.size, height: inp.size, strength: num('strength') });
-    ({ image, mask } = inp);
+    Object.assign(options, { width: inp.w, height: inp.h, strength: num('strength') });
+    image = inp.image;
+    if (mode === 'inpaint') mask = inp.mask;
   }
-  worker.postMessage({ type: 'generate', base: $('model').value, preview: true, options, image, mask });
+  worker.postMessage({
+    type: 'generate', base: $('model').value, backend: $('backend').value, preview: true, options, image, mask,
+  });
 });
 $('cancel').addEventListener('click', () => worker.postMessage({ type: 'cancel' }));
 $('dice').addEventListener('click', () => { $('seed').value = Math.floor(Math.random() * 2 ** 32); });
 
 if (!navigator.gpu) {
-  $('error').textContent = 'This browser does not offer WebGPU, which the generator needs. '
-    + 'Try a recent Chrome, Edge or Safari, or enable WebGPU in your browser settings.';
+  $('backend-info').textContent = 'This browser does not offer WebGPU, so images will be made on the CPU, '
+    + 'which is much slower. A recent Chrome, Edge or Safari with WebGPU enabled uses the GPU.';
 }
 if ('serviceWorker' in navigator) {
   navigator.serviceWorker.register('sw.js').catch((e) => console.warn('no offline support:', e));

@@ -1,7 +1,8 @@
 // Runs the pipeline off the main thread so the page never freezes.
-// In:  {type: 'generate', base, options, preview, image?, mask?} | {type: 'cancel'}
-// Out: {type: 'download', file, loaded, total} | {type: 'step', done, total, rgba?, size}
-//      {type: 'result', rgba, size} | {type: 'cancelled'} | {type: 'error', message}
+// In:  {type: 'generate', base, backend, options, preview, image?, mask?} | {type: 'cancel'}
+// Out: {type: 'download', file, loaded, total} | {type: 'loaded', backend, notice}
+//      {type: 'step', done, total, rgba?, width, height} | {type: 'result', rgba, width, height}
+//      {type: 'cancelled'} | {type: 'error', message}
 import init, { Generator } from './pkg/latent_diffusion_web.js';
 
 const FILES = ['unet/config.json', 'unet/diffusion_pytorch_model.safetensors', 'vae/config.json',
@@ -12,7 +13,7 @@ const OPTIONAL = new Set(['tokenizer/tokenizer_config.json']);
 const CACHE = 'ldw-models-v1';
 
 let ready = init();
-let generator = null, loadedBase = null, cancelled = false;
+let generator = null, loadedKey = null, cancelled = false;
 
 /** One file: from the Cache API if there, else streamed from the network with byte progress. */
 async function fetchFile(base, file) {
@@ -49,8 +50,9 @@ async function fetchFile(base, file) {
   return bytes;
 }
 
-async function load(base) {
-  if (generator && loadedBase === base) return;
+async function load(base, backend) {
+  const key = `${backend} ${base}`;
+  if (generator && loadedKey === key) return;
   generator?.free();
   generator = null;
   const files = {};
@@ -59,29 +61,30 @@ async function load(base) {
     if (b) files[f] = b;
   }
   try {
-    generator = await Generator.create(files);
+    generator = await Generator.create(files, backend);
   } catch (e) {
     // Never keep files that failed to load: the next attempt downloads them again.
     const cache = await caches.open(CACHE);
     await Promise.all(FILES.map((f) => cache.delete(new URL(f, new URL(base, self.location.href)).href)));
     throw e;
   }
-  loadedBase = base;
+  loadedKey = key;
+  postMessage({ type: 'loaded', backend: generator.backend, notice: generator.notice });
 }
 
 const tick = () => new Promise((r) => setTimeout(r, 0));
 
-async function generate({ base, options, preview, image, mask }) {
+async function generate({ base, backend, options, preview, image, mask }) {
   cancelled = false;
   await ready;
-  await load(base);
-  const size = options.width ?? generator.defaultSize;
+  await load(base, backend ?? 'auto');
+  const width = options.width ?? generator.defaultSize, height = options.height ?? generator.defaultSize;
   generator.start(options, image ?? null, mask ?? null);
   const total = generator.totalSteps();
   for (;;) {
     const more = generator.step();
     const done = generator.stepsDone();
-    const msg = { type: 'step', done, total, size };
+    const msg = { type: 'step', done, total, width, height };
     if (preview && more) msg.rgba = await generator.result();
     postMessage(msg);
     await tick(); // lets a 'cancel' message in
@@ -93,7 +96,7 @@ async function generate({ base, options, preview, image, mask }) {
     if (!more) break;
   }
   const rgba = await generator.result();
-  postMessage({ type: 'result', rgba, size }, [rgba.buffer]);
+  postMessage({ type: 'result', rgba, width, height }, [rgba.buffer]);
 }
 
 onmessage = async ({ data }) => {

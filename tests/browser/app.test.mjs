@@ -1,12 +1,14 @@
 // The generator page end to end in headless chromium (WebGPU on SwiftShader):
-// generate equals diffusers' image for the tiny pipeline within one level
-// (the native CLI is held to the same bound), cancel stops a run and the next
-// one works, inpainting keeps what is not painted, a bad model URL or a corrupted weight file is an error that
-// leaves the page usable, and after one visit it works with the server gone.
+// generate equals diffusers' image within one level, for the tiny pipeline and
+// for the shipped model with the page's default settings (the native CLI is
+// held to the same bound); img2img redoes the image; cancel stops a run and
+// the next one works; inpainting keeps what is not painted; a bad model URL or
+// a corrupted weight file is an error that leaves the page usable; after one
+// visit it works with the server gone.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFile, mkdir } from 'node:fs/promises';
-import { openPage, ROOT } from './harness.mjs';
+import { mkdir } from 'node:fs/promises';
+import { openPage, ROOT, runPage, worstLevel } from './harness.mjs';
 
 let server, browser, page;
 
@@ -19,37 +21,62 @@ before(async () => {
 
 after(async () => ctx?.close());
 
-async function run(settings) {
-  for (const [id, v] of Object.entries(settings)) await page.fill(`#${id}`, String(v));
-  await page.click('#generate');
-  await page.waitForFunction(() => ['done', 'error', 'cancelled'].includes(document.body.dataset.state),
-    null, { timeout: 180_000 });
-  return page.evaluate(() => document.body.dataset.state);
-}
-
-async function expected(name) {
-  const buf = await readFile(`${ROOT}tests/fixtures/pipelines/tiny/expected.safetensors`);
-  const n = Number(buf.readBigUInt64LE(0));
-  const [s, e] = JSON.parse(buf.subarray(8, 8 + n).toString())[name].data_offsets;
-  const d = buf.subarray(8 + n + s, 8 + n + e);
-  return new Float32Array(d.buffer.slice(d.byteOffset, d.byteOffset + d.byteLength));
-}
+const run = (settings) => runPage(page, settings);
+const pixels = (size) => page.evaluate((n) => Array.from(
+  document.getElementById('out').getContext('2d').getImageData(0, 0, n, n).data), size);
 
 test('generate shows the image diffusers makes, and a PNG to download', async () => {
   const state = await run({ model: 'models/tiny-random/', prompt: 'a red heart', negative: 'blurry',
     seed: 42, steps: 4, guidance: 3, eta: 0 });
   assert.equal(state, 'done', await page.textContent('#error'));
-  const rgba = await page.evaluate(() => Array.from(
-    document.getElementById("out").getContext("2d").getImageData(0, 0, 16, 16).data));
-  const want = await expected('guided_eta0');
-  let worst = 0;
-  for (let i = 0; i < 256; i++) {
-    for (let c = 0; c < 3; c++) worst = Math.max(worst, Math.abs(rgba[i * 4 + c] - Math.round(want[c * 256 + i] * 255)));
-  }
+  const worst = await worstLevel(page, 'tiny', 'guided_eta0', 16);
   assert.ok(worst <= 1, `worst pixel differs by ${worst} levels`);
   assert.equal(await page.isHidden('#download'), false);
+  assert.match(await page.textContent('#backend-info'), /^Running on WebGPU/);
+});
+
+test('the shipped model with the default settings makes diffusers\' red heart', async () => {
+  await page.selectOption('#preset', 'models/emoji-4step/');
+  assert.equal(await page.inputValue('#model'), 'models/emoji-4step/');
+  assert.equal(await page.inputValue('#steps'), '4');
+  assert.equal(await page.inputValue('#guidance'), '1');
+  assert.equal(await run({ prompt: 'red heart', negative: '', seed: 0, eta: 0 }), 'done',
+    await page.textContent('#error'));
+  const worst = await worstLevel(page, 'emoji-4step', 'red_heart', 64);
+  assert.ok(worst <= 1, `worst pixel differs by ${worst} levels`);
   await mkdir(`${ROOT}docs`, { recursive: true });
   await page.screenshot({ path: `${ROOT}docs/screenshot-generate.png`, fullPage: true });
+});
+
+test('on a phone-sized screen everything fits in one column', async () => {
+  await page.setViewportSize({ width: 390, height: 844 });
+  const layout = await page.evaluate(() => ({
+    overflow: document.documentElement.scrollWidth - window.innerWidth,
+    stage: document.getElementById('stage').getBoundingClientRect().width,
+    hiddenTools: getComputedStyle(document.getElementById('image-tools')).display,
+  }));
+  assert.ok(layout.overflow <= 0, `page is ${layout.overflow}px wider than the screen`);
+  assert.ok(layout.stage > 300 && layout.stage <= 390, `image is ${layout.stage}px wide`);
+  assert.equal(layout.hiddenTools, 'none');
+  for (const id of ['prompt', 'generate', 'preset', 'model']) {
+    const box = await page.locator(`#${id}`).boundingBox();
+    assert.ok(box.x >= 0 && box.x + box.width <= 390, `#${id} sticks out: ${JSON.stringify(box)}`);
+  }
+  await page.screenshot({ path: `${ROOT}docs/screenshot-phone.png`, fullPage: true });
+  await page.setViewportSize({ width: 1280, height: 1000 });
+});
+
+test('img2img redoes the whole image from the current one', async () => {
+  assert.equal(await run({ model: 'models/tiny-random/', steps: 4, seed: 42 }), 'done');
+  const before = await pixels(16);
+  await page.selectOption('#mode', 'img2img');
+  assert.equal(await page.inputValue('#strength'), '0.6');
+  assert.equal(await run({ seed: 5 }), 'done', await page.textContent('#error'));
+  const after = await pixels(16);
+  let changed = 0;
+  for (let i = 0; i < 256; i++) changed += [0, 1, 2].some((c) => after[i * 4 + c] !== before[i * 4 + c]);
+  assert.ok(changed > 128, `only ${changed} of 256 pixels changed`);
+  await page.selectOption('#mode', 'generate');
 });
 
 test('cancel stops a run and the next generate works', async () => {
@@ -81,13 +108,12 @@ test('a corrupted safetensors download shows an error and the page stays usable'
 });
 
 test('inpaint keeps unmasked pixels and changes masked ones', async () => {
-  assert.equal(await run({ model: 'models/tiny-random/', steps: 4, seed: 42 }), 'done');
-  const pixels = () => page.evaluate(() => Array.from(
-    document.getElementById('out').getContext('2d').getImageData(0, 0, 16, 16).data));
-  const before = await pixels();
+  await page.selectOption('#preset', 'models/emoji-4step/');
+  assert.equal(await run({ prompt: 'red heart', seed: 0 }), 'done', await page.textContent('#error'));
+  const before = await pixels(64);
   await page.selectOption('#mode', 'inpaint');
   // Paint the left half with the brush, as a person would.
-  await page.setViewportSize({ width: 1280, height: 1400 });
+  await page.setViewportSize({ width: 1280, height: 1600 });
   await page.locator('#mask').scrollIntoViewIfNeeded();
   const box = await page.locator('#mask').boundingBox();
   await page.fill('#brush', '64');
@@ -98,16 +124,16 @@ test('inpaint keeps unmasked pixels and changes masked ones', async () => {
     await page.mouse.up();
   }
   const mask = await page.evaluate(() => Array.from(
-    document.getElementById('mask').getContext('2d').getImageData(0, 0, 16, 16).data).filter((_, i) => i % 4 === 3));
-  assert.equal(await run({ seed: 7 }), 'done', await page.textContent('#error'));
-  const after = await pixels();
+    document.getElementById('mask').getContext('2d').getImageData(0, 0, 64, 64).data).filter((_, i) => i % 4 === 3));
+  assert.equal(await run({ prompt: 'cat face', seed: 7 }), 'done', await page.textContent('#error'));
+  const after = await pixels(64);
   let kept = 0, changed = 0, masked = 0;
-  for (let i = 0; i < 256; i++) {
+  for (let i = 0; i < 64 * 64; i++) {
     const same = [0, 1, 2].every((c) => after[i * 4 + c] === before[i * 4 + c]);
     if (mask[i] > 0) { masked++; changed += !same; } else { assert.ok(same, `unmasked pixel ${i} changed`); kept++; }
   }
-  assert.ok(masked > 64 && kept > 64, `mask covers ${masked} pixels`);
-  assert.ok(changed > masked / 2, `only ${changed} of ${masked} masked pixels changed`);
+  assert.ok(masked > 1024 && kept > 1024, `mask covers ${masked} pixels`);
+  assert.ok(changed > masked / 4, `only ${changed} of ${masked} masked pixels changed`);
   await page.screenshot({ path: `${ROOT}docs/screenshot-inpaint.png`, fullPage: true });
   await page.selectOption('#mode', 'generate');
 });

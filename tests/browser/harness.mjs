@@ -39,14 +39,16 @@ export async function serve(dir = 'www') {
   };
 }
 
-/** Launches Debian's chromium headless with WebGPU on its software adapter. */
-export async function launch() {
+/** Launches Debian's chromium headless with WebGPU on its software adapter
+ * (`webgpu: false` leaves the flag out: no adapter, as on a browser without a
+ * usable GPU). */
+export async function launch({ webgpu = true } = {}) {
   const userDataDir = await mkdtemp(join(tmpdir(), 'ldw-chromium-'));
   const context = await chromium.launchPersistentContext(userDataDir, {
     executablePath: '/usr/bin/chromium',
     headless: true,
     args: ['--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync', '--enable-unsafe-webgpu'],
+      '--disable-component-update', '--disable-sync', ...(webgpu ? ['--enable-unsafe-webgpu'] : [])],
   });
   const errors = [];
   context.on('weberror', (e) => errors.push(String(e.error())));
@@ -58,11 +60,44 @@ export async function launch() {
 
 /** Serves `dir`, opens `path` in a fresh browser and waits for the page's
  * `data-ready`. Returns { server, browser, page }; `close()` ends both. */
-export async function openPage(dir, path) {
+export async function openPage(dir, path, options) {
   const server = await serve(dir);
-  const browser = await launch();
+  const browser = await launch(options);
   const page = await browser.context.newPage();
   await page.goto(server.url + path);
   await page.waitForSelector('body[data-ready="true"]', { timeout: 60_000 });
   return { server, browser, page, close: async () => { await browser.close(); server.close(); } };
+}
+
+/** One image of a fixture file written by tools/make_pipeline_fixtures.py:
+ * CHW float32 in [0, 1]. */
+export async function expectedImage(fixture, name) {
+  const buf = await readFile(`${ROOT}tests/fixtures/pipelines/${fixture}/expected.safetensors`);
+  const n = Number(buf.readBigUInt64LE(0));
+  const [s, e] = JSON.parse(buf.subarray(8, 8 + n).toString())[name].data_offsets;
+  const d = buf.subarray(8 + n + s, 8 + n + e);
+  return new Float32Array(d.buffer.slice(d.byteOffset, d.byteOffset + d.byteLength));
+}
+
+/** The largest difference in 8-bit levels between the page's output canvas
+ * and a fixture image of `size` × `size`. */
+export async function worstLevel(page, fixture, name, size) {
+  const rgba = await page.evaluate((n) => Array.from(
+    document.getElementById('out').getContext('2d').getImageData(0, 0, n, n).data), size);
+  const want = await expectedImage(fixture, name);
+  const px = size * size;
+  let worst = 0;
+  for (let i = 0; i < px; i++) {
+    for (let c = 0; c < 3; c++) worst = Math.max(worst, Math.abs(rgba[i * 4 + c] - Math.round(want[c * px + i] * 255)));
+  }
+  return worst;
+}
+
+/** Fills the page's fields, presses Generate and waits for the end state. */
+export async function runPage(page, settings) {
+  for (const [id, v] of Object.entries(settings)) await page.fill(`#${id}`, String(v));
+  await page.click('#generate');
+  await page.waitForFunction(() => ['done', 'error', 'cancelled'].includes(document.body.dataset.state),
+    null, { timeout: 300_000 });
+  return page.evaluate(() => document.body.dataset.state);
 }
