@@ -192,13 +192,18 @@ async fn choose_device(
     ))
 }
 
-/// A loaded pipeline and the run in progress. The worker drives it:
-/// `start`, then `step` until it returns false (checking for cancel between
-/// steps), then `result`.
+/// A loaded pipeline and the run in progress.
+///
+/// Two ways to drive it. One call: `await generator.generate(options, image,
+/// mask, onStep, preview)` runs every step, calls `onStep(done, total,
+/// previewRgba?)` after each and yields to the event loop between steps, so
+/// `generator.cancel()` from a callback or another task stops it (it then
+/// resolves to `undefined`). Or step by step, as the page's worker does:
+/// `start`, `step` until it returns false, `result`.
 #[wasm_bindgen]
 pub struct Generator {
     sd: Rc<StableDiffusion>,
-    run: Option<Sampling>,
+    run: RefCell<Option<Sampling>>,
     backend: String,
     notice: Option<String>,
 }
@@ -218,12 +223,41 @@ impl Generator {
             Ok((!v.is_undefined() && !v.is_null()).then(|| js_sys::Uint8Array::new(&v).to_vec()))
         })
         .map_err(to_js)?;
+        Self::build(parts, backend).await
+    }
+
+    /// Downloads a diffusers folder with `fetch` and builds the pipeline.
+    /// `base` is the folder's URL (absolute, e.g. a CDN's `…/resolve/main/`,
+    /// or relative to the page); `onProgress(file, loadedBytes, totalBytes)`
+    /// is called as bytes arrive (total is 0 without a Content-Length).
+    #[wasm_bindgen(js_name = fromUrl)]
+    pub async fn from_url(
+        base: String,
+        backend: Option<String>,
+        on_progress: Option<js_sys::Function>,
+    ) -> Result<Generator, JsError> {
+        let mut files = std::collections::HashMap::new();
+        for path in crate::pipeline::FILES
+            .iter()
+            .copied()
+            .chain(["tokenizer/tokenizer_config.json"])
+        {
+            let optional = path == "tokenizer/tokenizer_config.json";
+            if let Some(b) = fetch::bytes(&base, path, optional, on_progress.as_ref()).await? {
+                files.insert(path, b);
+            }
+        }
+        let parts = PipelineFiles::from_lookup(&base, |p| Ok(files.remove(p))).map_err(to_js)?;
+        Self::build(parts, backend).await
+    }
+
+    async fn build(parts: PipelineFiles, backend: Option<String>) -> Result<Generator, JsError> {
         let (device, backend, notice) =
             choose_device(backend.as_deref().unwrap_or("auto"), parts.largest_tensor()).await?;
         let sd = StableDiffusion::load(parts, &device).map_err(to_js)?;
         Ok(Generator {
             sd: Rc::new(sd),
-            run: None,
+            run: RefCell::new(None),
             backend,
             notice,
         })
@@ -251,7 +285,7 @@ impl Generator {
     /// guidanceScale, timestepSpacing, width, height, strength }`; `image` and
     /// `mask` (RGBA bytes of `width × height`) select img2img / inpainting.
     pub fn start(
-        &mut self,
+        &self,
         options: JsValue,
         image: Option<Vec<u8>>,
         mask: Option<Vec<u8>>,
@@ -270,59 +304,227 @@ impl Generator {
             .map(|b| mask_to_tensor(&b, w, h, d))
             .transpose()
             .map_err(to_js)?;
-        self.run = Some(self.sd.start(&o, init, mask).map_err(to_js)?);
+        *self.run.borrow_mut() = Some(self.sd.start(&o, init, mask).map_err(to_js)?);
         Ok(())
     }
 
     /// Queues one denoising step on the GPU; false when the run is complete.
-    pub fn step(&mut self) -> Result<bool, JsError> {
+    pub fn step(&self) -> Result<bool, JsError> {
         lost()?;
-        let run = self
-            .run
+        self.run
+            .borrow_mut()
             .as_mut()
-            .ok_or_else(|| JsError::new("no run: call start first"))?;
-        run.step().map_err(to_js)
+            .ok_or_else(|| JsError::new("no run: call start first"))?
+            .step()
+            .map_err(to_js)
     }
 
     /// Steps done and in total.
     #[wasm_bindgen(js_name = stepsDone)]
     pub fn steps_done(&self) -> usize {
-        self.run.as_ref().map_or(0, |r| r.steps_done())
+        self.run.borrow().as_ref().map_or(0, |r| r.steps_done())
     }
 
     #[wasm_bindgen(js_name = totalSteps)]
     pub fn total_steps(&self) -> usize {
-        self.run.as_ref().map_or(0, |r| r.total_steps())
+        self.run.borrow().as_ref().map_or(0, |r| r.total_steps())
     }
 
     /// Drops the run in progress.
-    pub fn cancel(&mut self) {
-        self.run = None;
+    pub fn cancel(&self) {
+        *self.run.borrow_mut() = None;
     }
 
     /// Resolves to the image as RGBA bytes: the final image once all steps
     /// ran, or a preview of the current latents before that.
     pub fn result(&self) -> Result<js_sys::Promise, JsError> {
+        let image = self.image()?;
+        Ok(wasm_bindgen_futures::future_to_promise(async move {
+            Ok(js_sys::Uint8Array::from(to_rgba(image).await?.as_slice()).into())
+        }))
+    }
+
+    /// Runs a whole generation (see the type's docs); resolves to the RGBA
+    /// bytes, or `undefined` if `cancel()` was called meanwhile.
+    pub async fn generate(
+        &self,
+        options: JsValue,
+        image: Option<Vec<u8>>,
+        mask: Option<Vec<u8>>,
+        on_step: Option<js_sys::Function>,
+        preview: Option<bool>,
+    ) -> Result<Option<js_sys::Uint8Array>, JsError> {
+        self.start(options, image, mask)?;
+        let total = self.total_steps();
+        loop {
+            let more = self.step()?;
+            if let Some(f) = &on_step {
+                let rgba = if more && preview.unwrap_or(false) {
+                    js_sys::Uint8Array::from(to_rgba(self.image()?).await?.as_slice()).into()
+                } else {
+                    JsValue::UNDEFINED
+                };
+                f.call3(
+                    &JsValue::NULL,
+                    &JsValue::from(self.steps_done() as u32),
+                    &JsValue::from(total as u32),
+                    &rgba,
+                )
+                .map_err(|e| JsError::new(&format!("onStep threw: {e:?}")))?;
+            }
+            fetch::next_tick().await;
+            if self.run.borrow().is_none() {
+                return Ok(None);
+            }
+            if !more {
+                break;
+            }
+        }
+        let rgba = to_rgba(self.image()?).await?;
+        Ok(Some(js_sys::Uint8Array::from(rgba.as_slice())))
+    }
+
+    /// The final image if the run is complete, else the current preview.
+    fn image(&self) -> Result<Tensor<4>, JsError> {
         lost()?;
-        let run = self
-            .run
+        let run = self.run.borrow();
+        let run = run
             .as_ref()
             .ok_or_else(|| JsError::new("no run: call start first"))?;
-        let image: Tensor<4> = if run.steps_done() == run.total_steps() {
+        Ok(if run.steps_done() == run.total_steps() {
             run.finish()
         } else {
             run.decode()
-        };
-        Ok(wasm_bindgen_futures::future_to_promise(async move {
-            let [_, _, h, w] = image.dims();
-            let data = image.into_data_async().await.map_err(|e| {
-                JsError::new(&format!("reading the image from the GPU failed: {e:?}"))
-            })?;
-            let values = data
-                .try_to_vec::<f32>()
-                .map_err(|e| JsError::new(&format!("{e:?}")))?;
-            Ok(js_sys::Uint8Array::from(tensor_values_to_rgba(&values, w, h).as_slice()).into())
-        }))
+        })
+    }
+}
+
+/// Reads an image tensor back from the device as RGBA bytes.
+async fn to_rgba(image: Tensor<4>) -> Result<Vec<u8>, JsError> {
+    let [_, _, h, w] = image.dims();
+    let data = image
+        .into_data_async()
+        .await
+        .map_err(|e| JsError::new(&format!("reading the image from the GPU failed: {e:?}")))?;
+    let values = data
+        .try_to_vec::<f32>()
+        .map_err(|e| JsError::new(&format!("{e:?}")))?;
+    Ok(tensor_values_to_rgba(&values, w, h))
+}
+
+/// `fetch` from a window or a worker, with byte progress.
+mod fetch {
+    use js_sys::{Function, Promise, Reflect, Uint8Array};
+    use wasm_bindgen::prelude::*;
+    use wasm_bindgen_futures::JsFuture;
+
+    fn global(name: &str) -> Result<JsValue, JsError> {
+        Reflect::get(&js_sys::global(), &JsValue::from_str(name))
+            .map_err(|_| JsError::new(&format!("no global {name}")))
+    }
+
+    fn message(e: &JsValue) -> String {
+        Reflect::get(e, &JsValue::from_str("message"))
+            .ok()
+            .and_then(|m| m.as_string())
+            .unwrap_or_else(|| format!("{e:?}"))
+    }
+
+    /// Resolves `path` against `base`, itself resolved against the page.
+    fn resolve(base: &str, path: &str) -> Result<String, JsError> {
+        let here = Reflect::get(&global("location")?, &JsValue::from_str("href"))
+            .ok()
+            .and_then(|h| h.as_string())
+            .unwrap_or_default();
+        let base = web_sys::Url::new_with_base(base, &here)
+            .map_err(|e| JsError::new(&format!("bad model URL {base:?}: {}", message(&e))))?;
+        let url = web_sys::Url::new_with_base(path, &base.href())
+            .map_err(|e| JsError::new(&format!("bad URL {path:?}: {}", message(&e))))?;
+        Ok(url.href())
+    }
+
+    /// One file's bytes; `None` for an optional file that is not there (404).
+    pub async fn bytes(
+        base: &str,
+        path: &str,
+        optional: bool,
+        on_progress: Option<&Function>,
+    ) -> Result<Option<Vec<u8>>, JsError> {
+        let url = resolve(base, path)?;
+        let fetch: Function = global("fetch")?.into();
+        let res = JsFuture::from(Promise::from(
+            fetch
+                .call1(&JsValue::NULL, &JsValue::from_str(&url))
+                .map_err(|e| JsError::new(&format!("could not reach {url}: {}", message(&e))))?,
+        ))
+        .await
+        .map_err(|e| JsError::new(&format!("could not reach {url}: {}", message(&e))))?;
+        let res: web_sys::Response = res.into();
+        if !res.ok() {
+            if optional && res.status() == 404 {
+                return Ok(None);
+            }
+            return Err(JsError::new(&format!(
+                "{url}: HTTP {} {}",
+                res.status(),
+                res.status_text()
+            )));
+        }
+        let total: f64 = res
+            .headers()
+            .get("content-length")
+            .ok()
+            .flatten()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        let body = res
+            .body()
+            .ok_or_else(|| JsError::new(&format!("{url}: empty response")))?;
+        let reader: web_sys::ReadableStreamDefaultReader = body.get_reader().unchecked_into();
+        let mut out = Vec::new();
+        loop {
+            let chunk = JsFuture::from(reader.read())
+                .await
+                .map_err(|e| JsError::new(&format!("{url}: download failed: {}", message(&e))))?;
+            if Reflect::get(&chunk, &JsValue::from_str("done"))
+                .map(|d| d.is_truthy())
+                .unwrap_or(true)
+            {
+                break;
+            }
+            let value = Reflect::get(&chunk, &JsValue::from_str("value"))
+                .map_err(|_| JsError::new(&format!("{url}: unreadable chunk")))?;
+            out.extend_from_slice(&Uint8Array::new(&value).to_vec());
+            if let Some(f) = on_progress {
+                // A throwing progress callback must not stop the download.
+                let _ = f.call3(
+                    &JsValue::NULL,
+                    &JsValue::from_str(path),
+                    &JsValue::from(out.len() as f64),
+                    &JsValue::from(total),
+                );
+            }
+        }
+        if total > 0.0 && out.len() as f64 != total {
+            return Err(JsError::new(&format!(
+                "{url}: download stopped at {} of {total} bytes",
+                out.len()
+            )));
+        }
+        Ok(Some(out))
+    }
+
+    /// Resolves on the next turn of the event loop (setTimeout 0), so that
+    /// messages and UI events (a cancel) get in between steps.
+    pub async fn next_tick() {
+        let promise = Promise::new(&mut |resolve, _| {
+            if let Ok(f) = global("setTimeout").map(Function::from) {
+                let _ = f.call2(&JsValue::NULL, &resolve, &JsValue::from(0));
+            } else {
+                let _ = resolve.call0(&JsValue::NULL);
+            }
+        });
+        let _ = JsFuture::from(promise).await;
     }
 }
 

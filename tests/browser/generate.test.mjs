@@ -84,3 +84,46 @@ test('a missing or corrupted weight file is a JS error', async () => {
   assert.match(corrupt, /missing|unet\/config\.json/);
   assert.deepEqual(browser.errors, []);
 });
+
+test('fromUrl + generate(onStep): byte progress, step callbacks with previews, same image', async () => {
+  const got = await page.evaluate(async (base) => {
+    const m = await import('./pkg/latent_diffusion_web.js');
+    const progress = new Set(), steps = [];
+    const g = await m.Generator.fromUrl(base, 'auto', (file, loaded, total) => progress.add(`${file} ${loaded}/${total}`));
+    const rgba = await g.generate({ prompt: 'a red heart', negativePrompt: 'blurry', seed: 42, steps: 4,
+      guidanceScale: 3.0, eta: 0.0, timestepSpacing: 'leading' }, null, null,
+    (done, total, preview) => steps.push([done, total, preview ? preview.length : 0]), true);
+    return { rgba: Array.from(rgba), progress: [...progress], steps, backend: g.backend };
+  }, `/${MODEL}`);
+  assert.match(got.backend, /^WebGPU/);
+  assert.ok(got.progress.some((p) => /^unet\/diffusion_pytorch_model\.safetensors (\d+)\/\1$/.test(p)),
+    got.progress.join('\n'));
+  // Previews on every step but the last; the final image is the return value.
+  assert.deepEqual(got.steps, [[1, 4, 1024], [2, 4, 1024], [3, 4, 1024], [4, 4, 0]]);
+  const want = await safetensor(`${MODEL}expected.safetensors`, 'guided_eta0');
+  let worst = 0;
+  for (let i = 0; i < 256; i++) {
+    for (let c = 0; c < 3; c++) worst = Math.max(worst, Math.abs(got.rgba[i * 4 + c] - Math.round(want[c * 256 + i] * 255)));
+  }
+  assert.ok(worst <= 1, `worst pixel differs by ${worst} levels`);
+});
+
+test('generate(): cancel from the step callback resolves to undefined; a bad URL is an error', async () => {
+  const got = await page.evaluate(async (base) => {
+    const m = await import('./pkg/latent_diffusion_web.js');
+    const g = await m.Generator.fromUrl(base);
+    const seen = [];
+    const result = await g.generate({ prompt: 'x', steps: 50 }, null, null, (done) => {
+      seen.push(done);
+      if (done === 2) g.cancel();
+    });
+    const after = await g.generate({ prompt: 'x', steps: 2 });
+    let bad;
+    try { await m.Generator.fromUrl('/no/such/model/'); } catch (e) { bad = e.message; }
+    return { result: result === undefined, seen, after: after.length, bad };
+  }, `/${MODEL}`);
+  assert.equal(got.result, true);
+  assert.deepEqual(got.seen, [1, 2]);
+  assert.equal(got.after, 16 * 16 * 4);
+  assert.match(got.bad, /\/no\/such\/model\/unet\/config\.json: HTTP 404/);
+});

@@ -27,7 +27,9 @@ export async function serve(dir = 'www') {
     try {
       let body = await readFile(file);
       if (corrupt && file.endsWith('.safetensors')) body = body.subarray(0, body.length >> 1);
-      res.writeHead(200, { 'content-type': TYPES[extname(file)] ?? 'application/octet-stream' }).end(body);
+      res.writeHead(200, {
+        'content-type': TYPES[extname(file)] ?? 'application/octet-stream', 'content-length': body.length,
+      }).end(body);
     } catch {
       res.writeHead(404).end('not found');
     }
