@@ -4,8 +4,7 @@
 // test uses; bad model files are JS errors and the module stays usable.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs/promises';
-import { openPage, ROOT } from './harness.mjs';
+import { expectedImage, levelDiff, openPage } from './harness.mjs';
 
 const MODEL = 'tests/fixtures/pipelines/tiny/';
 const FILES = ['unet/config.json', 'unet/diffusion_pytorch_model.safetensors', 'vae/config.json',
@@ -23,16 +22,6 @@ before(async () => {
 });
 
 after(async () => ctx?.close());
-
-/** Reads one f32 tensor from a safetensors file. */
-async function safetensor(path, name) {
-  const buf = await readFile(ROOT + path);
-  const n = Number(buf.readBigUInt64LE(0));
-  const header = JSON.parse(buf.subarray(8, 8 + n).toString());
-  const [start, end] = header[name].data_offsets;
-  const data = buf.subarray(8 + n + start, 8 + n + end);
-  return new Float32Array(data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength));
-}
 
 async function generate(files, options) {
   return page.evaluate(async ([base, files, options]) => {
@@ -60,14 +49,7 @@ test('generate on WebGPU matches diffusers within one level', async () => {
     guidanceScale: 3.0, eta: 0.0, timestepSpacing: 'leading' });
   assert.equal(got.error, undefined, got.error);
   assert.equal(got.steps, 4);
-  const want = await safetensor(`${MODEL}expected.safetensors`, 'guided_eta0');
-  const plane = 16 * 16;
-  let worst = 0;
-  for (let i = 0; i < plane; i++) {
-    for (let c = 0; c < 3; c++) {
-      worst = Math.max(worst, Math.abs(got.rgba[i * 4 + c] - Math.round(want[c * plane + i] * 255)));
-    }
-  }
+  const worst = levelDiff(got.rgba, await expectedImage('tiny', 'guided_eta0'), 16);
   assert.ok(worst <= 1, `worst pixel differs by ${worst} levels`);
 });
 
@@ -100,11 +82,7 @@ test('fromUrl + generate(onStep): byte progress, step callbacks with previews, s
     got.progress.join('\n'));
   // Previews on every step but the last; the final image is the return value.
   assert.deepEqual(got.steps, [[1, 4, 1024], [2, 4, 1024], [3, 4, 1024], [4, 4, 0]]);
-  const want = await safetensor(`${MODEL}expected.safetensors`, 'guided_eta0');
-  let worst = 0;
-  for (let i = 0; i < 256; i++) {
-    for (let c = 0; c < 3; c++) worst = Math.max(worst, Math.abs(got.rgba[i * 4 + c] - Math.round(want[c * 256 + i] * 255)));
-  }
+  const worst = levelDiff(got.rgba, await expectedImage('tiny', 'guided_eta0'), 16);
   assert.ok(worst <= 1, `worst pixel differs by ${worst} levels`);
 });
 

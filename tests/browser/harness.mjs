@@ -81,18 +81,23 @@ export async function expectedImage(fixture, name) {
   return new Float32Array(d.buffer.slice(d.byteOffset, d.byteOffset + d.byteLength));
 }
 
-/** The largest difference in 8-bit levels between the page's output canvas
- * and a fixture image of `size` × `size`. */
-export async function worstLevel(page, fixture, name, size) {
-  const rgba = await page.evaluate((n) => Array.from(
-    document.getElementById('out').getContext('2d').getImageData(0, 0, n, n).data), size);
-  const want = await expectedImage(fixture, name);
+/** The largest difference in 8-bit levels between RGBA bytes and a CHW
+ * [0, 1] image of `size` × `size`. */
+export function levelDiff(rgba, want, size) {
   const px = size * size;
   let worst = 0;
   for (let i = 0; i < px; i++) {
     for (let c = 0; c < 3; c++) worst = Math.max(worst, Math.abs(rgba[i * 4 + c] - Math.round(want[c * px + i] * 255)));
   }
   return worst;
+}
+
+/** The largest difference in 8-bit levels between the page's output canvas
+ * and a fixture image of `size` × `size`. */
+export async function worstLevel(page, fixture, name, size) {
+  const rgba = await page.evaluate((n) => Array.from(
+    document.getElementById('out').getContext('2d').getImageData(0, 0, n, n).data), size);
+  return levelDiff(rgba, await expectedImage(fixture, name), size);
 }
 
 /** Fills the page's fields, presses Generate and waits for the end state. */

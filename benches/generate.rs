@@ -1,0 +1,64 @@
+//! Times a whole generation with the shipped model (www/models/emoji-4step:
+//! tokenize, encode the prompt, 4 DDIM steps at guidance 1, decode, read the
+//! image back) on one Burn backend. Prints JSON like tools/bench_generate.py;
+//! tools/bench.sh runs both and prints the ratio.
+//!
+//!     cargo bench --bench generate -- <flex|wgpu> [model dir]
+
+use std::time::Instant;
+
+use burn::tensor::{Device, DeviceKind};
+use latent_diffusion_web::pipeline::{GenerateOptions, PipelineFiles, StableDiffusion};
+
+const RUNS: usize = 10;
+
+fn main() {
+    let args: Vec<String> = std::env::args().filter(|a| a != "--bench").collect();
+    let backend = args.get(1).map(String::as_str).unwrap_or("flex");
+    let default = concat!(env!("CARGO_MANIFEST_DIR"), "/www/models/emoji-4step");
+    let dir = args.get(2).map(String::as_str).unwrap_or(default);
+    let device = match backend {
+        "flex" => Device::flex(),
+        "wgpu" => Device::wgpu(DeviceKind::DefaultDevice),
+        other => panic!("unknown backend {other}; use flex or wgpu"),
+    };
+    let t = Instant::now();
+    let files = PipelineFiles::read_dir(std::path::Path::new(dir)).unwrap();
+    let sd = std::rc::Rc::new(StableDiffusion::load(files, &device).unwrap());
+    let load_ms = t.elapsed().as_secs_f64() * 1e3;
+    let opts = GenerateOptions {
+        prompt: "red heart".into(),
+        steps: 4,
+        guidance_scale: 1.0,
+        ..Default::default()
+    };
+    let once = |seed: u64| {
+        let mut run = sd
+            .start(
+                &GenerateOptions {
+                    seed,
+                    ..opts.clone()
+                },
+                None,
+                None,
+            )
+            .unwrap();
+        while run.step().unwrap() {}
+        run.finish().into_data();
+    };
+    for seed in 0..2 {
+        once(seed);
+    }
+    let mut times: Vec<f64> = (0..RUNS as u64)
+        .map(|seed| {
+            let s = Instant::now();
+            once(seed);
+            s.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let median = (times[RUNS / 2 - 1] + times[RUNS / 2]) / 2.0;
+    println!(
+        "{{\"backend\": \"burn {backend}\", \"load_ms\": {load_ms:.1}, \"generate_ms\": {median:.2}}}"
+    );
+}
