@@ -50,11 +50,25 @@ async function fetchFile(base, file) {
   return bytes;
 }
 
-async function load(base, backend) {
-  const key = `${backend} ${base}`;
+/** "auto" skips a software WebGPU adapter (e.g. SwiftShader): there the wasm
+ * CPU path is far faster (21 s vs 0.4 s an image, tools/bench_browser.mjs). */
+async function resolveBackend(choice) {
+  if (choice !== 'auto' || !self.navigator?.gpu) return [choice, null];
+  let adapter = null;
+  try { adapter = await navigator.gpu.requestAdapter(); } catch { /* Rust reports it */ }
+  if (adapter && (adapter.info?.isFallbackAdapter ?? adapter.isFallbackAdapter)) {
+    return ['cpu', 'The only WebGPU adapter here is a software renderer, slower than the CPU path, '
+      + 'so the CPU is used ("WebGPU only" under More settings forces it).'];
+  }
+  return ['auto', null];
+}
+
+async function load(base, choice) {
+  const key = `${choice} ${base}`;
   if (generator && loadedKey === key) return;
   generator?.free();
   generator = null;
+  const [backend, why] = await resolveBackend(choice);
   const files = {};
   for (const f of FILES) {
     const b = await fetchFile(base, f);
@@ -69,7 +83,7 @@ async function load(base, backend) {
     throw e;
   }
   loadedKey = key;
-  postMessage({ type: 'loaded', backend: generator.backend, notice: generator.notice });
+  postMessage({ type: 'loaded', backend: generator.backend, notice: generator.notice ?? why });
 }
 
 const tick = () => new Promise((r) => setTimeout(r, 0));

@@ -15,6 +15,7 @@ let server, browser, page;
 let ctx;
 
 before(async () => {
+  await mkdir(`${ROOT}docs`, { recursive: true });
   ctx = await openPage('www', '');
   ({ server, browser, page } = ctx);
 });
@@ -26,6 +27,8 @@ const pixels = (size) => page.evaluate((n) => Array.from(
   document.getElementById('out').getContext('2d').getImageData(0, 0, n, n).data), size);
 
 test('generate shows the image diffusers makes, and a PNG to download', async () => {
+  await page.click('details summary'); // "More settings"
+  await page.selectOption('#backend', 'webgpu');
   const state = await run({ model: 'models/tiny-random/', prompt: 'a red heart', negative: 'blurry',
     seed: 42, steps: 4, guidance: 3, eta: 0 });
   assert.equal(state, 'done', await page.textContent('#error'));
@@ -33,6 +36,7 @@ test('generate shows the image diffusers makes, and a PNG to download', async ()
   assert.ok(worst <= 1, `worst pixel differs by ${worst} levels`);
   assert.equal(await page.isHidden('#download'), false);
   assert.match(await page.textContent('#backend-info'), /^Running on WebGPU/);
+  await page.selectOption('#backend', 'auto');
 });
 
 test('the shipped model with the default settings makes diffusers\' red heart', async () => {
@@ -40,12 +44,20 @@ test('the shipped model with the default settings makes diffusers\' red heart', 
   assert.equal(await page.inputValue('#model'), 'models/emoji-4step/');
   assert.equal(await page.inputValue('#steps'), '4');
   assert.equal(await page.inputValue('#guidance'), '1');
+  // "auto" on SwiftShader, a software adapter, picks the (faster) CPU path...
   assert.equal(await run({ prompt: 'red heart', negative: '', seed: 0, eta: 0 }), 'done',
     await page.textContent('#error'));
-  const worst = await worstLevel(page, 'emoji-4step', 'red_heart', 64);
-  assert.ok(worst <= 1, `worst pixel differs by ${worst} levels`);
-  await mkdir(`${ROOT}docs`, { recursive: true });
+  assert.match(await page.textContent('#backend-info'), /Running on CPU \(WebAssembly\)\. The only WebGPU adapter here is a software renderer/);
+  let worst = await worstLevel(page, 'emoji-4step', 'red_heart', 64);
+  assert.ok(worst <= 1, `CPU: worst pixel differs by ${worst} levels`);
   await page.screenshot({ path: `${ROOT}docs/screenshot-generate.png`, fullPage: true });
+  // ...and WebGPU, when asked for, makes the same image.
+  await page.selectOption('#backend', 'webgpu');
+  assert.equal(await run({ prompt: 'red heart' }), 'done', await page.textContent('#error'));
+  assert.match(await page.textContent('#backend-info'), /^Running on WebGPU/);
+  worst = await worstLevel(page, 'emoji-4step', 'red_heart', 64);
+  assert.ok(worst <= 1, `WebGPU: worst pixel differs by ${worst} levels`);
+  await page.selectOption('#backend', 'auto');
 });
 
 test('on a phone-sized screen everything fits in one column', async () => {
@@ -80,7 +92,7 @@ test('img2img redoes the whole image from the current one', async () => {
 });
 
 test('cancel stops a run and the next generate works', async () => {
-  await page.fill('#steps', '200');
+  await page.fill('#steps', '500');
   await page.click('#generate');
   await page.waitForFunction(() => /step [2-9]/.test(document.getElementById('status').textContent), null,
     { timeout: 120_000 });
