@@ -106,6 +106,10 @@ fn lost() -> Result<(), JsError> {
 }
 
 async fn webgpu() -> Result<Gpu, String> {
+    // A lost device stays lost for this page: "auto" then picks the CPU.
+    if let Some(m) = LOST.lock().ok().and_then(|l| l.clone()) {
+        return Err(format!("the GPU device was lost: {m}"));
+    }
     if let Some(g) = GPU.with(|g| g.borrow().clone()) {
         return g;
     }
