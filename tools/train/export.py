@@ -5,6 +5,15 @@ weights, the real CLIP tokenizer files) from the outputs of train.py.
 
 The student UNet is the shipped default (4 DDIM steps, guidance 1); the
 teacher can be exported the same way for evaluation.
+
+The other way round, for continuing training on a new machine from what the
+repository holds (f16-rounded weights):
+
+    python tools/train/export.py --to-run www/models/emoji-4step tools/train/teacher-unet RUN_DIR
+
+writes RUN_DIR/{vae,text_encoder,teacher,student}.safetensors and meta.json in
+train.py's format, so `train.py WORK OUT --resume RUN_DIR` skips the phases
+already done.
 """
 
 import argparse
@@ -57,12 +66,30 @@ def save(pipe, out):
         shutil.copy(os.path.join(TOKENIZER, f), os.path.join(tdir, f))
 
 
+def to_run(folder, teacher_dir, run):
+    os.makedirs(run, exist_ok=True)
+    f32 = lambda path: {k: v.float().contiguous() for k, v in load_file(path).items()}  # noqa: E731
+    save_file(f32(os.path.join(folder, "vae", "diffusion_pytorch_model.safetensors")), os.path.join(run, "vae.safetensors"))
+    save_file(f32(os.path.join(folder, "text_encoder", "model.safetensors")), os.path.join(run, "text_encoder.safetensors"))
+    save_file(f32(os.path.join(folder, "unet", "diffusion_pytorch_model.safetensors")),
+              os.path.join(run, "student.safetensors"))
+    save_file(f32(os.path.join(teacher_dir, "diffusion_pytorch_model.safetensors")), os.path.join(run, "teacher.safetensors"))
+    scaling = json.load(open(os.path.join(folder, "vae", "config.json")))["scaling_factor"]
+    with open(os.path.join(run, "meta.json"), "w") as f:
+        json.dump({"scaling_factor": scaling, "student_steps": 4, "from": folder}, f, indent=1)
+    print(f"wrote {run}: resume point with the 4-step student")
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("run")
-    ap.add_argument("out")
+    ap.add_argument("--to-run", nargs=3, metavar=("FOLDER", "TEACHER_UNET_DIR", "RUN_DIR"))
+    ap.add_argument("run", nargs="?")
+    ap.add_argument("out", nargs="?")
     ap.add_argument("--unet", default="student", choices=["student", "teacher"])
     a = ap.parse_args()
+    if a.to_run:
+        to_run(*a.to_run)
+        return
     pipe, _ = load(a.run, a.unet)
     save(pipe, a.out)
     total = sum(os.path.getsize(os.path.join(a.out, s, f)) for s, f in WEIGHTS)
