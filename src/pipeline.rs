@@ -49,6 +49,9 @@ pub const FILES: [&str; 9] = [
     "scheduler/scheduler_config.json",
 ];
 
+/// Files of a diffusers folder that [`PipelineFiles`] reads when present.
+pub const OPTIONAL_FILES: [&str; 1] = ["tokenizer/tokenizer_config.json"];
+
 impl PipelineFiles {
     /// The largest weight tensor as `(name, bytes once loaded as f32)`, read
     /// from the safetensors headers: a GPU must be able to bind a buffer this
@@ -104,7 +107,7 @@ impl PipelineFiles {
             tokenizer_config: None,
             scheduler_config: text(bytes(f[8])?, f[8])?,
         };
-        let tc = "tokenizer/tokenizer_config.json";
+        let tc = OPTIONAL_FILES[0];
         let tokenizer_config = get(tc)?.map(|b| text(b, tc)).transpose()?;
         Ok(Self {
             tokenizer_config,

@@ -9,7 +9,9 @@ use wasm_bindgen::prelude::*;
 
 use crate::image::{mask_to_tensor, rgba_to_tensor, tensor_values_to_rgba};
 use crate::models::clip::ClipTokenizer;
-use crate::pipeline::{GenerateOptions, PipelineFiles, Sampling, StableDiffusion};
+use crate::pipeline::{
+    FILES, GenerateOptions, OPTIONAL_FILES, PipelineFiles, Sampling, StableDiffusion,
+};
 use crate::{DDIMScheduler, NoiseGenerator};
 
 #[wasm_bindgen(start)]
@@ -84,6 +86,10 @@ struct Gpu {
     adapter: String,
     /// The most bytes one storage buffer binding may hold on this device.
     max_binding: u64,
+    /// A software adapter (the browser's `isFallbackAdapter`, e.g.
+    /// SwiftShader): there the wasm CPU path is far faster
+    /// (tools/bench_browser.mjs: 21 s vs 0.4 s an image).
+    software: bool,
 }
 
 thread_local! {
@@ -96,8 +102,12 @@ thread_local! {
 /// on some systems, ...); every later call reports it instead of hanging.
 static LOST: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 
+fn lost_reason() -> Option<String> {
+    LOST.lock().ok().and_then(|l| l.clone())
+}
+
 fn lost() -> Result<(), JsError> {
-    match LOST.lock().ok().and_then(|l| l.clone()) {
+    match lost_reason() {
         Some(m) => Err(JsError::new(&format!(
             "The GPU device was lost ({m}). Reload the page to start again, or choose the CPU."
         ))),
@@ -107,7 +117,7 @@ fn lost() -> Result<(), JsError> {
 
 async fn webgpu() -> Result<Gpu, String> {
     // A lost device stays lost for this page: "auto" then picks the CPU.
-    if let Some(m) = LOST.lock().ok().and_then(|l| l.clone()) {
+    if let Some(m) = lost_reason() {
         return Err(format!("the GPU device was lost: {m}"));
     }
     if let Some(g) = GPU.with(|g| g.borrow().clone()) {
@@ -135,6 +145,7 @@ async fn webgpu() -> Result<Gpu, String> {
                 max_binding: limits
                     .max_storage_buffer_binding_size
                     .min(limits.max_buffer_size),
+                software: info.device_type == burn::tensor::wgpu::wgpu::DeviceType::Cpu,
             }
         })
         .map_err(|e| format!("{e}"));
@@ -143,57 +154,50 @@ async fn webgpu() -> Result<Gpu, String> {
 }
 
 /// Picks the device for a model whose largest tensor is `need` bytes:
-/// `backend` is "auto" (WebGPU if usable, else the CPU, with a notice saying
-/// why), "webgpu" (an error if unusable) or "cpu".
+/// `backend` is "auto" (WebGPU if usable and not a software adapter, else the
+/// CPU, with a notice saying why), "webgpu" (an error if unusable) or "cpu".
+/// Returns the device, its name and the notice.
 async fn choose_device(
     backend: &str,
     (tensor, need): (String, u64),
 ) -> Result<(Device, String, Option<String>), JsError> {
     let mb = |b: u64| b as f64 / (1 << 20) as f64;
-    let cpu = || (Device::flex(), "CPU (WebAssembly)".to_string());
-    let problem = match backend {
-        "cpu" => {
-            let (d, name) = cpu();
-            return Ok((d, name, None));
+    let cpu = |notice| Ok((Device::flex(), "CPU (WebAssembly)".to_string(), notice));
+    if !matches!(backend, "auto" | "webgpu" | "cpu") {
+        return Err(JsError::new(&format!(
+            "unknown backend {backend:?}: use \"auto\", \"webgpu\" or \"cpu\""
+        )));
+    }
+    if backend == "cpu" {
+        return cpu(None);
+    }
+    let problem = match webgpu().await {
+        Ok(g) if g.max_binding < need => format!(
+            "this GPU allows buffers of at most {:.0} MB, but the model's largest tensor \
+             ({tensor}) needs {:.0} MB",
+            mb(g.max_binding),
+            mb(need)
+        ),
+        Ok(g) if g.software && backend == "auto" => {
+            return cpu(Some(
+                "The only WebGPU adapter here is a software renderer, slower than the CPU \
+                 path, so the CPU is used (ask for \"webgpu\" to force it)."
+                    .into(),
+            ));
         }
-        "auto" | "webgpu" => match webgpu().await {
-            Ok(g) if g.max_binding >= need => {
-                let name = match g.adapter.as_str() {
-                    "" => "WebGPU".to_string(),
-                    a => format!("WebGPU ({a})"),
-                };
-                return Ok((g.device, name, None));
-            }
-            Ok(g) => format!(
-                "this GPU{} allows buffers of at most {:.0} MB, but the model's largest \
-                 tensor ({tensor}) needs {:.0} MB",
-                if g.adapter.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({})", g.adapter)
-                },
-                mb(g.max_binding),
-                mb(need)
-            ),
-            Err(e) => format!("WebGPU is not available in this browser or on this GPU ({e})"),
-        },
-        other => {
-            return Err(JsError::new(&format!(
-                "unknown backend {other:?}: use \"auto\", \"webgpu\" or \"cpu\""
-            )));
+        Ok(g) => {
+            let name = match g.adapter.as_str() {
+                "" => "WebGPU".to_string(),
+                a => format!("WebGPU ({a})"),
+            };
+            return Ok((g.device, name, None));
         }
+        Err(e) => format!("WebGPU is not available in this browser or on this GPU ({e})"),
     };
     if backend == "webgpu" {
         return Err(JsError::new(&format!("{problem}.")));
     }
-    let (d, name) = cpu();
-    Ok((
-        d,
-        name,
-        Some(format!(
-            "{problem}; running on the CPU instead, which is much slower."
-        )),
-    ))
+    cpu(Some(format!("{problem}; running on the CPU instead.")))
 }
 
 /// A loaded pipeline and the run in progress.
@@ -241,12 +245,8 @@ impl Generator {
         on_progress: Option<js_sys::Function>,
     ) -> Result<Generator, JsError> {
         let mut files = std::collections::HashMap::new();
-        for path in crate::pipeline::FILES
-            .iter()
-            .copied()
-            .chain(["tokenizer/tokenizer_config.json"])
-        {
-            let optional = path == "tokenizer/tokenizer_config.json";
+        let all = FILES.iter().map(|p| (*p, false));
+        for (path, optional) in all.chain(OPTIONAL_FILES.iter().map(|p| (*p, true))) {
             if let Some(b) = fetch::bytes(&base, path, optional, on_progress.as_ref()).await? {
                 files.insert(path, b);
             }

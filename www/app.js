@@ -150,8 +150,8 @@ $('cancel').addEventListener('click', () => worker.postMessage({ type: 'cancel' 
 $('dice').addEventListener('click', () => { $('seed').value = Math.floor(Math.random() * 2 ** 32); });
 
 if (!navigator.gpu) {
-  $('backend-info').textContent = 'This browser does not offer WebGPU, so images will be made on the CPU, '
-    + 'which is much slower. A recent Chrome, Edge or Safari with WebGPU enabled uses the GPU.';
+  $('backend-info').textContent = 'This browser does not offer WebGPU, so images will be made on the CPU. '
+    + 'A recent Chrome, Edge or Safari with WebGPU enabled can use the GPU.';
 }
 if ('serviceWorker' in navigator) {
   navigator.serviceWorker.register('sw.js').catch((e) => console.warn('no offline support:', e));

@@ -50,25 +50,11 @@ async function fetchFile(base, file) {
   return bytes;
 }
 
-/** "auto" skips a software WebGPU adapter (e.g. SwiftShader): there the wasm
- * CPU path is far faster (21 s vs 0.4 s an image, tools/bench_browser.mjs). */
-async function resolveBackend(choice) {
-  if (choice !== 'auto' || !self.navigator?.gpu) return [choice, null];
-  let adapter = null;
-  try { adapter = await navigator.gpu.requestAdapter(); } catch { /* Rust reports it */ }
-  if (adapter && (adapter.info?.isFallbackAdapter ?? adapter.isFallbackAdapter)) {
-    return ['cpu', 'The only WebGPU adapter here is a software renderer, slower than the CPU path, '
-      + 'so the CPU is used ("WebGPU only" under More settings forces it).'];
-  }
-  return ['auto', null];
-}
-
-async function load(base, choice) {
-  const key = `${choice} ${base}`;
+async function load(base, backend) {
+  const key = `${backend} ${base}`;
   if (generator && loadedKey === key) return;
   generator?.free();
   generator = null;
-  const [backend, why] = await resolveBackend(choice);
   const files = {};
   for (const f of FILES) {
     const b = await fetchFile(base, f);
@@ -83,7 +69,7 @@ async function load(base, choice) {
     throw e;
   }
   loadedKey = key;
-  postMessage({ type: 'loaded', backend: generator.backend, notice: generator.notice ?? why });
+  postMessage({ type: 'loaded', backend: generator.backend, notice: generator.notice });
 }
 
 const tick = () => new Promise((r) => setTimeout(r, 0));

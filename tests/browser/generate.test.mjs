@@ -32,7 +32,7 @@ async function generate(files, options) {
       if (r.ok) bytes[f] = new Uint8Array(await r.arrayBuffer());
     }
     try {
-      const g = await m.Generator.create(bytes);
+      const g = await m.Generator.create(bytes, 'webgpu');
       g.start(options, null, null);
       let steps = 0;
       while (g.step()) steps++;
@@ -71,7 +71,7 @@ test('fromUrl + generate(onStep): byte progress, step callbacks with previews, s
   const got = await page.evaluate(async (base) => {
     const m = await import('./pkg/latent_diffusion_web.js');
     const progress = new Set(), steps = [];
-    const g = await m.Generator.fromUrl(base, 'auto', (file, loaded, total) => progress.add(`${file} ${loaded}/${total}`));
+    const g = await m.Generator.fromUrl(base, 'webgpu', (file, loaded, total) => progress.add(`${file} ${loaded}/${total}`));
     const rgba = await g.generate({ prompt: 'a red heart', negativePrompt: 'blurry', seed: 42, steps: 4,
       guidanceScale: 3.0, eta: 0.0, timestepSpacing: 'leading' }, null, null,
     (done, total, preview) => steps.push([done, total, preview ? preview.length : 0]), true);
