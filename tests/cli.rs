@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use safetensors::SafeTensors;
+mod common;
 
 fn model() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pipelines/tiny")
@@ -95,15 +95,7 @@ fn check_against_diffusers(model: &Path, fixtures: &Path, case: &str, args: &[&s
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let (rgba, w, h) = read_png(&out);
     assert_eq!((w, h), (size, size));
-    let bytes = std::fs::read(fixtures.join("expected.safetensors")).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let want: Vec<f32> = st
-        .tensor(case)
-        .unwrap()
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect();
+    let want = &common::f32_tensors(fixtures.join("expected.safetensors"))[case].1;
     let plane = (size * size) as usize;
     for i in 0..plane {
         for c in 0..3 {

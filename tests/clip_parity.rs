@@ -6,7 +6,7 @@
 use burn::tensor::{Device, DeviceKind, Int, Tensor, TensorData};
 use latent_diffusion_web::models::clip::{CLIPTextConfig, CLIPTextModel, ClipTokenizer};
 use latent_diffusion_web::weights::WeightFile;
-use safetensors::SafeTensors;
+mod common;
 
 fn fixture(path: &str) -> String {
     format!("{}/tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"))
@@ -66,16 +66,8 @@ fn text_model(name: &str, device: &Device) {
     let model = CLIPTextModel::load(&file.root(), &config);
     file.finish(CLIPTextModel::ignorable_key).unwrap();
 
-    let io_bytes = std::fs::read(format!("{dir}/io.safetensors")).unwrap();
-    let io = SafeTensors::deserialize(&io_bytes).unwrap();
-    let f32s = |k: &str| -> Vec<f32> {
-        io.tensor(k)
-            .unwrap()
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect()
-    };
+    let io = common::f32_tensors(format!("{dir}/io.safetensors"));
+    let f32s = |k: &str| -> Vec<f32> { io[k].1.clone() };
     let ids: Vec<i64> = f32s("input_ids").iter().map(|x| *x as i64).collect();
     let want = f32s("last_hidden_state");
     let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [2, 16]), device);

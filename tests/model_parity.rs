@@ -16,7 +16,7 @@ use latent_diffusion_web::models::unet_2d_condition::{
     UNet2DConditionConfig, UNet2DConditionModel,
 };
 use latent_diffusion_web::weights::{VarBuilder, WeightFile};
-use safetensors::SafeTensors;
+mod common;
 
 const TOL: f32 = 1e-4;
 
@@ -29,19 +29,7 @@ fn dir(name: &str) -> String {
 
 /// Reference tensors as (shape, values).
 fn io(name: &str) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
-    let bytes = std::fs::read(format!("{}/io.safetensors", dir(name))).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(k, v)| {
-            let vals = v
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                .collect();
-            (k, (v.shape().to_vec(), vals))
-        })
-        .collect()
+    common::f32_tensors(format!("{}/io.safetensors", dir(name)))
 }
 
 fn t4(io: &HashMap<String, (Vec<usize>, Vec<f32>)>, k: &str, d: &Device) -> Tensor<4> {

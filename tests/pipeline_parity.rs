@@ -8,7 +8,7 @@
 use burn::tensor::Device;
 use latent_diffusion_web::pipeline::{GenerateOptions, PipelineFiles, StableDiffusion};
 use latent_diffusion_web::schedulers::TimestepSpacing;
-use safetensors::SafeTensors;
+mod common;
 
 fn path(rel: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
@@ -44,8 +44,7 @@ fn check(
     let cases: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixtures.join("cases.json")).unwrap())
             .unwrap();
-    let expected_bytes = std::fs::read(fixtures.join("expected.safetensors")).unwrap();
-    let expected = SafeTensors::deserialize(&expected_bytes).unwrap();
+    let expected = common::f32_tensors(fixtures.join("expected.safetensors"));
     for c in cases.as_array().unwrap() {
         let name = c["name"].as_str().unwrap();
         let opts = GenerateOptions {
@@ -65,16 +64,10 @@ fn check(
         while run.step().unwrap() {}
         assert_eq!(run.steps_done(), opts.steps);
         let image: Vec<f32> = run.decode().to_data().try_to_vec::<f32>().unwrap();
-        let want: Vec<f32> = expected
-            .tensor(name)
-            .unwrap()
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect();
+        let want = &expected[name].1;
         let ours = image.iter().map(|x| (x / 2.0 + 0.5).clamp(0.0, 1.0));
         let max = ours
-            .zip(&want)
+            .zip(want)
             .map(|(a, b)| (a - b).abs())
             .fold(0.0f32, f32::max);
         println!("{name}: max abs diff {max:e}");
