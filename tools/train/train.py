@@ -82,8 +82,18 @@ class Run:
         return time.time() + max(left * share, 1.0)
 
 
-def cosine_lr(base, frac, step, warmup):
-    return base * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+def set_lr(opt, base, frac, step, warmup):
+    """Linear warm-up over `warmup` steps, then cosine decay over the phase's time."""
+    lr = base * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+    for g in opt.param_groups:
+        g["lr"] = lr
+
+
+def update(opt, loss, params):
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
 
 
 def psnr(vae, images, batch=256):
@@ -108,17 +118,13 @@ def train_vae(r, train, held):
     gen = torch.Generator(device=r.dev).manual_seed(0)
     while time.time() < end:
         frac = (time.time() - start) / (end - start)
-        for g in opt.param_groups:
-            g["lr"] = cosine_lr(r.a.vae_lr, frac, step, 100)
+        set_lr(opt, r.a.vae_lr, frac, step, 100)
         x = train[torch.randint(0, len(train), (r.a.vae_batch,), device=r.dev, generator=gen)]
         post = vae.encode(x).latent_dist
         y = vae.decode(post.sample(generator=gen)).sample
         rec = F.l1_loss(y, x) + F.mse_loss(y, x)
         loss = rec + 1e-6 * post.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
+        update(opt, loss, vae.parameters())
         step += 1
         seen += len(x)
         if step % 500 == 0:
@@ -155,6 +161,13 @@ def schedule(dev):
     return ab.to(dev)
 
 
+def coefficients(ab, t):
+    """sqrt(ab_t), sqrt(1 - ab_t) as (N, 1, 1, 1) float32, with ab(-1) = 1
+    (set_alpha_to_one: the step after the last lands on the clean sample)."""
+    a = torch.where(t >= 0, ab[t.clamp(min=0)], torch.ones_like(ab[:1]))
+    return a.sqrt().float()[:, None, None, None], (1 - a).sqrt().float()[:, None, None, None]
+
+
 def ema_update(ema, model, decay):
     with torch.no_grad():
         for e, p in zip(ema.parameters(), model.parameters()):
@@ -184,22 +197,18 @@ def train_teacher(r, lat, ids, empty):
     gen = torch.Generator(device=r.dev).manual_seed(1)
     while time.time() < end:
         frac = (time.time() - start) / (end - start)
-        for g in opt.param_groups:
-            g["lr"] = cosine_lr(r.a.lr, frac, step, 200)
+        set_lr(opt, r.a.lr, frac, step, 200)
         idx = torch.randint(0, len(lat), (r.a.batch,), device=r.dev, generator=gen)
         x0 = lat[idx]
         t = torch.randint(0, T, (len(idx),), device=r.dev, generator=gen)
         eps = torch.randn(x0.shape, device=r.dev, generator=gen)
-        a, s = ab[t].sqrt().float()[:, None, None, None], (1 - ab[t]).sqrt().float()[:, None, None, None]
+        a, s = coefficients(ab, t)
         zt = a * x0 + s * eps
         target = a * eps - s * x0
         cond = text(pick_ids(r, ids, empty, idx, gen)).last_hidden_state
         v = unet(zt, t, cond).sample
         loss = F.mse_loss(v, target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        update(opt, loss, params)
         step += 1
         seen += len(idx)
         ema_update(ema_text, text, min(r.a.ema, (1 + step) / (10 + step)))
@@ -230,10 +239,6 @@ def distill(r, text, teacher, lat, ids, empty):
     ab = schedule(r.dev)
     T = len(ab)
 
-    def coef(t):  # sqrt(ab), sqrt(1 - ab) with ab(-1) = 1 (set_alpha_to_one)
-        a = torch.where(t >= 0, ab[t.clamp(min=0)], torch.ones_like(ab[:1]))
-        return a.sqrt().float()[:, None, None, None], (1 - a).sqrt().float()[:, None, None, None]
-
     text.eval()
     teacher.eval()
     if r.meta.get("student_steps") and r.find("student.safetensors"):
@@ -254,15 +259,14 @@ def distill(r, text, teacher, lat, ids, empty):
         start, step = time.time(), 0
         while time.time() < round_end:
             frac = (time.time() - start) / (round_end - start)
-            for g in opt.param_groups:
-                g["lr"] = cosine_lr(r.a.distill_lr, frac, step, 50)
+            set_lr(opt, r.a.distill_lr, frac, step, 50)
             idx = torch.randint(0, len(lat), (r.a.batch,), device=r.dev, generator=gen)
             x0 = lat[idx]
             t = (k - 1) + k * torch.randint(0, n, (len(idx),), device=r.dev, generator=gen)
             t1, t2 = t - k // 2, t - k
-            a_t, s_t = coef(t)
-            a_1, s_1 = coef(t1)
-            a_2, s_2 = coef(t2)
+            a_t, s_t = coefficients(ab, t)
+            a_1, s_1 = coefficients(ab, t1)
+            a_2, s_2 = coefficients(ab, t2)
             eps = torch.randn(x0.shape, device=r.dev, generator=gen)
             zt = a_t * x0 + s_t * eps
             tok = pick_ids(r, ids, empty, idx, gen)
@@ -286,10 +290,7 @@ def distill(r, text, teacher, lat, ids, empty):
             v = student(zt, t, cond).sample
             # v-space MSE = x-space MSE weighted by SNR + 1 (Salimans & Ho).
             loss = F.mse_loss(v, v_target)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-            opt.step()
+            update(opt, loss, student.parameters())
             step += 1
             if step % 200 == 0:
                 r.log(f"distill {2 * n}->{n} step {step} loss {loss.item():.5f}")
