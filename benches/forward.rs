@@ -42,11 +42,14 @@ fn peak_rss_mb() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
-fn load_file(dir: &str, sub: &str, device: &Device) -> (String, std::rc::Rc<WeightFile>) {
+fn load_file(dir: &str, sub: &str, device: &Device) -> (String, WeightFile) {
     let config = std::fs::read_to_string(format!("{dir}/{sub}/config.json"))
         .expect("run tools/bench_forward.py first");
-    let bytes = std::fs::read(format!("{dir}/{sub}/diffusion_pytorch_model.safetensors")).unwrap();
-    (config, WeightFile::from_bytes(sub, bytes, device).unwrap())
+    let path = format!("{dir}/{sub}/diffusion_pytorch_model.safetensors");
+    (
+        config,
+        WeightFile::read(path.as_ref(), sub, device, |_| false).unwrap(),
+    )
 }
 
 fn main() {
@@ -60,18 +63,15 @@ fn main() {
     };
 
     let (config, file) = load_file(dir, "unet", &device);
-    let unet = UNet2DConditionModel::load(
-        &file.root(),
-        &UNet2DConditionConfig::from_json(&config).unwrap(),
-    )
-    .unwrap();
-    file.finish(|_| false).unwrap();
+    let config = UNet2DConditionConfig::from_json(&config).unwrap();
+    let unet = file
+        .build(|_| false, |vb| UNet2DConditionModel::load(vb, &config))
+        .unwrap();
     let (config, file) = load_file(dir, "vae", &device);
-    let vae = AutoencoderKL::load(
-        &file.root(),
-        &AutoencoderKLConfig::from_json(&config).unwrap(),
-    );
-    file.finish(|_| false).unwrap();
+    let config = AutoencoderKLConfig::from_json(&config).unwrap();
+    let vae = file
+        .build(|_| false, |vb| Ok(AutoencoderKL::load(vb, &config)))
+        .unwrap();
 
     let mut noise = NoiseGenerator::new(0);
     let sample: Tensor<4> = noise.tensor([2, 4, 16, 16], &device);

@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use burn::tensor::{Device, DeviceKind};
-use latent_diffusion_web::pipeline::{GenerateOptions, PipelineFiles, StableDiffusion};
+use latent_diffusion_web::pipeline::{GenerateOptions, StableDiffusion};
 
 const RUNS: usize = 10;
 
@@ -23,8 +23,8 @@ fn main() {
         other => panic!("unknown backend {other}; use flex or wgpu"),
     };
     let t = Instant::now();
-    let files = PipelineFiles::read_dir(std::path::Path::new(dir)).unwrap();
-    let sd = std::rc::Rc::new(StableDiffusion::load(files, &device).unwrap());
+    let sd =
+        std::rc::Rc::new(StableDiffusion::load_dir(std::path::Path::new(dir), &device).unwrap());
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
     let opts = GenerateOptions {
         prompt: "red heart".into(),

@@ -5,6 +5,24 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 
+/// Rejects a config value above `max`: nothing is ever sized from a number
+/// that has not been bounded (a config claiming 10⁹ channels must not be
+/// believed long enough to allocate anything).
+pub fn at_most<'a>(
+    file: &str,
+    values: impl IntoIterator<Item = (&'a str, usize)>,
+    max: usize,
+) -> Result<()> {
+    for (key, v) in values {
+        if v > max {
+            return Err(Error::config(format!(
+                "{file}: {key} = {v} is beyond what any supported model uses (at most {max})"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Parses `json` (the contents of `file`) into `T`. Unknown keys are ignored,
 /// as diffusers does; a bad value is reported with its key, e.g.
 /// `scheduler_config.json: beta_schedule = "cosine": unknown variant ...`.

@@ -19,113 +19,280 @@ use crate::models::clip::{CLIPTextConfig, CLIPTextModel, ClipTokenizer};
 use crate::models::unet_2d_condition::{UNet2DConditionConfig, UNet2DConditionModel};
 use crate::noise::NoiseGenerator;
 use crate::schedulers::{DDIMScheduler, DDIMSchedulerConfig, TimestepSpacing};
-use crate::weights::WeightFile;
+use crate::weights::{Header, VarBuilder, WeightFile};
 
-/// The files of a diffusers pipeline folder, as bytes (the browser has no
-/// filesystem; native code reads them from disk with [`PipelineFiles::read_dir`]).
-pub struct PipelineFiles {
-    pub unet_config: String,
-    pub unet_weights: Vec<u8>,
-    pub vae_config: String,
-    pub vae_weights: Vec<u8>,
-    pub text_encoder_config: String,
-    pub text_encoder_weights: Vec<u8>,
-    pub vocab: String,
-    pub merges: String,
-    pub tokenizer_config: Option<String>,
-    pub scheduler_config: String,
-}
-
-/// The relative paths of a diffusers folder that [`PipelineFiles`] needs.
-pub const FILES: [&str; 9] = [
+/// The text files of a diffusers folder the pipeline reads: configs and the tokenizer.
+pub const TEXT_FILES: [&str; 6] = [
     "unet/config.json",
-    "unet/diffusion_pytorch_model.safetensors",
     "vae/config.json",
-    "vae/diffusion_pytorch_model.safetensors",
     "text_encoder/config.json",
-    "text_encoder/model.safetensors",
     "tokenizer/vocab.json",
     "tokenizer/merges.txt",
     "scheduler/scheduler_config.json",
 ];
 
-/// Files of a diffusers folder that [`PipelineFiles`] reads when present.
-pub const OPTIONAL_FILES: [&str; 1] = ["tokenizer/tokenizer_config.json"];
+/// Text files read when present.
+pub const OPTIONAL_FILES: [&str; 2] = [
+    "tokenizer/tokenizer_config.json",
+    "tokenizer/special_tokens_map.json",
+];
 
-impl PipelineFiles {
-    /// The largest weight tensor as `(name, bytes once loaded as f32)`, read
-    /// from the safetensors headers: a GPU must be able to bind a buffer this
-    /// big. A file whose header does not parse counts as 0 here; loading
-    /// reports it properly.
-    pub fn largest_tensor(&self) -> (String, u64) {
-        let files = [
-            ("unet", &self.unet_weights),
-            ("vae", &self.vae_weights),
-            ("text_encoder", &self.text_encoder_weights),
-        ];
-        let mut best = (String::new(), 0u64);
-        for (folder, bytes) in files {
-            let Ok((_, meta)) = safetensors::SafeTensors::read_metadata(bytes) else {
-                continue;
-            };
-            for (name, info) in meta.tensors() {
-                let n = info.shape.iter().map(|&d| d as u64).product::<u64>() * 4;
-                let name = format!("{folder}/{name}");
-                if n > best.1 || (n == best.1 && name < best.0) {
-                    best = (name, n);
-                }
-            }
-        }
-        best
-    }
+/// The weight files, in the order they are loaded (text encoder, UNet, VAE).
+pub const WEIGHT_FILES: [&str; 3] = [
+    "text_encoder/model.safetensors",
+    "unet/diffusion_pytorch_model.safetensors",
+    "vae/diffusion_pytorch_model.safetensors",
+];
 
-    /// Collects the files through `get(relative path)`, which returns `None`
+/// The largest text file accepted (CLIP's vocab.json is 1.6 MB).
+pub const MAX_TEXT_FILE_BYTES: u64 = 16 << 20;
+
+/// The autoencoder's config: a KL VAE or TAESD.
+#[derive(Debug, Clone)]
+pub enum VaeConfig {
+    Kl(AutoencoderKLConfig),
+    Tiny(AutoencoderTinyConfig),
+}
+
+/// Every config of a pipeline folder, parsed and checked against each other,
+/// and its tokenizer: what is known before any weight arrives.
+#[derive(Debug)]
+pub struct PipelineConfig {
+    pub tokenizer: ClipTokenizer,
+    pub text_encoder: CLIPTextConfig,
+    pub unet: UNet2DConditionConfig,
+    pub vae: VaeConfig,
+    pub scheduler: DDIMSchedulerConfig,
+}
+
+impl PipelineConfig {
+    /// Reads the text files through `get(relative path)`, which returns `None`
     /// for a file that is not there; `location` prefixes paths in messages.
     pub fn from_lookup(
         location: &str,
         mut get: impl FnMut(&str) -> Result<Option<Vec<u8>>>,
     ) -> Result<Self> {
-        let mut bytes = |p: &str| -> Result<Vec<u8>> {
-            get(p)?.ok_or_else(|| {
-                Error::Weights(format!("{location}{p} is missing from the model folder"))
-            })
+        let mut text = |p: &str, required: bool| -> Result<Option<String>> {
+            let Some(b) = get(p)? else {
+                return if required {
+                    Err(Error::Weights(format!(
+                        "{location}{p} is missing from the model folder"
+                    )))
+                } else {
+                    Ok(None)
+                };
+            };
+            if b.len() as u64 > MAX_TEXT_FILE_BYTES {
+                return Err(Error::Config(format!(
+                    "{location}{p} is {} bytes, more than a config or tokenizer file can be",
+                    b.len()
+                )));
+            }
+            let t = String::from_utf8(b)
+                .map_err(|_| Error::Config(format!("{location}{p} is not UTF-8 text")))?;
+            if t.trim_start().starts_with('<') {
+                return Err(Error::Config(format!(
+                    "{location}{p} is an HTML page, not the file: is the model folder URL right?"
+                )));
+            }
+            Ok(Some(t))
         };
-        let text = |b: Vec<u8>, p: &str| {
-            String::from_utf8(b)
-                .map_err(|_| Error::Config(format!("{location}{p} is not UTF-8 text")))
+        let [unet, vae, te, vocab, merges, scheduler] =
+            TEXT_FILES.map(|p| text(p, true).map(|t| t.unwrap_or_default()));
+        let tokenizer_config = text(OPTIONAL_FILES[0], false)?;
+        let special_tokens = text(OPTIONAL_FILES[1], false)?;
+        let tokenizer_config = merge_special_tokens(tokenizer_config, special_tokens)?;
+        let tokenizer = ClipTokenizer::new(&vocab?, &merges?, tokenizer_config.as_deref())?;
+        let text_encoder = CLIPTextConfig::from_json(&te?)?;
+        let unet = UNet2DConditionConfig::from_json(&unet?)?;
+        let vae_json = vae?;
+        let kind: VaeKind = crate::config::parse_config(&vae_json, "vae/config.json")?;
+        let vae = if kind.class_name.as_deref() == Some("AutoencoderTiny") {
+            VaeConfig::Tiny(AutoencoderTinyConfig::from_json(&vae_json)?)
+        } else {
+            VaeConfig::Kl(AutoencoderKLConfig::from_json(&vae_json)?)
         };
-        let f = FILES;
-        let files = Self {
-            unet_config: text(bytes(f[0])?, f[0])?,
-            unet_weights: bytes(f[1])?,
-            vae_config: text(bytes(f[2])?, f[2])?,
-            vae_weights: bytes(f[3])?,
-            text_encoder_config: text(bytes(f[4])?, f[4])?,
-            text_encoder_weights: bytes(f[5])?,
-            vocab: text(bytes(f[6])?, f[6])?,
-            merges: text(bytes(f[7])?, f[7])?,
-            tokenizer_config: None,
-            scheduler_config: text(bytes(f[8])?, f[8])?,
+        let scheduler = DDIMSchedulerConfig::from_json(&scheduler?)?;
+        DDIMScheduler::new(scheduler.clone())?;
+        let c = Self {
+            tokenizer,
+            text_encoder,
+            unet,
+            vae,
+            scheduler,
         };
-        let tc = OPTIONAL_FILES[0];
-        let tokenizer_config = get(tc)?.map(|b| text(b, tc)).transpose()?;
-        Ok(Self {
-            tokenizer_config,
-            ..files
-        })
+        c.check_consistency()?;
+        Ok(c)
     }
 
-    /// Reads a diffusers folder from disk.
+    /// Reads the text files of a diffusers folder on disk.
     #[cfg(not(target_family = "wasm"))]
     pub fn read_dir(dir: &std::path::Path) -> Result<Self> {
         Self::from_lookup(&format!("{}/", dir.display()), |p| {
-            match std::fs::read(dir.join(p)) {
-                Ok(b) => Ok(Some(b)),
+            let path = dir.join(p);
+            match std::fs::metadata(&path) {
+                Ok(m) if m.len() > MAX_TEXT_FILE_BYTES => Err(Error::Config(format!(
+                    "{} is {} bytes, more than a config or tokenizer file can be",
+                    path.display(),
+                    m.len()
+                ))),
+                Ok(_) => std::fs::read(&path)
+                    .map(Some)
+                    .map_err(|e| Error::Weights(format!("{}: {e}", path.display()))),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(Error::Weights(format!("{}: {e}", dir.join(p).display()))),
+                Err(e) => Err(Error::Weights(format!("{}: {e}", path.display()))),
             }
         })
     }
+
+    fn latent_channels(&self) -> usize {
+        match &self.vae {
+            VaeConfig::Kl(c) => c.latent_channels,
+            VaeConfig::Tiny(c) => c.latent_channels,
+        }
+    }
+
+    /// Pixels per latent: 2^(number of VAE blocks − 1).
+    pub fn vae_scale_factor(&self) -> usize {
+        let blocks = match &self.vae {
+            VaeConfig::Kl(c) => c.block_out_channels.len(),
+            VaeConfig::Tiny(c) => c.decoder_block_out_channels.len(),
+        };
+        1 << (blocks.clamp(1, 8) - 1)
+    }
+
+    fn check_consistency(&self) -> Result<()> {
+        if self.unet.context_dim() != self.text_encoder.hidden_size {
+            return Err(Error::Config(format!(
+                "unet/config.json: cross_attention_dim = {} but the text encoder's hidden_size is {}",
+                self.unet.context_dim(),
+                self.text_encoder.hidden_size
+            )));
+        }
+        let latent = self.latent_channels();
+        let unet_in = self.unet.in_channels;
+        let expected_in = if unet_in == 9 { 2 * latent + 1 } else { latent };
+        if unet_in != expected_in || self.unet.out_channels != latent {
+            return Err(Error::Config(format!(
+                "unet/config.json: in_channels = {unet_in}, out_channels = {} do not fit a VAE with {latent} latent channels",
+                self.unet.out_channels
+            )));
+        }
+        if self.tokenizer.max_length > self.text_encoder.max_position_embeddings {
+            return Err(Error::Config(format!(
+                "tokenizer/tokenizer_config.json: model_max_length = {} but the text encoder has \
+                 only {} positions (max_position_embeddings)",
+                self.tokenizer.max_length, self.text_encoder.max_position_embeddings
+            )));
+        }
+        if let Some(id) = self.tokenizer.max_id()
+            && id as usize >= self.text_encoder.vocab_size
+        {
+            return Err(Error::Config(format!(
+                "tokenizer/vocab.json has token id {id} but the text encoder knows only {} tokens \
+                 (vocab_size)",
+                self.text_encoder.vocab_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// Which keys of weight file `i` (see [`WEIGHT_FILES`]) may stay unused.
+    fn ignorable(i: usize) -> fn(&str) -> bool {
+        if i == 0 {
+            CLIPTextModel::ignorable_key
+        } else {
+            |_| false
+        }
+    }
+
+    /// Which keys of weight file `i` are kept in host memory.
+    pub fn on_host(i: usize) -> fn(&str) -> bool {
+        if i == 0 {
+            CLIPTextModel::host_key
+        } else {
+            |_| false
+        }
+    }
+
+    fn text_encoder_model(&self, vb: &VarBuilder) -> Result<CLIPTextModel> {
+        Ok(CLIPTextModel::load(vb, &self.text_encoder))
+    }
+
+    fn unet_model(&self, vb: &VarBuilder) -> Result<UNet2DConditionModel> {
+        UNet2DConditionModel::load(vb, &self.unet)
+    }
+
+    fn vae_model(&self, vb: &VarBuilder) -> Result<Vae> {
+        Ok(match &self.vae {
+            VaeConfig::Kl(c) => Vae::Kl(Box::new(AutoencoderKL::load(vb, c))),
+            VaeConfig::Tiny(c) => Vae::Tiny(AutoencoderTiny::load(vb, c)),
+        })
+    }
+
+    /// The keys and shapes each weight file (in [`WEIGHT_FILES`] order) must hold.
+    pub fn plan(&self) -> [Vec<(String, Vec<usize>)>; 3] {
+        [
+            crate::weights::plan(|vb| self.text_encoder_model(vb)),
+            crate::weights::plan(|vb| self.unet_model(vb)),
+            crate::weights::plan(|vb| self.vae_model(vb)),
+        ]
+    }
+
+    /// Compares the configs with the weight files' headers (in [`WEIGHT_FILES`]
+    /// order) key by key, before any tensor data is read.
+    pub fn check(&self, headers: [&Header; 3]) -> Result<()> {
+        let [te, unet, vae] = headers;
+        te.check(Self::ignorable(0), |vb| self.text_encoder_model(vb))?;
+        unet.check(Self::ignorable(1), |vb| self.unet_model(vb))?;
+        vae.check(Self::ignorable(2), |vb| self.vae_model(vb))
+    }
+}
+
+/// transformers lets `special_tokens_map.json` override the tokens of
+/// `tokenizer_config.json`: SD 2.x and SD-Turbo pad with "!" that way.
+fn merge_special_tokens(config: Option<String>, special: Option<String>) -> Result<Option<String>> {
+    let Some(special) = special else {
+        return Ok(config);
+    };
+    let file = "tokenizer/special_tokens_map.json";
+    let special: serde_json::Value = crate::config::parse_config(&special, file)?;
+    let mut merged: serde_json::Map<String, serde_json::Value> = match &config {
+        Some(c) => crate::config::parse_config(c, "tokenizer/tokenizer_config.json")?,
+        None => serde_json::Map::new(),
+    };
+    if let Some(pad) = special.get("pad_token") {
+        merged.insert("pad_token".into(), pad.clone());
+    }
+    Ok(Some(serde_json::Value::Object(merged).to_string()))
+}
+
+/// The largest weight tensor of a pipeline as `(folder/key, bytes once
+/// loaded as f32)`: a GPU must be able to bind a buffer this big.
+/// Tensors kept in host memory ([`PipelineConfig::on_host`]) do not count.
+pub fn largest_tensor(headers: &[&Header]) -> (String, u64) {
+    let mut best = (String::new(), 0u64);
+    for (i, h) in headers.iter().enumerate() {
+        let folder = h.name.split('/').next().unwrap_or_default();
+        let on_device = h
+            .tensors
+            .iter()
+            .filter(|(k, _)| !PipelineConfig::on_host(i)(k))
+            .map(|(k, t)| (k.as_str(), t.elements()))
+            .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0)));
+        if let Some((key, n)) = on_device {
+            let name = format!("{folder}/{key}");
+            if n * 4 > best.1 || (n * 4 == best.1 && name < best.0) {
+                best = (name, n * 4);
+            }
+        }
+    }
+    best
+}
+
+/// Bytes every weight of a pipeline takes once loaded as f32.
+pub fn weight_bytes(headers: &[&Header]) -> u64 {
+    headers.iter().map(|h| h.num_elements() * 4).sum()
 }
 
 /// The autoencoder of a pipeline: a KL VAE or TAESD.
@@ -143,7 +310,8 @@ impl Vae {
         }
     }
 
-    fn decode_scaled(&self, latents: Tensor<4>) -> Tensor<4> {
+    /// Latents scaled as the UNet sees them → an image in [-1, 1].
+    pub fn decode_scaled(&self, latents: Tensor<4>) -> Tensor<4> {
         match self {
             Self::Kl(v) => v.decode(v.unscale_latents(latents)),
             Self::Tiny(v) => v.decode(v.unscale_latents(latents)),
@@ -155,10 +323,6 @@ impl Vae {
 struct VaeKind {
     #[serde(rename = "_class_name", default)]
     class_name: Option<String>,
-    #[serde(default)]
-    block_out_channels: Vec<usize>,
-    #[serde(default)]
-    decoder_block_out_channels: Vec<usize>,
 }
 
 /// A loaded text-to-image pipeline (Stable Diffusion layout).
@@ -179,91 +343,40 @@ pub struct StableDiffusion {
 }
 
 impl StableDiffusion {
-    /// Builds every model from the folder's bytes; each weight file is freed
-    /// once its model is on the device.
-    pub fn load(files: PipelineFiles, device: &Device) -> Result<Self> {
-        let tokenizer = ClipTokenizer::new(
-            &files.vocab,
-            &files.merges,
-            files.tokenizer_config.as_deref(),
-        )?;
-
-        let te_config = CLIPTextConfig::from_json(&files.text_encoder_config)?;
-        let f = WeightFile::from_bytes(
-            "text_encoder/model.safetensors",
-            files.text_encoder_weights,
-            device,
-        )?;
-        let text_encoder = CLIPTextModel::load(&f.root(), &te_config);
-        f.finish(CLIPTextModel::ignorable_key)?;
-
-        let unet_config = UNet2DConditionConfig::from_json(&files.unet_config)?;
-        let f = WeightFile::from_bytes(
-            "unet/diffusion_pytorch_model.safetensors",
-            files.unet_weights,
-            device,
-        )?;
-        let unet = UNet2DConditionModel::load(&f.root(), &unet_config)?;
-        f.finish(|_| false)?;
-        if unet_config.context_dim() != te_config.hidden_size {
-            return Err(Error::Config(format!(
-                "unet/config.json: cross_attention_dim = {} but the text encoder's hidden_size is {}",
-                unet_config.context_dim(),
-                te_config.hidden_size
-            )));
-        }
-
-        let kind: VaeKind = crate::config::parse_config(&files.vae_config, "vae/config.json")?;
-        let f = WeightFile::from_bytes(
-            "vae/diffusion_pytorch_model.safetensors",
-            files.vae_weights,
-            device,
-        )?;
-        let (vae, blocks, latent_channels) =
-            if kind.class_name.as_deref() == Some("AutoencoderTiny") {
-                let c = AutoencoderTinyConfig::from_json(&files.vae_config)?;
-                (
-                    Vae::Tiny(AutoencoderTiny::load(&f.root(), &c)),
-                    kind.decoder_block_out_channels.len(),
-                    c.latent_channels,
-                )
-            } else {
-                let c = AutoencoderKLConfig::from_json(&files.vae_config)?;
-                (
-                    Vae::Kl(Box::new(AutoencoderKL::load(&f.root(), &c))),
-                    kind.block_out_channels.len().max(1),
-                    c.latent_channels,
-                )
-            };
-        f.finish(|_| false)?;
-
-        let scheduler_config = DDIMSchedulerConfig::from_json(&files.scheduler_config)?;
-        DDIMScheduler::new(scheduler_config.clone())?;
-        let vae_scale_factor = 1 << (blocks.max(1) - 1);
-        let unet_in_channels = unet_config.in_channels;
-        let expected_in = if unet_in_channels == 9 {
-            2 * latent_channels + 1
-        } else {
-            latent_channels
-        };
-        if unet_in_channels != expected_in || unet_config.out_channels != latent_channels {
-            return Err(Error::Config(format!(
-                "unet/config.json: in_channels = {unet_in_channels}, out_channels = {} do not fit a VAE with {latent_channels} latent channels",
-                unet_config.out_channels
-            )));
-        }
+    /// Builds every model from its weight file (in [`WEIGHT_FILES`] order),
+    /// each already streamed onto `device`.
+    pub fn load(config: PipelineConfig, files: [WeightFile; 3], device: &Device) -> Result<Self> {
+        let [te, unet, vae] = files;
+        let c = &config;
+        let text_encoder = te.build(PipelineConfig::ignorable(0), |vb| c.text_encoder_model(vb))?;
+        let unet = unet.build(PipelineConfig::ignorable(1), |vb| c.unet_model(vb))?;
+        let vae = vae.build(PipelineConfig::ignorable(2), |vb| c.vae_model(vb))?;
+        let vae_scale_factor = config.vae_scale_factor();
         Ok(Self {
-            tokenizer,
             text_encoder,
             unet,
             vae,
-            scheduler_config,
             vae_scale_factor,
-            latent_channels,
-            unet_in_channels,
-            default_size: unet_config.sample_size.unwrap_or(64) * vae_scale_factor,
+            latent_channels: config.latent_channels(),
+            unet_in_channels: config.unet.in_channels,
+            default_size: config.unet.sample_size.unwrap_or(64).min(1 << 12) * vae_scale_factor,
+            scheduler_config: config.scheduler,
+            tokenizer: config.tokenizer,
             device: device.clone(),
         })
+    }
+
+    /// Loads a diffusers folder from disk, reading each weight file in pieces.
+    #[cfg(not(target_family = "wasm"))]
+    pub fn load_dir(dir: &std::path::Path, device: &Device) -> Result<Self> {
+        let config = PipelineConfig::read_dir(dir)?;
+        let files = WEIGHT_FILES
+            .iter()
+            .enumerate()
+            .map(|(i, p)| WeightFile::read(&dir.join(p), p, device, PipelineConfig::on_host(i)))
+            .collect::<Result<Vec<_>>>()?;
+        let files: [WeightFile; 3] = files.try_into().map_err(|_| Error::arg("three files"))?;
+        Self::load(config, files, device)
     }
 
     /// `[negative; prompt]` embeddings (`[2, L, D]`), or just the prompt's
@@ -281,7 +394,8 @@ impl StableDiffusion {
         ids.extend(self.tokenizer.encode(prompt).iter().map(|&i| i as i64));
         let l = self.tokenizer.max_length;
         let b = ids.len() / l;
-        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, l]), &self.device);
+        let table = self.text_encoder.token_device();
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, l]), &table);
         self.text_encoder.forward(ids)
     }
 

@@ -8,10 +8,13 @@ use burn::tensor::{Device, Tensor};
 use wasm_bindgen::prelude::*;
 
 use crate::image::{mask_to_tensor, rgba_to_tensor, tensor_values_to_rgba};
+use crate::models::attention::set_attention_max_bytes;
 use crate::models::clip::ClipTokenizer;
 use crate::pipeline::{
-    FILES, GenerateOptions, OPTIONAL_FILES, PipelineFiles, Sampling, StableDiffusion,
+    GenerateOptions, OPTIONAL_FILES, PipelineConfig, Sampling, StableDiffusion, TEXT_FILES,
+    WEIGHT_FILES, largest_tensor, weight_bytes,
 };
+use crate::weights::{Header, WeightReader};
 use crate::{DDIMScheduler, NoiseGenerator};
 
 #[wasm_bindgen(start)]
@@ -153,16 +156,35 @@ async fn webgpu() -> Result<Gpu, String> {
     g
 }
 
-/// Picks the device for a model whose largest tensor is `need` bytes:
+/// The most f32 weight bytes the CPU path accepts: wasm32 memory ends at
+/// 4 GiB and the activations of a 512×512 step need several hundred MB.
+const CPU_WEIGHT_LIMIT: u64 = 3 << 30;
+
+/// Picks the device for a model whose largest tensor is `need` bytes and
+/// whose weights take `weights` bytes, both as f32:
 /// `backend` is "auto" (WebGPU if usable and not a software adapter, else the
 /// CPU, with a notice saying why), "webgpu" (an error if unusable) or "cpu".
 /// Returns the device, its name and the notice.
 async fn choose_device(
     backend: &str,
     (tensor, need): (String, u64),
+    weights: u64,
 ) -> Result<(Device, String, Option<String>), JsError> {
     let mb = |b: u64| b as f64 / (1 << 20) as f64;
-    let cpu = |notice| Ok((Device::flex(), "CPU (WebAssembly)".to_string(), notice));
+    let cpu = |notice: Option<String>| {
+        if weights > CPU_WEIGHT_LIMIT {
+            return Err(JsError::new(&format!(
+                "{}This model's weights take {:.1} GB as f32, more than the CPU path can hold in \
+                 a browser's WebAssembly memory ({:.1} GB for weights, 4 GB in all); it needs \
+                 WebGPU.",
+                notice.map(|n| format!("{n} ")).unwrap_or_default(),
+                weights as f64 / 1e9,
+                CPU_WEIGHT_LIMIT as f64 / 1e9
+            )));
+        }
+        set_attention_max_bytes(128 << 20);
+        Ok((Device::flex(), "CPU (WebAssembly)".to_string(), notice))
+    };
     if !matches!(backend, "auto" | "webgpu" | "cpu") {
         return Err(JsError::new(&format!(
             "unknown backend {backend:?}: use \"auto\", \"webgpu\" or \"cpu\""
@@ -186,6 +208,9 @@ async fn choose_device(
             ));
         }
         Ok(g) => {
+            // Attention slices fit one binding (and at most 256 MiB, to bound
+            // the temporaries of softmax on large adapters).
+            set_attention_max_bytes(g.max_binding.min(256 << 20));
             let name = match g.adapter.as_str() {
                 "" => "WebGPU".to_string(),
                 a => format!("WebGPU ({a})"),
@@ -206,62 +231,202 @@ async fn choose_device(
 /// mask, onStep, preview)` runs every step, calls `onStep(done, total,
 /// previewRgba?)` after each and yields to the event loop between steps, so
 /// `generator.cancel()` from a callback or another task stops it (it then
-/// resolves to `undefined`). Or step by step, as the page's worker does:
-/// `start`, `step` until it returns false, `result`.
+/// resolves to `undefined`). Or step by step: `start`, `step` until it
+/// returns false, `result`. One run at a time: a second `generate()` while
+/// one is running is an error, not a mixed-up image.
 #[wasm_bindgen]
 pub struct Generator {
     sd: Rc<StableDiffusion>,
     run: RefCell<Option<Sampling>>,
+    busy: std::cell::Cell<bool>,
     backend: String,
     notice: Option<String>,
+}
+
+/// How `fromUrl` downloads: `{ signal?: AbortSignal, cache?: string | false,
+/// stallTimeoutMs?: number }`.
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct LoadOptions {
+    /// The Cache API cache weights are kept in (`false`: none).
+    cache: Option<serde_json::Value>,
+    /// Give up when no byte arrives for this long (default 30 s).
+    stall_timeout_ms: Option<f64>,
 }
 
 #[wasm_bindgen]
 impl Generator {
     /// Builds the pipeline from a diffusers folder given as
-    /// `{ "unet/config.json": Uint8Array, ... }` (see `pipeline::FILES`).
-    /// `backend`: "auto" (default: WebGPU, else the CPU), "webgpu" or "cpu".
+    /// `{ "unet/config.json": Uint8Array, ... }` (see `pipeline::TEXT_FILES`
+    /// and `WEIGHT_FILES`). `backend`: "auto" (default: WebGPU, else the
+    /// CPU), "webgpu" or "cpu".
     pub async fn create(
         files: js_sys::Object,
         backend: Option<String>,
     ) -> Result<Generator, JsError> {
-        let parts = PipelineFiles::from_lookup("", |path| {
+        let get = |path: &str| -> Result<Option<js_sys::Uint8Array>, JsError> {
             let v = js_sys::Reflect::get(&files, &JsValue::from_str(path))
-                .map_err(|_| crate::Error::Weights(format!("{path}: not readable")))?;
-            Ok((!v.is_undefined() && !v.is_null()).then(|| js_sys::Uint8Array::new(&v).to_vec()))
+                .map_err(|_| JsError::new(&format!("{path}: not readable")))?;
+            if v.is_undefined() || v.is_null() {
+                return Ok(None);
+            }
+            v.dyn_into::<js_sys::Uint8Array>()
+                .map(Some)
+                .map_err(|_| JsError::new(&format!("{path} must be a Uint8Array")))
+        };
+        let config = PipelineConfig::from_lookup("", |p| {
+            get(p)
+                .map(|b| b.map(|b| b.to_vec()))
+                .map_err(|_| crate::Error::Weights(format!("{p} must be a Uint8Array")))
         })
         .map_err(to_js)?;
-        Self::build(parts, backend).await
+        let mut sources = Vec::new();
+        for path in WEIGHT_FILES {
+            let bytes = get(path)?
+                .ok_or_else(|| JsError::new(&format!("{path} is missing from the model folder")))?;
+            sources.push(fetch::Source::Bytes(bytes, 0));
+        }
+        Self::build(config, sources, backend).await
     }
 
-    /// Downloads a diffusers folder with `fetch` and builds the pipeline.
-    /// `base` is the folder's URL (absolute, e.g. a CDN's `…/resolve/main/`,
-    /// or relative to the page); `onProgress(file, loadedBytes, totalBytes)`
-    /// is called as bytes arrive (total is 0 without a Content-Length).
+    /// Downloads a diffusers folder with `fetch` and builds the pipeline,
+    /// streaming each weight file onto the device as it arrives (no file is
+    /// ever held whole, in JS or in wasm). `base` is the folder's URL
+    /// (absolute, e.g. a CDN's `…/resolve/main/`, or relative to the page);
+    /// `onProgress(file, loadedBytes, totalBytes)` is called as bytes arrive
+    /// (total is 0 when unknown). `options`: `{ signal, cache, stallTimeoutMs }`:
+    /// an `AbortSignal` that cancels the download, the Cache API cache to keep
+    /// and reuse files in (default `"ldw-models-v1"`, `false` for none), and
+    /// how long a stalled download may wait for its next byte (default 30000).
     #[wasm_bindgen(js_name = fromUrl)]
     pub async fn from_url(
         base: String,
         backend: Option<String>,
         on_progress: Option<js_sys::Function>,
+        options: JsValue,
     ) -> Result<Generator, JsError> {
-        let mut files = std::collections::HashMap::new();
-        let all = FILES.iter().map(|p| (*p, false));
-        for (path, optional) in all.chain(OPTIONAL_FILES.iter().map(|p| (*p, true))) {
-            if let Some(b) = fetch::bytes(&base, path, optional, on_progress.as_ref()).await? {
-                files.insert(path, b);
+        let signal = js_sys::Reflect::get(&options, &JsValue::from_str("signal"))
+            .ok()
+            .filter(|s| !s.is_undefined() && !s.is_null());
+        let o: LoadOptions = if options.is_undefined() || options.is_null() {
+            LoadOptions::default()
+        } else {
+            let plain = js_sys::Object::assign(&js_sys::Object::new(), options.unchecked_ref());
+            let _ = js_sys::Reflect::delete_property(&plain, &JsValue::from_str("signal"));
+            serde_wasm_bindgen::from_value(plain.into())
+                .map_err(|e| JsError::new(&format!("bad load options: {e}")))?
+        };
+        let cache = match &o.cache {
+            None => Some(fetch::DEFAULT_CACHE.to_string()),
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(serde_json::Value::Bool(false)) | Some(serde_json::Value::Null) => None,
+            Some(v) => {
+                return Err(JsError::new(&format!(
+                    "bad load options: cache = {v} must be a cache name or false"
+                )));
             }
+        };
+        let stall = o.stall_timeout_ms.unwrap_or(30_000.0);
+        if !(stall.is_finite() && stall >= 1.0) {
+            return Err(JsError::new(&format!(
+                "bad load options: stallTimeoutMs = {stall} must be a positive number of milliseconds"
+            )));
         }
-        let parts = PipelineFiles::from_lookup(&base, |p| Ok(files.remove(p))).map_err(to_js)?;
-        Self::build(parts, backend).await
+        let net = fetch::Net::new(&base, cache, signal, stall, on_progress)?;
+        let result = Self::download(&net, backend).await;
+        if result.is_err() {
+            // Never keep files of a failed load: the next attempt fetches them again.
+            net.forget_all().await;
+        }
+        result
     }
 
-    async fn build(parts: PipelineFiles, backend: Option<String>) -> Result<Generator, JsError> {
-        let (device, backend, notice) =
-            choose_device(backend.as_deref().unwrap_or("auto"), parts.largest_tensor()).await?;
-        let sd = StableDiffusion::load(parts, &device).map_err(to_js)?;
+    async fn download(net: &fetch::Net, backend: Option<String>) -> Result<Generator, JsError> {
+        let mut texts = std::collections::HashMap::new();
+        for path in TEXT_FILES {
+            texts.insert(path, net.text(path, false).await?);
+        }
+        for path in OPTIONAL_FILES {
+            texts.insert(path, net.text(path, true).await?);
+        }
+        let config = PipelineConfig::from_lookup(&net.base, |p| Ok(texts.remove(p).flatten()))
+            .map_err(to_js)?;
+        let mut sources = Vec::new();
+        for path in WEIGHT_FILES {
+            sources.push(fetch::Source::Net(net.open(path).await?));
+        }
+        Self::build(config, sources, backend).await
+    }
+
+    /// Reads each weight file's header, chooses the device, checks the
+    /// configs against the headers, then streams every tensor onto the device.
+    async fn build(
+        config: PipelineConfig,
+        mut sources: Vec<fetch::Source>,
+        backend: Option<String>,
+    ) -> Result<Generator, JsError> {
+        // Headers first: a few hundred kB each, whatever the model's size.
+        let mut prefixes = Vec::new();
+        let mut headers = Vec::new();
+        for (path, source) in WEIGHT_FILES.iter().zip(&mut sources) {
+            let mut prefix = Vec::new();
+            let header = loop {
+                if let Some(h) = Header::parse(path, &prefix, source.len()).map_err(to_js)? {
+                    break h;
+                }
+                match source.next().await? {
+                    Some(chunk) => {
+                        prefix.extend_from_slice(&chunk.to_vec());
+                        source.keep(chunk).await?;
+                    }
+                    None => return Err(to_js(Header::incomplete(path, prefix.len() as u64))),
+                }
+            };
+            prefixes.push(prefix);
+            headers.push(header);
+        }
+        // The configs against the headers, key by key, before any data is read.
+        config
+            .check([&headers[0], &headers[1], &headers[2]])
+            .map_err(to_js)?;
+        let refs: Vec<&Header> = headers.iter().collect();
+        let (device, backend, notice) = choose_device(
+            backend.as_deref().unwrap_or("auto"),
+            largest_tensor(&refs),
+            weight_bytes(&refs),
+        )
+        .await?;
+        let mut files = Vec::new();
+        for ((path, mut source), prefix) in WEIGHT_FILES.iter().zip(sources).zip(prefixes) {
+            let mut reader = WeightReader::new(path, &device, source.len())
+                .keep_on_host(PipelineConfig::on_host(files.len()));
+            reader.push(&prefix).map_err(to_js)?;
+            drop(prefix);
+            loop {
+                lost()?;
+                match source.next().await? {
+                    Some(chunk) => {
+                        if let Err(e) = reader.push(&chunk.to_vec()) {
+                            source.abandon().await;
+                            return Err(to_js(e));
+                        }
+                        source.keep(chunk).await?;
+                    }
+                    None => break,
+                }
+            }
+            let file = reader.finish().map_err(to_js)?;
+            source.commit().await?;
+            files.push(file);
+        }
+        let files: [crate::weights::WeightFile; 3] = files
+            .try_into()
+            .map_err(|_| JsError::new("three weight files"))?;
+        let sd = StableDiffusion::load(config, files, &device).map_err(to_js)?;
         Ok(Generator {
             sd: Rc::new(sd),
             run: RefCell::new(None),
+            busy: std::cell::Cell::new(false),
             backend,
             notice,
         })
@@ -289,6 +454,21 @@ impl Generator {
     /// guidanceScale, timestepSpacing, width, height, strength }`; `image` and
     /// `mask` (RGBA bytes of `width × height`) select img2img / inpainting.
     pub fn start(
+        &self,
+        options: JsValue,
+        image: Option<Vec<u8>>,
+        mask: Option<Vec<u8>>,
+    ) -> Result<(), JsError> {
+        if self.busy.get() {
+            return Err(JsError::new(
+                "a generation is already running on this Generator: wait for it, or call \
+                 cancel() first",
+            ));
+        }
+        self.start_run(options, image, mask)
+    }
+
+    fn start_run(
         &self,
         options: JsValue,
         image: Option<Vec<u8>>,
@@ -358,7 +538,28 @@ impl Generator {
         on_step: Option<js_sys::Function>,
         preview: Option<bool>,
     ) -> Result<Option<js_sys::Uint8Array>, JsError> {
-        self.start(options, image, mask)?;
+        if self.busy.replace(true) {
+            return Err(JsError::new(
+                "a generation is already running on this Generator: wait for it, or call \
+                 cancel() first",
+            ));
+        }
+        let result = self
+            .generate_inner(options, image, mask, on_step, preview)
+            .await;
+        self.busy.set(false);
+        result
+    }
+
+    async fn generate_inner(
+        &self,
+        options: JsValue,
+        image: Option<Vec<u8>>,
+        mask: Option<Vec<u8>>,
+        on_step: Option<js_sys::Function>,
+        preview: Option<bool>,
+    ) -> Result<Option<js_sys::Uint8Array>, JsError> {
+        self.start_run(options, image, mask)?;
         let total = self.total_steps();
         loop {
             let more = self.step()?;
@@ -416,15 +617,24 @@ async fn to_rgba(image: Tensor<4>) -> Result<Vec<u8>, JsError> {
     Ok(tensor_values_to_rgba(&values, w, h))
 }
 
-/// `fetch` from a window or a worker, with byte progress.
+/// Downloads from a window or a worker: streamed, with byte progress, a
+/// stall timeout, an `AbortSignal`, and the Cache API (a file read from the
+/// network is written to the cache as it streams, and only kept if it loads).
 mod fetch {
-    use js_sys::{Function, Promise, Reflect, Uint8Array};
+    use js_sys::{Array, Function, Object, Promise, Reflect, Uint8Array};
     use wasm_bindgen::prelude::*;
     use wasm_bindgen_futures::JsFuture;
 
+    use crate::pipeline::{MAX_TEXT_FILE_BYTES, OPTIONAL_FILES, TEXT_FILES, WEIGHT_FILES};
+
+    /// The cache weights are kept in unless the caller names another.
+    pub const DEFAULT_CACHE: &str = "ldw-models-v1";
+
     fn global(name: &str) -> Result<JsValue, JsError> {
         Reflect::get(&js_sys::global(), &JsValue::from_str(name))
-            .map_err(|_| JsError::new(&format!("no global {name}")))
+            .ok()
+            .filter(|v| !v.is_undefined())
+            .ok_or_else(|| JsError::new(&format!("no global {name}")))
     }
 
     fn message(e: &JsValue) -> String {
@@ -434,101 +644,452 @@ mod fetch {
             .unwrap_or_else(|| format!("{e:?}"))
     }
 
-    /// Resolves `path` against `base`, itself resolved against the page.
-    fn resolve(base: &str, path: &str) -> Result<String, JsError> {
-        let here = Reflect::get(&global("location")?, &JsValue::from_str("href"))
-            .ok()
-            .and_then(|h| h.as_string())
-            .unwrap_or_default();
-        let base = web_sys::Url::new_with_base(base, &here)
-            .map_err(|e| JsError::new(&format!("bad model URL {base:?}: {}", message(&e))))?;
-        let url = web_sys::Url::new_with_base(path, &base.href())
-            .map_err(|e| JsError::new(&format!("bad URL {path:?}: {}", message(&e))))?;
-        Ok(url.href())
+    /// `obj.method(...args)`.
+    fn call(obj: &JsValue, method: &str, args: &[&JsValue]) -> Result<JsValue, JsValue> {
+        let f: Function = Reflect::get(obj, &JsValue::from_str(method))?.dyn_into()?;
+        f.apply(obj, &args.iter().copied().collect::<Array>())
     }
 
-    /// One file's bytes; `None` for an optional file that is not there (404).
-    pub async fn bytes(
-        base: &str,
-        path: &str,
-        optional: bool,
-        on_progress: Option<&Function>,
-    ) -> Result<Option<Vec<u8>>, JsError> {
-        let url = resolve(base, path)?;
-        let fetch: Function = global("fetch")?.into();
-        let res = JsFuture::from(Promise::from(
-            fetch
-                .call1(&JsValue::NULL, &JsValue::from_str(&url))
-                .map_err(|e| JsError::new(&format!("could not reach {url}: {}", message(&e))))?,
-        ))
-        .await
-        .map_err(|e| JsError::new(&format!("could not reach {url}: {}", message(&e))))?;
-        let res: web_sys::Response = res.into();
-        if !res.ok() {
-            if optional && res.status() == 404 {
+    /// `new Class(...args)` for a global class.
+    fn construct(class: &str, args: &[&JsValue]) -> Result<JsValue, JsValue> {
+        let c: Function = global(class).map_err(JsValue::from)?.dyn_into()?;
+        Reflect::construct(&c, &args.iter().copied().collect::<Array>())
+    }
+
+    async fn wait(p: JsValue) -> Result<JsValue, JsValue> {
+        JsFuture::from(p.unchecked_into::<Promise>()).await
+    }
+
+    fn get(obj: &JsValue, key: &str) -> JsValue {
+        Reflect::get(obj, &JsValue::from_str(key)).unwrap_or(JsValue::UNDEFINED)
+    }
+
+    /// A promise resolving to `value` after `ms` milliseconds.
+    fn after(ms: f64, value: &JsValue) -> Promise {
+        let value = value.clone();
+        Promise::new(&mut |resolve, _| {
+            let value = value.clone();
+            let done = Closure::once_into_js(move || {
+                let _ = resolve.call1(&JsValue::NULL, &value);
+            });
+            if let Ok(f) = global("setTimeout").map(Function::from) {
+                let _ = f.call2(&JsValue::NULL, &done, &JsValue::from(ms));
+            }
+        })
+    }
+
+    /// Where a model folder is fetched from and how.
+    pub struct Net {
+        pub base: String,
+        cache: Option<JsValue>,
+        signal: Option<JsValue>,
+        stall_ms: f64,
+        on_progress: Option<Function>,
+    }
+
+    impl Net {
+        /// `base` is resolved against the page and given a trailing slash (a
+        /// folder URL typed without one must not lose its last segment).
+        pub fn new(
+            base: &str,
+            cache: Option<String>,
+            signal: Option<JsValue>,
+            stall_ms: f64,
+            on_progress: Option<Function>,
+        ) -> Result<Self, JsError> {
+            let here = get(&global("location")?, "href")
+                .as_string()
+                .unwrap_or_default();
+            let url = web_sys::Url::new_with_base(base, &here)
+                .map_err(|e| JsError::new(&format!("bad model URL {base:?}: {}", message(&e))))?;
+            let mut base = url.href();
+            if let Some(q) = base.find(['?', '#']) {
+                base.truncate(q);
+            }
+            if !base.ends_with('/') {
+                base.push('/');
+            }
+            // The Cache API exists only in secure contexts (https, localhost).
+            let cache = cache
+                .filter(|_| global("caches").is_ok())
+                .map(JsValue::from);
+            Ok(Self {
+                base,
+                cache,
+                signal,
+                stall_ms,
+                on_progress,
+            })
+        }
+
+        fn url(&self, path: &str) -> String {
+            format!("{}{path}", self.base)
+        }
+
+        async fn cache(&self) -> Option<JsValue> {
+            let name = self.cache.as_ref()?;
+            let caches = global("caches").ok()?;
+            wait(call(&caches, "open", &[name]).ok()?).await.ok()
+        }
+
+        fn check_aborted(&self) -> Result<(), JsError> {
+            match &self.signal {
+                Some(s) if get(s, "aborted").is_truthy() => Err(JsError::new("download cancelled")),
+                _ => Ok(()),
+            }
+        }
+
+        /// Opens `path`: from the cache if it is there, else from the network.
+        /// `None` for an optional file the server does not have (404).
+        async fn open_any(&self, path: &str, optional: bool) -> Result<Option<Download>, JsError> {
+            self.check_aborted()?;
+            let url = self.url(path);
+            let cache = self.cache().await;
+            if let Some(c) = &cache
+                && let Ok(p) = call(c, "match", &[&JsValue::from_str(&url)])
+                && let Ok(hit) = wait(p).await
+                && !hit.is_undefined()
+            {
+                return Ok(Some(Download::new(self, path, url, hit, None)?));
+            }
+            let init = Object::new();
+            if let Some(s) = &self.signal {
+                let _ = Reflect::set(&init, &JsValue::from_str("signal"), s);
+            }
+            let fetch = global("fetch")?;
+            let res = wait(
+                fetch
+                    .unchecked_ref::<Function>()
+                    .call2(&JsValue::NULL, &JsValue::from_str(&url), &init)
+                    .map_err(|e| {
+                        JsError::new(&format!("could not reach {url}: {}", message(&e)))
+                    })?,
+            )
+            .await
+            .map_err(|e| self.failure(&url, &e, "could not reach"))?;
+            let status = get(&res, "status").as_f64().unwrap_or(0.0) as u32;
+            if !get(&res, "ok").is_truthy() {
+                if optional && status == 404 {
+                    return Ok(None);
+                }
+                let text = get(&res, "statusText").as_string().unwrap_or_default();
+                let hint = if status == 404 {
+                    ": the model folder has no such file (is the folder URL right?)"
+                } else {
+                    ""
+                };
+                return Err(JsError::new(&format!("{url}: HTTP {status} {text}{hint}")));
+            }
+            Ok(Some(Download::new(self, path, url, res, cache)?))
+        }
+
+        fn failure(&self, url: &str, e: &JsValue, what: &str) -> JsError {
+            if self.check_aborted().is_err() {
+                return JsError::new("download cancelled");
+            }
+            JsError::new(&format!("{what} {url}: {}", message(e)))
+        }
+
+        /// A whole text file (configs, tokenizer), at most `MAX_TEXT_FILE_BYTES`.
+        pub async fn text(&self, path: &str, optional: bool) -> Result<Option<Vec<u8>>, JsError> {
+            let Some(mut d) = self.open_any(path, optional).await? else {
+                return Ok(None);
+            };
+            let mut out = Vec::new();
+            while let Some(chunk) = d.next().await? {
+                if out.len() as u64 + chunk.length() as u64 > MAX_TEXT_FILE_BYTES {
+                    d.abandon().await;
+                    return Err(JsError::new(&format!(
+                        "{} is larger than {} MB, too large for a config or tokenizer file: is \
+                         the model folder URL right?",
+                        d.url,
+                        MAX_TEXT_FILE_BYTES >> 20
+                    )));
+                }
+                out.extend_from_slice(&chunk.to_vec());
+                d.keep(chunk).await?;
+            }
+            d.commit().await?;
+            Ok(Some(out))
+        }
+
+        /// A weight file, to be streamed.
+        pub async fn open(&self, path: &str) -> Result<Download, JsError> {
+            self.open_any(path, false).await?.ok_or_else(|| {
+                JsError::new(&format!(
+                    "{} is missing from the model folder",
+                    self.url(path)
+                ))
+            })
+        }
+
+        /// Deletes every file of the folder from the cache.
+        pub async fn forget_all(&self) {
+            let Some(c) = self.cache().await else { return };
+            for p in TEXT_FILES
+                .iter()
+                .chain(&OPTIONAL_FILES)
+                .chain(&WEIGHT_FILES)
+            {
+                if let Ok(p) = call(&c, "delete", &[&JsValue::from_str(&self.url(p))]) {
+                    let _ = wait(p).await;
+                }
+            }
+        }
+    }
+
+    /// One response body being read, and the cache entry being written from it.
+    pub struct Download {
+        path: String,
+        pub url: String,
+        reader: JsValue,
+        total: Option<u64>,
+        loaded: u64,
+        stall_ms: f64,
+        signal_aborted: Option<JsValue>,
+        on_progress: Option<Function>,
+        /// The writer feeding `cache.put` and the put's promise.
+        cache_writer: Option<(JsValue, JsValue)>,
+    }
+
+    impl Download {
+        fn new(
+            net: &Net,
+            path: &str,
+            url: String,
+            res: JsValue,
+            cache: Option<JsValue>,
+        ) -> Result<Self, JsError> {
+            let headers = get(&res, "headers");
+            let header = |k: &str| {
+                call(&headers, "get", &[&JsValue::from_str(k)])
+                    .ok()
+                    .and_then(|v| v.as_string())
+            };
+            // A compressed body's length is not the file's.
+            let encoded = header("content-encoding").is_some_and(|e| e != "identity");
+            let total = header("content-length")
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .filter(|_| !encoded);
+            let body = get(&res, "body");
+            if body.is_null() || body.is_undefined() {
+                return Err(JsError::new(&format!("{url}: empty response")));
+            }
+            let cache_writer = match cache {
+                Some(c) => (|| -> Result<(JsValue, JsValue), JsValue> {
+                    let ts = construct("TransformStream", &[])?;
+                    let init = Object::new();
+                    let h = Object::new();
+                    if let Some(t) = total {
+                        Reflect::set(&h, &"content-length".into(), &t.to_string().into())?;
+                    }
+                    Reflect::set(&init, &"headers".into(), &h)?;
+                    let copy = construct("Response", &[&get(&ts, "readable"), &init])?;
+                    let put = call(&c, "put", &[&JsValue::from_str(&url), &copy])?;
+                    // A failed put is reported by commit; never unhandled.
+                    let _ = call(&put, "catch", &[&Closure::once_into_js(|_: JsValue| {})]);
+                    let writer = call(&get(&ts, "writable"), "getWriter", &[])?;
+                    Ok((writer, put))
+                })()
+                .ok(),
+                None => None,
+            };
+            Ok(Self {
+                path: path.to_string(),
+                reader: call(&body, "getReader", &[])
+                    .map_err(|e| JsError::new(&format!("{url}: {}", message(&e))))?,
+                url,
+                total,
+                loaded: 0,
+                stall_ms: net.stall_ms,
+                signal_aborted: net.signal.clone(),
+                on_progress: net.on_progress.clone(),
+                cache_writer,
+            })
+        }
+
+        /// The next chunk, `None` at the end; an error when the body stalls
+        /// for the stall timeout, is cut off, or the signal aborts.
+        pub async fn next(&mut self) -> Result<Option<Uint8Array>, JsError> {
+            let stalled = JsValue::from_str("stalled");
+            let read = call(&self.reader, "read", &[])
+                .map_err(|e| JsError::new(&format!("{}: {}", self.url, message(&e))))?;
+            let race = Promise::race(
+                &[read, after(self.stall_ms, &stalled).into()]
+                    .into_iter()
+                    .collect::<Array>(),
+            );
+            let chunk = match JsFuture::from(race).await {
+                Ok(v) if v == stalled => {
+                    self.abandon().await;
+                    return Err(JsError::new(&format!(
+                        "{}: no data arrived for {:.0} s after {} bytes; the server stalled. \
+                         Try again later.",
+                        self.url,
+                        self.stall_ms / 1000.0,
+                        self.loaded
+                    )));
+                }
+                Ok(v) => v,
+                Err(e) => {
+                    self.abandon().await;
+                    if self
+                        .signal_aborted
+                        .as_ref()
+                        .is_some_and(|s| get(s, "aborted").is_truthy())
+                    {
+                        return Err(JsError::new("download cancelled"));
+                    }
+                    return Err(JsError::new(&format!(
+                        "{}: download failed after {} bytes: {}",
+                        self.url,
+                        self.loaded,
+                        message(&e)
+                    )));
+                }
+            };
+            if get(&chunk, "done").is_truthy() {
+                if let Some(t) = self.total
+                    && t != self.loaded
+                {
+                    self.abandon().await;
+                    return Err(JsError::new(&format!(
+                        "{}: download stopped at {} of {t} bytes",
+                        self.url, self.loaded
+                    )));
+                }
                 return Ok(None);
             }
-            return Err(JsError::new(&format!(
-                "{url}: HTTP {} {}",
-                res.status(),
-                res.status_text()
-            )));
-        }
-        let total: f64 = res
-            .headers()
-            .get("content-length")
-            .ok()
-            .flatten()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
-        let body = res
-            .body()
-            .ok_or_else(|| JsError::new(&format!("{url}: empty response")))?;
-        let reader: web_sys::ReadableStreamDefaultReader = body.get_reader().unchecked_into();
-        let mut out = Vec::new();
-        loop {
-            let chunk = JsFuture::from(reader.read())
-                .await
-                .map_err(|e| JsError::new(&format!("{url}: download failed: {}", message(&e))))?;
-            if Reflect::get(&chunk, &JsValue::from_str("done"))
-                .map(|d| d.is_truthy())
-                .unwrap_or(true)
-            {
-                break;
-            }
-            let value = Reflect::get(&chunk, &JsValue::from_str("value"))
-                .map_err(|_| JsError::new(&format!("{url}: unreadable chunk")))?;
-            out.extend_from_slice(&Uint8Array::new(&value).to_vec());
-            if let Some(f) = on_progress {
+            let value: Uint8Array = get(&chunk, "value")
+                .dyn_into()
+                .map_err(|_| JsError::new(&format!("{}: unreadable chunk", self.url)))?;
+            self.loaded += value.length() as u64;
+            if let Some(f) = &self.on_progress {
                 // A throwing progress callback must not stop the download.
                 let _ = f.call3(
                     &JsValue::NULL,
-                    &JsValue::from_str(path),
-                    &JsValue::from(out.len() as f64),
-                    &JsValue::from(total),
+                    &JsValue::from_str(&self.path),
+                    &JsValue::from(self.loaded as f64),
+                    &JsValue::from(self.total.unwrap_or(0) as f64),
                 );
             }
+            Ok(Some(value))
         }
-        if total > 0.0 && out.len() as f64 != total {
-            return Err(JsError::new(&format!(
-                "{url}: download stopped at {} of {total} bytes",
-                out.len()
-            )));
+
+        /// The file's length, when the server said it.
+        pub fn len(&self) -> Option<u64> {
+            self.total
         }
-        Ok(Some(out))
+
+        /// Passes a chunk that was used on to the cache entry being written.
+        pub async fn keep(&mut self, chunk: Uint8Array) -> Result<(), JsError> {
+            if let Some((w, _)) = &self.cache_writer
+                && let Ok(p) = call(w, "write", &[&chunk])
+                && wait(p).await.is_err()
+            {
+                // The cache refused (quota): go on without caching this file.
+                self.cache_writer = None;
+            }
+            Ok(())
+        }
+
+        /// The whole file was used: finish its cache entry.
+        pub async fn commit(mut self) -> Result<(), JsError> {
+            if let Some((w, put)) = self.cache_writer.take()
+                && let Ok(p) = call(&w, "close", &[])
+            {
+                let _ = wait(p).await;
+                let _ = wait(put).await;
+            }
+            Ok(())
+        }
+
+        /// Stops reading and drops the half-written cache entry.
+        pub async fn abandon(&mut self) {
+            if let Some((w, _)) = self.cache_writer.take()
+                && let Ok(p) = call(&w, "abort", &[])
+            {
+                let _ = wait(p).await;
+            }
+            if let Ok(p) = call(&self.reader, "cancel", &[]) {
+                let _ = call(&p, "catch", &[&Closure::once_into_js(|_: JsValue| {})]);
+            }
+        }
+    }
+
+    /// A download dropped before its end (an error elsewhere) stops reading
+    /// and leaves no cache entry behind.
+    impl Drop for Download {
+        fn drop(&mut self) {
+            let ignore = Closure::once_into_js(|_: JsValue| {});
+            if let Some((w, _)) = self.cache_writer.take()
+                && let Ok(p) = call(&w, "abort", &[])
+            {
+                let _ = call(&p, "catch", &[&ignore]);
+            }
+            if let Ok(p) = call(&self.reader, "cancel", &[]) {
+                let _ = call(&p, "catch", &[&ignore]);
+            }
+        }
+    }
+
+    /// A weight file: bytes handed over from JS, or a download.
+    pub enum Source {
+        Bytes(Uint8Array, u32),
+        Net(Download),
+    }
+
+    impl Source {
+        /// Bytes from JS are copied into wasm in pieces of this size.
+        const PIECE: u32 = 8 << 20;
+
+        pub fn len(&self) -> Option<u64> {
+            match self {
+                Self::Bytes(b, _) => Some(b.length() as u64),
+                Self::Net(d) => d.len(),
+            }
+        }
+
+        pub async fn next(&mut self) -> Result<Option<Uint8Array>, JsError> {
+            match self {
+                Self::Bytes(b, at) => {
+                    if *at >= b.length() {
+                        return Ok(None);
+                    }
+                    let end = at.saturating_add(Self::PIECE).min(b.length());
+                    let piece = b.subarray(*at, end);
+                    *at = end;
+                    Ok(Some(piece))
+                }
+                Self::Net(d) => d.next().await,
+            }
+        }
+
+        pub async fn keep(&mut self, chunk: Uint8Array) -> Result<(), JsError> {
+            match self {
+                Self::Bytes(..) => Ok(()),
+                Self::Net(d) => d.keep(chunk).await,
+            }
+        }
+
+        pub async fn commit(self) -> Result<(), JsError> {
+            match self {
+                Self::Bytes(..) => Ok(()),
+                Self::Net(d) => d.commit().await,
+            }
+        }
+
+        pub async fn abandon(&mut self) {
+            if let Self::Net(d) = self {
+                d.abandon().await;
+            }
+        }
     }
 
     /// Resolves on the next turn of the event loop (setTimeout 0), so that
     /// messages and UI events (a cancel) get in between steps.
     pub async fn next_tick() {
-        let promise = Promise::new(&mut |resolve, _| {
-            if let Ok(f) = global("setTimeout").map(Function::from) {
-                let _ = f.call2(&JsValue::NULL, &resolve, &JsValue::from(0));
-            } else {
-                let _ = resolve.call0(&JsValue::NULL);
-            }
-        });
-        let _ = JsFuture::from(promise).await;
+        let _ = JsFuture::from(after(0.0, &JsValue::UNDEFINED)).await;
     }
 }
 

@@ -1,102 +1,576 @@
-//! safetensors bytes → Burn modules, by the checkpoint's own key names.
+//! safetensors → Burn modules, by the checkpoint's own key names, streamed.
 //!
-//! [`WeightFile`] parses and validates a file held in memory (the browser has
-//! no filesystem). A [`VarBuilder`] walks it with a key prefix, the way the
-//! module tree is nested (`down_blocks.0.resnets.1.conv1.weight`), and builds
-//! layers from the stored tensors directly: nothing is randomly initialised.
-//! Problems do not stop the walk; they are collected so that
-//! [`WeightFile::finish`] can report every missing key, unexpected key and
-//! shape mismatch by name in one error. f32, f16 and bf16 are accepted and
-//! converted to f32 as each tensor is uploaded; `finish` drops the bytes, so
-//! no second copy of the weights outlives loading.
+//! A weight file is never held whole. [`WeightReader`] takes it in chunks as
+//! they arrive (a download, a Cache API body, a file read piece by piece):
+//! the header first, checked on its own ([`Header`]), then each tensor, which
+//! is converted and put on the device as soon as its last byte is in, its
+//! bytes then dropped. Peak host memory while loading is the header plus the
+//! tensor being received (and its f32 conversion), whatever the file's size.
+//!
+//! A [`VarBuilder`] walks the result with a key prefix, the way the module
+//! tree is nested (`down_blocks.0.resnets.1.conv1.weight`), and builds layers
+//! from the stored tensors directly: nothing is randomly initialised. The same
+//! walk runs against a [`Header`] alone ([`Header::check`]) to compare a config
+//! with a file before any of its data is downloaded. Problems do not stop the
+//! walk; they are collected and reported by name in one error, and a key that
+//! is missing or misshapen gets a 1-element placeholder, so a config the file
+//! contradicts never allocates anything of its own size. Models come only out
+//! of [`WeightFile::build`], which returns the report's error instead of a
+//! model with placeholders in it.
 
 use std::cell::RefCell;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
 
 use burn::module::Param;
 use burn::nn::conv::Conv2d;
 use burn::nn::{Embedding, GroupNorm, LayerNorm, LayerNormConfig, Linear, PaddingConfig2d};
 use burn::tensor::{Device, Tensor, TensorData};
-use safetensors::SafeTensors;
-use safetensors::tensor::{Dtype, Metadata};
 
 use crate::error::{Error, Result};
 
-/// A parsed safetensors file and the bookkeeping of one load.
-pub struct WeightFile {
+/// The most header bytes a file may declare (the safetensors crate's limit).
+pub const MAX_HEADER_BYTES: u64 = 100_000_000;
+/// The most dimensions a stored tensor may have.
+const MAX_RANK: usize = 8;
+
+/// Element types a weight file may store; all are widened to f32 on load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dtype {
+    F32,
+    F16,
+    BF16,
+}
+
+impl Dtype {
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "F32" => Some(Self::F32),
+            "F16" => Some(Self::F16),
+            "BF16" => Some(Self::BF16),
+            _ => None,
+        }
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> u64 {
+        match self {
+            Self::F32 => 4,
+            Self::F16 | Self::BF16 => 2,
+        }
+    }
+}
+
+/// One tensor's entry in a header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorInfo {
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    /// Byte range within the data section.
+    pub start: u64,
+    pub end: u64,
+}
+
+impl TensorInfo {
+    pub fn elements(&self) -> u64 {
+        self.shape.iter().map(|&d| d as u64).product()
+    }
+}
+
+/// A parsed and checked safetensors header: every tensor's dtype, shape and
+/// byte range, the ranges contiguous from 0 and consistent with the shapes,
+/// the whole consistent with the file's length when that is known.
+#[derive(Debug, Clone)]
+pub struct Header {
+    /// The file's name in messages, e.g. `unet/diffusion_pytorch_model.safetensors`.
+    pub name: String,
+    pub tensors: BTreeMap<String, TensorInfo>,
+    /// 8 + the JSON's length: where the data section starts.
+    pub data_start: u64,
+    /// The data section's length (the last tensor's end).
+    pub data_len: u64,
+}
+
+impl Header {
+    /// The file's total length as the header describes it.
+    pub fn file_len(&self) -> u64 {
+        self.data_start + self.data_len
+    }
+
+    /// Parses the header at the start of `prefix`: `Ok(None)` while more bytes
+    /// are needed. `file_len` (e.g. a Content-Length), when known, must match
+    /// what the header describes.
+    pub fn parse(name: &str, prefix: &[u8], file_len: Option<u64>) -> Result<Option<Self>> {
+        let bad = |why: String| {
+            Error::Weights(format!(
+                "{name} is not a valid safetensors file ({why}); it may be truncated or not a \
+                 safetensors file at all: download it again"
+            ))
+        };
+        if prefix.first() == Some(&b'<') {
+            return Err(Error::Weights(format!(
+                "{name} is an HTML page, not a safetensors file: is the model folder URL right?"
+            )));
+        }
+        let Some(len8) = prefix.get(..8) else {
+            if file_len.is_some_and(|l| l < 8) {
+                return Err(bad(format!("{} bytes", file_len.unwrap_or(0))));
+            }
+            return Ok(None);
+        };
+        let n = u64::from_le_bytes(len8.try_into().expect("8 bytes"));
+        if n > MAX_HEADER_BYTES || file_len.is_some_and(|l| n > l - 8) {
+            return Err(bad(format!(
+                "its header claims {n} bytes{}",
+                file_len.map_or(String::new(), |l| format!(" of a {l}-byte file"))
+            )));
+        }
+        let Some(json) = prefix.get(8..8 + n as usize) else {
+            return Ok(None);
+        };
+        let map: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(json)
+            .map_err(|e| bad(format!("the header is not a JSON object: {e}")))?;
+        let mut tensors = BTreeMap::new();
+        for (key, v) in map {
+            if key == "__metadata__" {
+                continue;
+            }
+            #[derive(serde::Deserialize)]
+            struct Entry {
+                dtype: String,
+                shape: Vec<u64>,
+                data_offsets: [u64; 2],
+            }
+            let e: Entry = serde_json::from_value(v)
+                .map_err(|e| bad(format!("the entry of {key} is malformed: {e}")))?;
+            let dtype = Dtype::parse(&e.dtype).ok_or_else(|| {
+                Error::Weights(format!(
+                    "{name}: {key} has dtype {}; only F32, F16 and BF16 are supported",
+                    e.dtype
+                ))
+            })?;
+            if e.shape.len() > MAX_RANK {
+                return Err(bad(format!("{key} has {} dimensions", e.shape.len())));
+            }
+            let elements = e
+                .shape
+                .iter()
+                .try_fold(1u64, |a, &d| a.checked_mul(d))
+                .and_then(|n| n.checked_mul(dtype.size()));
+            let [start, end] = e.data_offsets;
+            if elements != end.checked_sub(start) {
+                return Err(bad(format!(
+                    "{key}: shape {:?} of {} does not fit its byte range {start}..{end}",
+                    e.shape, e.dtype
+                )));
+            }
+            let shape = e
+                .shape
+                .iter()
+                .map(|&d| usize::try_from(d))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|_| bad(format!("{key} is too large for this platform")))?;
+            tensors.insert(
+                key,
+                TensorInfo {
+                    dtype,
+                    shape,
+                    start,
+                    end,
+                },
+            );
+        }
+        // The data section must be exactly the tensors, back to back.
+        let mut ranges: Vec<(u64, u64, &str)> = tensors
+            .iter()
+            .map(|(k, t)| (t.start, t.end, k.as_str()))
+            .collect();
+        ranges.sort();
+        let mut at = 0;
+        for (start, end, key) in ranges {
+            if start != at {
+                return Err(bad(format!(
+                    "{key} starts at byte {start} of the data, expected {at} (overlapping or \
+                     missing data)"
+                )));
+            }
+            at = end;
+        }
+        let header = Self {
+            name: name.to_string(),
+            tensors,
+            data_start: 8 + n,
+            data_len: at,
+        };
+        if let Some(l) = file_len
+            && l != header.file_len()
+        {
+            return Err(bad(format!(
+                "its header describes {} bytes but the file has {l}",
+                header.file_len()
+            )));
+        }
+        Ok(Some(header))
+    }
+
+    /// The error for a file that ended after `received` bytes, inside its header.
+    pub fn incomplete(name: &str, received: u64) -> Error {
+        Error::Weights(format!(
+            "{name} ({received} bytes) is not a valid safetensors file (its header is \
+             incomplete); it may be truncated or not a safetensors file at all: download it again"
+        ))
+    }
+
+    /// Number of stored elements.
+    pub fn num_elements(&self) -> u64 {
+        self.tensors.values().map(TensorInfo::elements).sum()
+    }
+
+    /// The largest tensor as (name, elements).
+    pub fn largest(&self) -> Option<(&str, u64)> {
+        self.tensors
+            .iter()
+            .map(|(k, t)| (k.as_str(), t.elements()))
+            .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0)))
+    }
+
+    /// Runs a model's loader against this header alone: every key it asks for
+    /// is compared by name and shape, nothing is read and nothing of the
+    /// config's size is allocated. Fails like [`WeightFile::build`] would.
+    pub fn check<T>(
+        &self,
+        ignore: impl Fn(&str) -> bool,
+        build: impl FnOnce(&VarBuilder) -> Result<T>,
+    ) -> Result<()> {
+        // Placeholders only: they live on the CPU whatever the model's device.
+        let store = Store::new(self.clone(), None, &Device::flex());
+        // A config the loader rejects outright is the error to report.
+        build(&store.root())?;
+        store.report(ignore)
+    }
+}
+
+/// The keys and shapes a model's loader asks for, in order, without any
+/// file: the layout a checkpoint for that config must have (used to write
+/// random-weight test folders of real model layouts).
+pub fn plan<T>(build: impl FnOnce(&VarBuilder) -> Result<T>) -> Vec<(String, Vec<usize>)> {
+    let header = Header {
+        name: String::new(),
+        tensors: BTreeMap::new(),
+        data_start: 8,
+        data_len: 0,
+    };
+    let store = Store::new(header, None, &Device::flex());
+    let _ = build(&store.root());
+    store.asked.take()
+}
+
+/// Takes a safetensors file chunk by chunk and puts each tensor on the device
+/// as soon as it is complete. See the module docs.
+pub struct WeightReader {
     name: String,
-    bytes: RefCell<Vec<u8>>,
-    data_start: usize,
-    metadata: Metadata,
+    device: Device,
+    file_len: Option<u64>,
+    /// Bytes of the header received so far (dropped once it is parsed).
+    prefix: Vec<u8>,
+    header: Option<Header>,
+    /// Tensors in file order and the index of the one being received.
+    order: Vec<(String, TensorInfo)>,
+    next: usize,
+    /// Bytes received in all.
+    received: u64,
+    /// Bytes of the tensor being received.
+    current: Vec<u8>,
+    tensors: HashMap<String, Tensor<1>>,
+    /// The most bytes this reader has held at once (header or one tensor).
+    peak_buffered: usize,
+    /// Tensors kept in host memory (Burn's CPU backend) instead of `device`.
+    on_host: fn(&str) -> bool,
+}
+
+impl WeightReader {
+    /// A reader for the file `name`; `file_len` is its length when known (a
+    /// Content-Length), checked against the header as soon as that arrives.
+    pub fn new(name: &str, device: &Device, file_len: Option<u64>) -> Self {
+        Self {
+            name: name.to_string(),
+            device: device.clone(),
+            file_len,
+            prefix: Vec::new(),
+            header: None,
+            order: Vec::new(),
+            next: 0,
+            received: 0,
+            current: Vec::new(),
+            tensors: HashMap::new(),
+            peak_buffered: 0,
+            on_host: |_| false,
+        }
+    }
+
+    /// Keeps the tensors whose keys `on_host` accepts in host memory on Burn's
+    /// CPU backend (e.g. a text encoder's token table, which is only ever
+    /// gathered from and is often the one tensor over a GPU's binding limit).
+    pub fn keep_on_host(mut self, on_host: fn(&str) -> bool) -> Self {
+        self.on_host = on_host;
+        self
+    }
+
+    /// The header, once its bytes are in.
+    pub fn header(&self) -> Option<&Header> {
+        self.header.as_ref()
+    }
+
+    /// Bytes received so far.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// The most bytes of the file held at once so far: the header, or one
+    /// tensor split across chunks. Never the file.
+    pub fn peak_buffered(&self) -> usize {
+        self.peak_buffered
+    }
+
+    /// Feeds the next bytes of the file.
+    pub fn push(&mut self, mut chunk: &[u8]) -> Result<()> {
+        if let Some(l) = self.file_len
+            && self.received + chunk.len() as u64 > l
+        {
+            return Err(Error::Weights(format!(
+                "{}: more than the announced {l} bytes arrived",
+                self.name
+            )));
+        }
+        self.received += chunk.len() as u64;
+        if self.header.is_none() {
+            // Take only what the header needs: its length, then its JSON.
+            let want = if self.prefix.len() < 8 {
+                8
+            } else {
+                let n = u64::from_le_bytes(self.prefix[..8].try_into().expect("8 bytes"));
+                8 + n.min(MAX_HEADER_BYTES) as usize
+            };
+            let take = want.saturating_sub(self.prefix.len()).min(chunk.len());
+            self.prefix.extend_from_slice(&chunk[..take]);
+            chunk = &chunk[take..];
+            self.peak_buffered = self.peak_buffered.max(self.prefix.len());
+            match Header::parse(&self.name, &self.prefix, self.file_len)? {
+                None if chunk.is_empty() => return Ok(()),
+                // The length is in: read the JSON from the rest of the chunk.
+                None => return self.push_more(chunk),
+                Some(h) => {
+                    self.prefix = Vec::new();
+                    let mut order: Vec<_> = h.tensors.clone().into_iter().collect();
+                    order.sort_by_key(|(_, t)| t.start);
+                    self.order = order;
+                    self.header = Some(h);
+                    self.complete_empty()?;
+                }
+            }
+        }
+        while !chunk.is_empty() {
+            let Some((_, info)) = self.order.get(self.next) else {
+                return Err(Error::Weights(format!(
+                    "{}: more bytes arrived than its header describes; the file is damaged",
+                    self.name
+                )));
+            };
+            let need = (info.end - info.start) as usize - self.current.len();
+            let take = need.min(chunk.len());
+            if self.current.is_empty() && take == need {
+                // The whole tensor is in this chunk: no copy.
+                self.upload(&chunk[..take])?;
+            } else {
+                if self.current.is_empty() {
+                    self.current.reserve_exact(need);
+                }
+                self.current.extend_from_slice(&chunk[..take]);
+                self.peak_buffered = self.peak_buffered.max(self.current.len());
+                if take == need {
+                    let bytes = std::mem::take(&mut self.current);
+                    self.upload(&bytes)?;
+                }
+            }
+            chunk = &chunk[take..];
+        }
+        Ok(())
+    }
+
+    /// `push` without counting the bytes again (they were counted).
+    fn push_more(&mut self, chunk: &[u8]) -> Result<()> {
+        self.received -= chunk.len() as u64;
+        self.push(chunk)
+    }
+
+    /// Converts the next tensor's bytes and puts it on the device.
+    fn upload(&mut self, raw: &[u8]) -> Result<()> {
+        let (key, info) = &self.order[self.next];
+        let values: Vec<f32> = match info.dtype {
+            Dtype::F32 => raw
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::F16 => raw
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => raw
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+        };
+        let n = values.len();
+        let device = if (self.on_host)(key) {
+            Device::flex()
+        } else {
+            self.device.clone()
+        };
+        let t = Tensor::from_data(TensorData::new(values, [n]), &device);
+        self.tensors.insert(key.clone(), t);
+        self.next += 1;
+        self.complete_empty()
+    }
+
+    /// Tensors with no elements are complete without bytes.
+    fn complete_empty(&mut self) -> Result<()> {
+        while let Some((_, info)) = self.order.get(self.next) {
+            if info.end > info.start {
+                break;
+            }
+            self.upload(&[])?;
+        }
+        Ok(())
+    }
+
+    /// Ends the file: every tensor must have arrived.
+    pub fn finish(self) -> Result<WeightFile> {
+        let name = &self.name;
+        let Some(header) = self.header else {
+            return Err(Header::incomplete(name, self.received));
+        };
+        if self.next < self.order.len() {
+            return Err(Error::Weights(format!(
+                "{name} is truncated: {} of {} bytes arrived; download it again",
+                self.received,
+                header.file_len()
+            )));
+        }
+        Ok(WeightFile {
+            header,
+            tensors: self.tensors,
+            device: self.device,
+        })
+    }
+}
+
+/// A weight file whose tensors are all on the device, waiting to be built
+/// into a model with [`WeightFile::build`].
+pub struct WeightFile {
+    header: Header,
+    tensors: HashMap<String, Tensor<1>>,
+    device: Device,
+}
+
+impl WeightFile {
+    /// Reads a file held in memory (a convenience over [`WeightReader`]).
+    pub fn from_bytes(name: &str, bytes: &[u8], device: &Device) -> Result<Self> {
+        let mut r = WeightReader::new(name, device, Some(bytes.len() as u64));
+        r.push(bytes)?;
+        r.finish()
+    }
+
+    /// Reads a file from disk in 8 MiB pieces; the file is never in memory whole.
+    #[cfg(not(target_family = "wasm"))]
+    pub fn read(
+        path: &std::path::Path,
+        name: &str,
+        device: &Device,
+        on_host: fn(&str) -> bool,
+    ) -> Result<Self> {
+        use std::io::Read;
+        let io = |e: std::io::Error| Error::Weights(format!("{}: {e}", path.display()));
+        let mut f = std::fs::File::open(path).map_err(io)?;
+        let len = f.metadata().map_err(io)?.len();
+        let mut r = WeightReader::new(name, device, Some(len)).keep_on_host(on_host);
+        let mut buf = vec![0u8; 8 << 20];
+        loop {
+            let n = f.read(&mut buf).map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            r.push(&buf[..n])?;
+        }
+        r.finish()
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Builds a model from the file: `build` walks the keys with a
+    /// [`VarBuilder`]; any key missing, misshapen or (unless `ignore` says so)
+    /// left unused is an error naming them all. The tensors not used are freed.
+    pub fn build<T>(
+        self,
+        ignore: impl Fn(&str) -> bool,
+        build: impl FnOnce(&VarBuilder) -> Result<T>,
+    ) -> Result<T> {
+        let store = Store::new(self.header, Some(self.tensors), &self.device);
+        let built = build(&store.root())?;
+        store.report(ignore)?;
+        Ok(built)
+    }
+}
+
+/// What a [`VarBuilder`] reads from: a header alone (a check) or a whole file.
+struct Store {
+    header: Header,
+    tensors: Option<RefCell<HashMap<String, Tensor<1>>>>,
     device: Device,
     used: RefCell<BTreeSet<String>>,
     missing: RefCell<Vec<String>>,
     mismatched: RefCell<Vec<String>>,
+    /// Every key asked for, with its shape, in order.
+    asked: RefCell<Vec<(String, Vec<usize>)>>,
 }
 
-impl WeightFile {
-    /// Parses `bytes` (named `name` in messages, e.g. `unet/diffusion_pytorch_model.safetensors`).
-    /// A truncated, padded or non-safetensors buffer is an error here.
-    pub fn from_bytes(name: &str, bytes: Vec<u8>, device: &Device) -> Result<Rc<Self>> {
-        let (header_len, metadata) = SafeTensors::read_metadata(&bytes).map_err(|e| {
-            Error::Weights(format!(
-                "{name} ({} bytes) is not a valid safetensors file ({e:?}); it may be truncated \
-                 or not a safetensors file at all: download it again",
-                bytes.len()
-            ))
-        })?;
-        Ok(Rc::new(Self {
-            name: name.to_string(),
-            bytes: RefCell::new(bytes),
-            data_start: 8 + header_len,
-            metadata,
+impl Store {
+    fn new(
+        header: Header,
+        tensors: Option<HashMap<String, Tensor<1>>>,
+        device: &Device,
+    ) -> Rc<Self> {
+        Rc::new(Self {
+            header,
+            tensors: tensors.map(RefCell::new),
             device: device.clone(),
             used: RefCell::default(),
             missing: RefCell::default(),
             mismatched: RefCell::default(),
-        }))
+            asked: RefCell::default(),
+        })
     }
 
-    /// The root of the key tree.
-    pub fn root(self: &Rc<Self>) -> VarBuilder {
+    fn root(self: &Rc<Self>) -> VarBuilder {
         VarBuilder {
-            file: Rc::clone(self),
+            store: Rc::clone(self),
             prefix: String::new(),
         }
     }
 
-    /// Every tensor name in the file.
-    pub fn keys(&self) -> BTreeSet<String> {
-        self.metadata.tensors().into_keys().collect()
-    }
-
-    /// Number of f32 values stored in the file, for checking that a model's
-    /// parameter count matches its checkpoint.
-    pub fn num_elements(&self) -> usize {
-        self.metadata
-            .tensors()
-            .values()
-            .map(|i| i.shape.iter().product::<usize>())
-            .sum()
-    }
-
-    /// Bytes of the file still held (0 after [`Self::finish`]).
-    pub fn resident_bytes(&self) -> usize {
-        self.bytes.borrow().len()
-    }
-
-    /// Ends the load and frees the file's bytes: the weights now live only in
-    /// the model's tensors. Fails, naming them, if any key was missing, had
-    /// the wrong shape or dtype, or was never used (keys for which `ignore`
-    /// returns true may stay unused, e.g. non-persistent buffers).
-    pub fn finish(&self, ignore: impl Fn(&str) -> bool) -> Result<()> {
-        *self.bytes.borrow_mut() = Vec::new();
+    /// Every problem of the walk, by name, as one error.
+    fn report(&self, ignore: impl Fn(&str) -> bool) -> Result<()> {
+        if let Some(t) = &self.tensors {
+            t.borrow_mut().clear();
+        }
         let used = self.used.borrow();
         let unexpected: Vec<String> = self
+            .header
+            .tensors
             .keys()
-            .into_iter()
-            .filter(|k| !used.contains(k) && !ignore(k))
+            .filter(|k| !used.contains(*k) && !ignore(k))
+            .cloned()
             .collect();
         let missing = self.missing.borrow();
         let mismatched = self.mismatched.borrow();
@@ -117,7 +591,7 @@ impl WeightFile {
         };
         Err(Error::Weights(format!(
             "{} does not match the model config{}{}{}",
-            self.name,
+            self.header.name,
             list("missing keys", &missing),
             list("shape mismatches", &mismatched),
             list("unexpected keys", &unexpected),
@@ -125,68 +599,55 @@ impl WeightFile {
     }
 
     fn load<const D: usize>(&self, key: &str, shape: [usize; D]) -> Tensor<D> {
-        let placeholder = || Tensor::zeros(shape, &self.device);
-        let Some(info) = self.metadata.info(key) else {
+        // A stand-in that is never used: the walk's report fails the build.
+        let placeholder = || Tensor::zeros([1; D], &self.device);
+        self.asked
+            .borrow_mut()
+            .push((key.to_string(), shape.to_vec()));
+        let Some(info) = self.header.tensors.get(key) else {
             self.missing.borrow_mut().push(key.to_string());
             return placeholder();
         };
-        self.used.borrow_mut().insert(key.to_string());
+        if !self.used.borrow_mut().insert(key.to_string()) {
+            self.mismatched
+                .borrow_mut()
+                .push(format!("{key} is used twice"));
+            return placeholder();
+        }
         if info.shape != shape {
             self.mismatched
                 .borrow_mut()
                 .push(format!("{key} is {:?}, expected {shape:?}", info.shape));
             return placeholder();
         }
-        let (start, end) = info.data_offsets;
-        let bytes = self.bytes.borrow();
-        let Some(raw) = bytes.get(self.data_start + start..self.data_start + end) else {
-            self.missing
-                .borrow_mut()
-                .push(format!("{key} (loaded after finish)"));
-            return placeholder();
-        };
-        let values: Vec<f32> = match info.dtype {
-            Dtype::F32 => raw
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::F16 => raw
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => raw
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            other => {
-                self.mismatched.borrow_mut().push(format!(
-                    "{key} has dtype {other:?}; only F32, F16 and BF16 are supported"
-                ));
-                return placeholder();
-            }
-        };
-        Tensor::from_data(TensorData::new(values, shape), &self.device)
+        match &self.tensors {
+            None => placeholder(),
+            Some(t) => match t.borrow_mut().remove(key) {
+                Some(t) => t.reshape(shape),
+                None => {
+                    self.missing
+                        .borrow_mut()
+                        .push(format!("{key} (not loaded)"));
+                    placeholder()
+                }
+            },
+        }
     }
 }
 
 /// A position in the key tree: `vb.pp("down_blocks").pp(0).pp("resnets")`.
 #[derive(Clone)]
 pub struct VarBuilder {
-    file: Rc<WeightFile>,
+    store: Rc<Store>,
     prefix: String,
 }
 
 impl VarBuilder {
     /// The builder for the child `name` (a field name or a list index).
     pub fn pp(&self, name: impl std::fmt::Display) -> Self {
-        let prefix = if self.prefix.is_empty() {
-            name.to_string()
-        } else {
-            format!("{}.{name}", self.prefix)
-        };
         Self {
-            file: Rc::clone(&self.file),
-            prefix,
+            store: Rc::clone(&self.store),
+            prefix: self.key(&name.to_string()),
         }
     }
 
@@ -200,24 +661,23 @@ impl VarBuilder {
 
     /// Whether `name` exists under this prefix.
     pub fn contains(&self, name: &str) -> bool {
-        self.file.metadata.info(&self.key(name)).is_some()
+        self.store.header.tensors.contains_key(&self.key(name))
     }
 
     /// The device tensors are created on.
     pub fn device(&self) -> &Device {
-        &self.file.device
+        &self.store.device
     }
 
     /// The tensor `name` under this prefix, which must have `shape`.
     pub fn tensor<const D: usize>(&self, name: &str, shape: [usize; D]) -> Tensor<D> {
-        self.file.load(&self.key(name), shape)
+        self.store.load(&self.key(name), shape)
     }
 
     fn param<const D: usize>(&self, name: &str, shape: [usize; D]) -> Param<Tensor<D>> {
         Param::from_tensor(self.tensor(name, shape))
     }
 }
-
 /// `nn.Linear(d_in, d_out, bias)`: PyTorch stores `[out, in]`, Burn `[in, out]`.
 pub fn linear(vb: &VarBuilder, d_in: usize, d_out: usize, bias: bool) -> Linear {
     let w = vb.tensor("weight", [d_out, d_in]).transpose();
@@ -274,9 +734,8 @@ pub fn group_norm(vb: &VarBuilder, groups: usize, channels: usize, eps: f64) -> 
 
 /// `nn.LayerNorm(dim, eps)` with weight and bias.
 pub fn layer_norm(vb: &VarBuilder, dim: usize, eps: f64) -> LayerNorm {
-    let mut ln = LayerNormConfig::new(dim)
-        .with_epsilon(eps)
-        .init(vb.device());
+    // Built at size 1 (epsilon is private to Burn), then given the stored weights.
+    let mut ln = LayerNormConfig::new(1).with_epsilon(eps).init(vb.device());
     ln.gamma = vb.param("weight", [dim]);
     ln.beta = Some(vb.param("bias", [dim]));
     ln

@@ -45,18 +45,19 @@ fn t3(io: &HashMap<String, (Vec<usize>, Vec<f32>)>, k: &str, d: &Device) -> Tens
 fn load<T: Module>(name: &str, device: &Device, build: impl FnOnce(&VarBuilder, &str) -> T) -> T {
     let d = dir(name);
     let config = std::fs::read_to_string(format!("{d}/config.json")).unwrap();
-    let bytes = std::fs::read(format!("{d}/diffusion_pytorch_model.safetensors")).unwrap();
-    let file =
-        WeightFile::from_bytes("diffusion_pytorch_model.safetensors", bytes, device).unwrap();
-    let model = build(&file.root(), &config);
-    // Every key used, none missing or mis-shaped: nothing left at a placeholder,
-    // and the model holds exactly as many parameters as the file.
-    file.finish(|_| false).unwrap();
-    assert_eq!(
-        model.num_params(),
-        file.num_elements(),
-        "{name}: parameter count"
-    );
+    let path = format!("{d}/diffusion_pytorch_model.safetensors");
+    let file = WeightFile::read(
+        path.as_ref(),
+        "diffusion_pytorch_model.safetensors",
+        device,
+        |_| false,
+    )
+    .unwrap();
+    let elements = file.header().num_elements() as usize;
+    // Every key used, none missing or mis-shaped, and the model holds exactly
+    // as many parameters as the file.
+    let model = file.build(|_| false, |vb| Ok(build(vb, &config))).unwrap();
+    assert_eq!(model.num_params(), elements, "{name}: parameter count");
     model
 }
 

@@ -6,8 +6,11 @@
 //! the tiny pipeline, 1e-3 for the trained 64×64 model (one 8-bit level is 4e-3).
 
 use burn::tensor::Device;
-use latent_diffusion_web::pipeline::{GenerateOptions, PipelineFiles, StableDiffusion};
+use latent_diffusion_web::pipeline::{
+    GenerateOptions, PipelineConfig, StableDiffusion, WEIGHT_FILES, largest_tensor,
+};
 use latent_diffusion_web::schedulers::TimestepSpacing;
+use latent_diffusion_web::weights::WeightFile;
 mod common;
 
 fn path(rel: &str) -> std::path::PathBuf {
@@ -37,9 +40,7 @@ fn check(
     tolerance: f32,
 ) {
     let device = Device::flex();
-    let sd = std::rc::Rc::new(
-        StableDiffusion::load(PipelineFiles::read_dir(model).unwrap(), &device).unwrap(),
-    );
+    let sd = std::rc::Rc::new(StableDiffusion::load_dir(model, &device).unwrap());
     assert_eq!((sd.vae_scale_factor, sd.default_size), scale_and_size);
     let cases: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixtures.join("cases.json")).unwrap())
@@ -78,21 +79,42 @@ fn check(
 /// The page compares this with the GPU's buffer limit before choosing WebGPU.
 #[test]
 fn largest_tensor_is_read_from_the_headers() {
-    let files = PipelineFiles::read_dir(&path("www/models/emoji-4step")).unwrap();
-    assert_eq!(
-        files.largest_tensor(),
-        (
-            "text_encoder/embeddings.token_embedding.weight".to_string(),
-            49408 * 64 * 4
-        )
-    );
-    let mut broken = PipelineFiles::read_dir(&path("tests/fixtures/pipelines/tiny")).unwrap();
-    assert_eq!(broken.largest_tensor().1, 49408 * 16 * 4);
-    broken.text_encoder_weights.truncate(4);
-    let (name, bytes) = broken.largest_tensor();
+    let dir = path("www/models/emoji-4step");
+    let files = WEIGHT_FILES
+        .map(|p| WeightFile::read(&dir.join(p), p, &Device::flex(), |_| false).unwrap());
+    let headers = files.each_ref().map(|f| f.header());
+    // The token table (49408 × 64) stays on the host (CLIPTextModel::host_key),
+    // so the largest tensor a GPU must bind is the UNet's widest convolution.
+    let (name, bytes) = largest_tensor(&headers);
+    assert!(name.starts_with("unet/"), "{name}");
+    assert!(bytes < 49408 * 64 * 4, "{bytes}");
+    let unet = headers[1].largest().unwrap();
+    assert_eq!((name, bytes), (format!("unet/{}", unet.0), unet.1 * 4));
+    // The configs agree with the headers key by key, before any data is used.
+    PipelineConfig::read_dir(&dir)
+        .unwrap()
+        .check(headers)
+        .unwrap();
+}
+
+/// A config that the weights contradict is caught from the headers alone,
+/// naming the keys, and allocates nothing of the config's size.
+#[test]
+fn config_checked_against_headers() {
+    let dir = path("tests/fixtures/pipelines/tiny");
+    let files = WEIGHT_FILES
+        .map(|p| WeightFile::read(&dir.join(p), p, &Device::flex(), |_| false).unwrap());
+    let headers = files.each_ref().map(|f| f.header());
+    let mut config = PipelineConfig::read_dir(&dir).unwrap();
+    config.check(headers).unwrap();
+    // A UNet config claiming 8192-channel blocks (about 20 GB of weights):
+    // reported from the headers, nothing of that size allocated.
+    config.unet.block_out_channels = vec![8192, 8192];
+    config.unet.norm_num_groups = Some(1);
+    let e = config.check(headers).unwrap_err().to_string();
     assert!(
-        name.starts_with("unet/") || name.starts_with("vae/"),
-        "{name}"
+        e.contains("unet/diffusion_pytorch_model.safetensors does not match the model config")
+            && e.contains("down_blocks.0.resnets.0.conv1.weight is [32, 32, 3, 3], expected [8192, 8192, 3, 3]"),
+        "{e}"
     );
-    assert!(bytes < 49408 * 16 * 4);
 }

@@ -1,10 +1,10 @@
-//! Bad weight files get a typed error naming the problem; good ones leave
-//! nothing behind but the model's tensors.
+//! Bad weight files get a typed error naming the problem; good ones load the
+//! same in any chunking, without the file ever being held whole.
 
 use burn::tensor::Device;
 use latent_diffusion_web::Error;
 use latent_diffusion_web::models::autoencoder_tiny::{AutoencoderTiny, AutoencoderTinyConfig};
-use latent_diffusion_web::weights::WeightFile;
+use latent_diffusion_web::weights::{WeightFile, WeightReader};
 
 fn fixture(f: &str) -> String {
     format!(
@@ -59,12 +59,34 @@ fn rewrite(edit: impl FnOnce(&mut Vec<(String, String, Vec<usize>, Vec<u8>)>)) -
 fn load(bytes: Vec<u8>) -> Result<AutoencoderTiny, Error> {
     let file = WeightFile::from_bytes(
         "vae/diffusion_pytorch_model.safetensors",
-        bytes,
+        &bytes,
         &Device::flex(),
     )?;
-    let model = AutoencoderTiny::load(&file.root(), &config());
-    file.finish(|_| false)?;
-    Ok(model)
+    file.build(|_| false, |vb| Ok(AutoencoderTiny::load(vb, &config())))
+}
+
+/// Streams `bytes` in chunks of `size` with no announced length.
+fn stream(bytes: &[u8], size: usize) -> Result<(WeightFile, usize), Error> {
+    let mut r = WeightReader::new("vae", &Device::flex(), None);
+    for c in bytes.chunks(size) {
+        r.push(c)?;
+    }
+    let peak = r.peak_buffered();
+    Ok((r.finish()?, peak))
+}
+
+fn params(m: AutoencoderTiny) -> Vec<f32> {
+    use burn::module::Module;
+    let mut out = Vec::new();
+    struct Collect<'a>(&'a mut Vec<f32>);
+    impl burn::module::ModuleVisitor for Collect<'_> {
+        fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<burn::Tensor<D>>) {
+            self.0
+                .extend(p.val().into_data().try_to_vec::<f32>().unwrap());
+        }
+    }
+    m.visit(&mut Collect(&mut out));
+    out
 }
 
 fn message(r: Result<AutoencoderTiny, Error>) -> String {
@@ -74,16 +96,78 @@ fn message(r: Result<AutoencoderTiny, Error>) -> String {
 }
 
 #[test]
-fn good_file_loads_and_frees_its_bytes() {
-    let file = WeightFile::from_bytes("vae", good_bytes(), &Device::flex()).unwrap();
-    assert!(file.resident_bytes() > 0);
-    let _model = AutoencoderTiny::load(&file.root(), &config());
-    file.finish(|_| false).unwrap();
-    assert_eq!(
-        file.resident_bytes(),
-        0,
-        "the file's bytes must not outlive loading"
+fn any_chunking_loads_the_same_model_holding_at_most_one_tensor() {
+    let bytes = good_bytes();
+    let whole = params(load(bytes.clone()).unwrap());
+    let header_len = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let (file, _) = stream(&bytes, bytes.len()).unwrap();
+    let largest = file.header().largest().unwrap().1 as usize * 4;
+    for size in [1, 7, 4096] {
+        let (file, peak) = stream(&bytes, size).unwrap();
+        let model = file
+            .build(|_| false, |vb| Ok(AutoencoderTiny::load(vb, &config())))
+            .unwrap();
+        assert_eq!(params(model), whole, "chunks of {size}");
+        assert!(
+            peak <= header_len.max(largest),
+            "chunks of {size}: held {peak} bytes at once, more than the header ({header_len}) \
+             or the largest tensor ({largest})"
+        );
+    }
+}
+
+#[test]
+fn cut_off_stream_and_oversized_claims() {
+    let bytes = good_bytes();
+    // A stream that stops early, without a known length.
+    let e = stream(&bytes[..bytes.len() - 100], 4096)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("truncated") && e.contains("download it again"),
+        "{e}"
     );
+    // Stopped inside the header.
+    let e = stream(&bytes[..20], 4096).err().unwrap().to_string();
+    assert!(e.contains("header is incomplete"), "{e}");
+    // More bytes than the header describes.
+    let mut long = bytes.clone();
+    long.extend([0; 16]);
+    let e = stream(&long, 4096).err().unwrap().to_string();
+    assert!(
+        e.contains("more bytes arrived than its header describes"),
+        "{e}"
+    );
+    // A header length beyond any sane header, and one beyond the announced length.
+    let mut huge = bytes.clone();
+    huge[..8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    let e = stream(&huge, 4096).err().unwrap().to_string();
+    assert!(e.contains("header claims 1099511627776 bytes"), "{e}");
+    let mut r = WeightReader::new("vae", &Device::flex(), Some(64));
+    let e = r.push(&bytes[..8]).unwrap_err().to_string();
+    assert!(e.contains("of a 64-byte file"), "{e}");
+    // A header whose tensors claim more data than the announced length: caught
+    // from the header, before any tensor byte is taken.
+    let mut r = WeightReader::new("vae", &Device::flex(), Some(bytes.len() as u64 - 2));
+    let e = r.push(&bytes[..4096]).unwrap_err().to_string();
+    assert!(
+        e.contains("describes") && e.contains("but the file has"),
+        "{e}"
+    );
+}
+
+#[test]
+fn overlapping_or_inconsistent_ranges() {
+    let bytes = rewrite(|e| {
+        let t = e
+            .iter_mut()
+            .find(|(k, ..)| k == "encoder.layers.0.bias")
+            .unwrap();
+        t.2 = vec![1_000_000_000, 1_000_000_000];
+    });
+    let m = message(load(bytes));
+    assert!(m.contains("does not fit its byte range"), "{m}");
 }
 
 #[test]
@@ -100,6 +184,11 @@ fn truncated_file() {
 #[test]
 fn not_a_safetensors_file() {
     let m = message(load(b"<!doctype html><html>404 Not Found</html>".to_vec()));
+    assert!(
+        m.contains("is an HTML page") && m.contains("model folder URL"),
+        "{m}"
+    );
+    let m = message(load(b"{\"error\": \"Entry not found\"}".to_vec()));
     assert!(m.contains("not a valid safetensors file"), "{m}");
     let m = message(load(Vec::new()));
     assert!(m.contains("0 bytes"), "{m}");

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use burn::tensor::{Device, DeviceKind};
 use latent_diffusion_web::image::{mask_to_tensor, rgba_to_tensor, tensor_values_to_rgba};
-use latent_diffusion_web::pipeline::{GenerateOptions, PipelineFiles, StableDiffusion};
+use latent_diffusion_web::pipeline::{GenerateOptions, StableDiffusion};
 use latent_diffusion_web::schedulers::TimestepSpacing;
 
 fn main() -> ExitCode {
@@ -71,8 +71,9 @@ fn run() -> Result<(), String> {
         height: num("height")?.map(|v| v as usize),
         strength: num("strength")?.unwrap_or(d.strength),
     };
-    let files = PipelineFiles::read_dir(Path::new(model)).map_err(|e| e.to_string())?;
-    let sd = std::rc::Rc::new(StableDiffusion::load(files, &device).map_err(|e| e.to_string())?);
+    let sd = std::rc::Rc::new(
+        StableDiffusion::load_dir(Path::new(model), &device).map_err(|e| e.to_string())?,
+    );
     let (init, size) = match get("init") {
         Some(p) => {
             let (rgba, w, h) = read_png(p)?;

@@ -6,6 +6,7 @@ use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, LayerNorm, Linear};
 use burn::tensor::Tensor;
 use burn::tensor::activation::{gelu, softmax};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::weights::{VarBuilder, conv2d, group_norm, layer_norm, linear};
 
@@ -53,9 +54,31 @@ impl Attention {
     }
 }
 
+/// The most bytes one attention score matrix may take (all heads and batch
+/// elements of a block of queries). WebGPU binds at most
+/// `maxStorageBufferBindingSize` bytes per buffer (128 MiB by default), so
+/// attention over many tokens (4096 at 512×512) runs in query slices, as
+/// diffusers' attention slicing does. Set from the device's limits.
+static ATTENTION_MAX_BYTES: AtomicU64 = AtomicU64::new(128 << 20);
+
+/// Sets the largest score matrix attention may materialise at once (at
+/// least 1 byte: one query at a time); returns the previous value.
+pub fn set_attention_max_bytes(bytes: u64) -> u64 {
+    ATTENTION_MAX_BYTES.swap(bytes.max(1), Ordering::Relaxed)
+}
+
+/// Queries per slice so that `[b, heads, slice, m]` f32 scores fit the limit.
+fn query_slice(b: usize, heads: usize, n: usize, m: usize) -> usize {
+    let per_query = (b * heads * m * 4).max(1) as u64;
+    let fit = ATTENTION_MAX_BYTES.load(Ordering::Relaxed) / per_query;
+    (fit as usize).clamp(1, n.max(1))
+}
+
 /// softmax(Q Kᵀ / √d + mask) V over `heads` heads; inputs `[B, N, H·d]`.
-/// `mask` (broadcast to `[B, H, N, M]`) is added to the scores.
-pub(crate) fn scaled_dot_product(
+/// `mask` (broadcast to `[B, H, N, M]`) is added to the scores. Queries are
+/// taken in slices whose scores fit [`set_attention_max_bytes`]; each slice's
+/// result is exact, so slicing changes nothing but the memory used.
+pub fn scaled_dot_product(
     q: Tensor<3>,
     k: Tensor<3>,
     v: Tensor<3>,
@@ -67,16 +90,37 @@ pub(crate) fn scaled_dot_product(
     let d = inner / heads;
     let split = |t: Tensor<3>, len: usize| t.reshape([b, len, heads, d]).swap_dims(1, 2);
     let (q, k, v) = (split(q, n), split(k, m), split(v, m));
-    let mut scores = q
-        .matmul(k.swap_dims(2, 3))
-        .mul_scalar((d as f64).powf(-0.5) as f32);
-    if let Some(mask) = mask {
-        scores = scores + mask;
-    }
-    softmax(scores, 3)
-        .matmul(v)
-        .swap_dims(1, 2)
-        .reshape([b, n, inner])
+    let kt = k.swap_dims(2, 3);
+    let scale = (d as f64).powf(-0.5) as f32;
+    let attend = |q: Tensor<4>, mask: Option<Tensor<4>>| {
+        let mut scores = q.matmul(kt.clone()).mul_scalar(scale);
+        if let Some(mask) = mask {
+            scores = scores + mask;
+        }
+        softmax(scores, 3).matmul(v.clone())
+    };
+    let slice = query_slice(b, heads, n, m);
+    let out = if slice >= n {
+        attend(q, mask)
+    } else {
+        let parts = (0..n)
+            .step_by(slice)
+            .map(|start| {
+                let end = (start + slice).min(n);
+                let mask = mask.as_ref().map(|mk| {
+                    let [mb, mh, mn, mm] = mk.dims();
+                    if mn == 1 {
+                        mk.clone()
+                    } else {
+                        mk.clone().slice([0..mb, 0..mh, start..end, 0..mm])
+                    }
+                });
+                attend(q.clone().slice([0..b, 0..heads, start..end, 0..d]), mask)
+            })
+            .collect();
+        Tensor::cat(parts, 2)
+    };
+    out.swap_dims(1, 2).reshape([b, n, inner])
 }
 
 /// `GEGLU`: one projection to twice the width, halves multiplied as `a · gelu(b)`.

@@ -65,6 +65,29 @@ impl AutoencoderKLConfig {
                 "vae/config.json: {k} = {v:?} is not supported: {why}"
             )))
         };
+        let f = "vae/config.json";
+        let chans = c.block_out_channels.iter();
+        crate::config::at_most(f, chans.map(|&v| ("block_out_channels", v)), 4096)?;
+        crate::config::at_most(
+            f,
+            [
+                ("blocks", c.block_out_channels.len()),
+                ("layers_per_block", c.layers_per_block),
+            ],
+            8,
+        )?;
+        crate::config::at_most(
+            f,
+            [
+                ("in_channels", c.in_channels),
+                ("out_channels", c.out_channels),
+                ("latent_channels", c.latent_channels),
+            ],
+            64,
+        )?;
+        if c.norm_num_groups == 0 {
+            return bad("norm_num_groups", &0, "must be at least 1");
+        }
         if c.act_fn != "silu" {
             return bad("act_fn", &c.act_fn, "only silu is implemented");
         }

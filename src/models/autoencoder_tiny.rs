@@ -62,6 +62,32 @@ impl AutoencoderTinyConfig {
                 "vae/config.json: {k} = {v:?} is not supported: {why}"
             )))
         };
+        let f = "vae/config.json";
+        let chans = c
+            .encoder_block_out_channels
+            .iter()
+            .chain(&c.decoder_block_out_channels);
+        crate::config::at_most(f, chans.map(|&v| ("block_out_channels", v)), 4096)?;
+        let blocks = c.num_encoder_blocks.iter().chain(&c.num_decoder_blocks);
+        crate::config::at_most(f, blocks.map(|&v| ("num_*_blocks", v)), 64)?;
+        crate::config::at_most(
+            f,
+            [
+                ("encoder blocks", c.encoder_block_out_channels.len()),
+                ("decoder blocks", c.decoder_block_out_channels.len()),
+            ],
+            8,
+        )?;
+        crate::config::at_most(
+            f,
+            [
+                ("in_channels", c.in_channels),
+                ("out_channels", c.out_channels),
+                ("latent_channels", c.latent_channels),
+                ("upsampling_scaling_factor", c.upsampling_scaling_factor),
+            ],
+            64,
+        )?;
         if c.act_fn != "relu" {
             return bad("act_fn", &c.act_fn, "only relu is implemented");
         }

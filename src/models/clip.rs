@@ -48,6 +48,23 @@ impl Default for CLIPTextConfig {
 impl CLIPTextConfig {
     pub fn from_json(json: &str) -> Result<Self> {
         let c: Self = parse_config(json, "text_encoder/config.json")?;
+        let f = "text_encoder/config.json";
+        crate::config::at_most(
+            f,
+            [
+                ("hidden_size", c.hidden_size),
+                ("num_attention_heads", c.num_attention_heads),
+            ],
+            8192,
+        )?;
+        crate::config::at_most(f, [("intermediate_size", c.intermediate_size)], 32768)?;
+        crate::config::at_most(f, [("num_hidden_layers", c.num_hidden_layers)], 128)?;
+        crate::config::at_most(
+            f,
+            [("max_position_embeddings", c.max_position_embeddings)],
+            4096,
+        )?;
+        crate::config::at_most(f, [("vocab_size", c.vocab_size)], 1 << 20)?;
         if c.hidden_act != "quick_gelu" && c.hidden_act != "gelu" {
             return Err(Error::Config(format!(
                 "text_encoder/config.json: hidden_act = {:?} is not supported: use quick_gelu or gelu",
@@ -131,17 +148,37 @@ impl CLIPTextModel {
         }
     }
 
+    /// The token table stays in host memory (see `WeightReader::keep_on_host`):
+    /// only 77 of its rows are read per prompt, and at 49408 × 1024 it is the
+    /// largest tensor of SD 2.x models, over many GPUs' binding limit.
+    pub fn host_key(key: &str) -> bool {
+        key.ends_with("token_embedding.weight")
+    }
+
     /// Keys a checkpoint may carry that hold no weights (a position-id buffer).
     pub fn ignorable_key(key: &str) -> bool {
         key.ends_with("position_ids")
     }
 
-    /// `input_ids`: `[B, L]` token ids, L ≤ max_position_embeddings.
+    /// Where the token table is, and so where `forward`'s ids must be.
+    pub fn token_device(&self) -> Device {
+        self.token_embedding.weight.device()
+    }
+
+    /// `input_ids`: `[B, L]` token ids on [`Self::token_device`], L ≤
+    /// max_position_embeddings. The result is on the other weights' device.
     pub fn forward(&self, input_ids: Tensor<2, Int>) -> Tensor<3> {
-        let device = input_ids.device();
+        let device = self.position_embedding.weight.device();
         let l = input_ids.dims()[1];
         let pos = Tensor::<1, Int>::arange(0..l as i64, &device).reshape([1, l]);
-        let mut x = self.token_embedding.forward(input_ids) + self.position_embedding.forward(pos);
+        let tokens = self.token_embedding.forward(input_ids);
+        // A host-side table: move the gathered rows (a sync read of CPU data).
+        let tokens = if tokens.device() == device {
+            tokens
+        } else {
+            Tensor::from_data(tokens.into_data(), &device)
+        };
+        let mut x = tokens + self.position_embedding.forward(pos);
         let mask = causal_mask(l, &device);
         for layer in &self.layers {
             let h = layer.layer_norm1.forward(x.clone());
@@ -259,6 +296,11 @@ impl ClipTokenizer {
                 .expect("valid pattern"),
             max_length,
         })
+    }
+
+    /// The highest id in the vocabulary (checked against the text encoder's `vocab_size`).
+    pub fn max_id(&self) -> Option<u32> {
+        self.vocab.values().max().copied()
     }
 
     /// Token ids without specials or padding.

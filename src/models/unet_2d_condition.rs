@@ -42,7 +42,8 @@ pub struct UNet2DConditionConfig {
     pub attention_head_dim: OneOrMany<usize>,
     pub num_attention_heads: Option<OneOrMany<usize>>,
     pub use_linear_projection: bool,
-    pub upcast_attention: bool,
+    /// Attention is computed in f32 whatever this says (null in SD-Turbo).
+    pub upcast_attention: Option<bool>,
     pub num_class_embeds: Option<usize>,
     /// Every other key, checked against the values we support.
     #[serde(flatten)]
@@ -84,7 +85,7 @@ impl Default for UNet2DConditionConfig {
             attention_head_dim: OneOrMany::One(8),
             num_attention_heads: None,
             use_linear_projection: false,
-            upcast_attention: false,
+            upcast_attention: None,
             num_class_embeds: None,
             other: Default::default(),
         }
@@ -146,6 +147,41 @@ impl UNet2DConditionConfig {
             }
         }
         let n = self.block_out_channels.len();
+        let f = "unet/config.json";
+        let chans = self.block_out_channels.iter();
+        crate::config::at_most(f, chans.map(|&v| ("block_out_channels", v)), 8192)?;
+        crate::config::at_most(f, [("blocks", n)], 8)?;
+        crate::config::at_most(
+            f,
+            [
+                ("in_channels", self.in_channels),
+                ("out_channels", self.out_channels),
+            ],
+            64,
+        )?;
+        crate::config::at_most(f, [("sample_size", self.sample_size.unwrap_or(0))], 4096)?;
+        crate::config::at_most(
+            f,
+            [("num_class_embeds", self.num_class_embeds.unwrap_or(0))],
+            1 << 20,
+        )?;
+        let lists = [
+            ("layers_per_block", &self.layers_per_block, 16),
+            ("cross_attention_dim", &self.cross_attention_dim, 8192),
+            (
+                "transformer_layers_per_block",
+                &self.transformer_layers_per_block,
+                64,
+            ),
+            ("attention_head_dim", &self.attention_head_dim, 8192),
+        ];
+        for (key, v, max) in lists {
+            let vals = match v {
+                OneOrMany::One(x) => vec![*x],
+                OneOrMany::Many(xs) => xs.clone(),
+            };
+            crate::config::at_most(f, vals.into_iter().map(|x| (key, x)), max)?;
+        }
         if n == 0 {
             return bad(
                 "block_out_channels",
@@ -190,6 +226,9 @@ impl UNet2DConditionConfig {
         let Some(groups) = self.norm_num_groups else {
             return bad("norm_num_groups", &"null", "group norm is required");
         };
+        if groups == 0 {
+            return bad("norm_num_groups", &0, "must be at least 1");
+        }
         for &c in &self.block_out_channels {
             if !c.is_multiple_of(groups) {
                 return bad(

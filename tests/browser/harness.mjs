@@ -1,7 +1,8 @@
 // Shared pieces of the browser tests: a static server on 127.0.0.1 and
 // Debian's chromium in headless mode (flags from shared/STACK.md).
 import { createServer } from 'node:http';
-import { readFile, mkdtemp, rm } from 'node:fs/promises';
+import { readFile, mkdtemp, rm, stat } from 'node:fs/promises';
+import { createReadStream } from 'node:fs';
 import { extname, join, normalize } from 'node:path';
 import { tmpdir } from 'node:os';
 import { chromium } from 'playwright-core';
@@ -15,11 +16,26 @@ const TYPES = {
 
 /** Serves `dir` (relative to the repo root) on a free loopback port. Paths
  * under /models/corrupt/ serve /models/tiny-random/ with every .safetensors
- * file cut in half, for the corrupted-download tests. */
-export async function serve(dir = 'www') {
+ * file cut in half, for the corrupted-download tests. `mounts` maps a URL
+ * prefix (e.g. '/big/') to an absolute folder whose files are streamed from
+ * disk (full-size models). */
+export async function serve(dir = 'www', mounts = {}) {
   const base = join(ROOT, dir);
   const server = createServer(async (req, res) => {
     let path = normalize(decodeURIComponent(new URL(req.url, 'http://x').pathname));
+    for (const [prefix, folder] of Object.entries(mounts)) {
+      if (!path.startsWith(prefix)) continue;
+      const file = join(folder, path.slice(prefix.length));
+      if (!file.startsWith(folder)) { res.writeHead(403).end(); return; }
+      try {
+        const { size } = await stat(file);
+        res.writeHead(200, { 'content-type': TYPES[extname(file)] ?? 'application/octet-stream', 'content-length': size });
+        createReadStream(file).pipe(res);
+      } catch {
+        res.writeHead(404).end('not found');
+      }
+      return;
+    }
     const corrupt = path.startsWith('/models/corrupt/');
     if (corrupt) path = path.replace('/models/corrupt/', '/models/tiny-random/');
     const file = join(base, path.endsWith('/') ? path + 'index.html' : path);

@@ -1,0 +1,117 @@
+// A full-size model layout (BK-SDM-Tiny: 1.06 GB of f16 weights, random,
+// written by examples/random_model.rs from the published configs) loads in
+// the browser by streaming: peak wasm memory is measured after every progress
+// callback (WebAssembly.Memory.buffer.byteLength) and on WebGPU must stay
+// under 256 MiB plus the largest tensor, whatever the model's size. The same
+// folder loads on the CPU path (weights then live in wasm memory) and on an
+// adapter held to WebGPU's default limits (128 MiB bindings); each runs one
+// denoising step at 64×64 and decodes it. Numbers are printed for the README.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ROOT, serve, launch } from './harness.mjs';
+
+const LAYOUT = 'bk-sdm-tiny';
+const FOLDER = join(tmpdir(), 'ldw-layouts', LAYOUT);
+const MiB = 2 ** 20;
+let server;
+
+before(async () => {
+  if (!existsSync(join(FOLDER, 'vae/diffusion_pytorch_model.safetensors'))) {
+    const bin = join(process.env.CARGO_TARGET_DIR ?? join(ROOT, 'target'), 'debug/examples/random_model');
+    assert.ok(existsSync(bin), `${bin} is missing: run cargo test (it builds the examples) first`);
+    execFileSync(bin, [join(ROOT, 'tests/fixtures/layouts', LAYOUT), FOLDER], { stdio: 'inherit' });
+  }
+  server = await serve('.', { '/big/': FOLDER });
+});
+after(() => server?.close());
+
+/** Loads the folder in a fresh browser and runs one step; returns what was measured. */
+async function loadAndStep(backend, { defaultLimits = false } = {}) {
+  const browser = await launch();
+  try {
+    const page = await browser.context.newPage();
+    page.on('console', (m) => { if (m.type() === 'error') console.log('console:', m.text()); });
+    await page.goto(`${server.url}www/schedules.html`);
+    return await page.evaluate(async ({ backend, defaultLimits }) => {
+      if (defaultLimits) {
+        // The limits a page gets from an adapter that offers only WebGPU's defaults.
+        const cap = { maxStorageBufferBindingSize: 128 * 2 ** 20, maxBufferSize: 256 * 2 ** 20 };
+        const real = Object.getOwnPropertyDescriptor(GPUAdapter.prototype, 'limits').get;
+        Object.defineProperty(GPUAdapter.prototype, 'limits', {
+          get() {
+            const l = real.call(this);
+            return new Proxy(l, { get: (t, k) => (k in cap ? cap[k] : t[k]) });
+          },
+        });
+      }
+      const m = await import('./pkg/latent_diffusion_web.js');
+      const wasm = await m.default();
+      const mem = () => wasm.memory.buffer.byteLength;
+      let peak = mem(), bytes = 0;
+      const t0 = performance.now();
+      let g;
+      try {
+        g = await m.Generator.fromUrl('/big/', backend, (file, loaded) => {
+          peak = Math.max(peak, mem());
+          bytes = loaded;
+        }, { cache: false });
+      } catch (e) {
+        return { error: e.message };
+      }
+      const loadMs = performance.now() - t0;
+      peak = Math.max(peak, mem());
+      const t1 = performance.now();
+      const rgba = await g.generate({ prompt: 'a photo of a cat', seed: 1, steps: 1, guidanceScale: 1,
+        width: 64, height: 64 }, null, null, null, false);
+      const stepMs = performance.now() - t1;
+      let sum = 0;
+      for (let i = 0; i < rgba.length; i++) sum += rgba[i];
+      return { backend: g.backend, peak, afterAll: mem(), loadMs, stepMs, len: rgba.length, mean: sum / rgba.length };
+    }, { backend, defaultLimits });
+  } finally {
+    await browser.close();
+  }
+}
+
+function report(name, r) {
+  console.log(`${LAYOUT} ${name}: ${r.backend}; peak wasm memory while loading ${(r.peak / MiB).toFixed(0)} MiB, `
+    + `after the step ${(r.afterAll / MiB).toFixed(0)} MiB; load ${(r.loadMs / 1000).toFixed(1)} s, `
+    + `one 64×64 step + decode ${(r.stepMs / 1000).toFixed(1)} s`);
+}
+
+// BK-SDM-Tiny's largest tensor kept on the device: a 1280×1280×3×3 conv as f32.
+const LARGEST_ON_DEVICE = 1280 * 1280 * 9 * 4;
+// The token table (49408 × 768 as f32) is kept on the host (CLIPTextModel::host_key).
+const TOKEN_TABLE = 49408 * 768 * 4;
+
+test('WebGPU: streamed load stays under 256 MiB plus the largest tensor', { timeout: 900_000 }, async () => {
+  const r = await loadAndStep('webgpu');
+  assert.equal(r.error, undefined, r.error);
+  report('WebGPU (SwiftShader)', r);
+  assert.match(r.backend, /WebGPU/);
+  assert.equal(r.len, 64 * 64 * 4);
+  assert.ok(r.mean > 0 && r.mean < 255, `image mean ${r.mean}`);
+  const bound = 256 * MiB + Math.max(LARGEST_ON_DEVICE, TOKEN_TABLE);
+  assert.ok(r.peak < bound, `peak wasm memory ${r.peak} ≥ ${bound}`);
+});
+
+test('WebGPU held to the default limits (128 MiB bindings) still loads and steps', { timeout: 900_000 }, async () => {
+  const r = await loadAndStep('webgpu', { defaultLimits: true });
+  assert.equal(r.error, undefined, r.error);
+  report('WebGPU, default limits', r);
+  assert.equal(r.len, 64 * 64 * 4);
+});
+
+test('CPU: the same folder loads into wasm memory and steps', { timeout: 900_000 }, async () => {
+  const r = await loadAndStep('cpu');
+  assert.equal(r.error, undefined, r.error);
+  report('CPU (WebAssembly)', r);
+  assert.match(r.backend, /CPU/);
+  assert.equal(r.len, 64 * 64 * 4);
+  // The weights as f32 (2.12 GB) are the floor; nothing else may add a second copy.
+  assert.ok(r.peak < 2.12e9 + 512 * MiB, `peak wasm memory ${r.peak}`);
+});
