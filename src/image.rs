@@ -43,8 +43,26 @@ pub fn mask_to_tensor(
 
 /// `[1, 3, H, W]` values in about [-1, 1] (CHW, as read back) → RGBA bytes,
 /// with diffusers' rounding: `round(clamp(x / 2 + 0.5, 0, 1) · 255)`.
-pub fn tensor_values_to_rgba(chw: &[f32], width: usize, height: usize) -> Vec<u8> {
+///
+/// Non-finite values (an f16 overflow, a broken checkpoint) are an error
+/// naming the stage, never a silently black image.
+pub fn tensor_values_to_rgba(chw: &[f32], width: usize, height: usize) -> Result<Vec<u8>> {
     let plane = width * height;
+    if chw.len() != 3 * plane {
+        return Err(Error::Shape(format!(
+            "the decoded image has {} values; {width}×{height} RGB needs {}",
+            chw.len(),
+            3 * plane
+        )));
+    }
+    if let Some(bad) = chw.iter().position(|v| !v.is_finite()) {
+        return Err(Error::NonFinite(format!(
+            "the decoded image holds {} at value {bad} of {}: the model's numbers overflowed or \
+             its weights are broken, so there is no image to show",
+            chw[bad],
+            chw.len()
+        )));
+    }
     let mut out = vec![255u8; plane * 4];
     for c in 0..3 {
         for i in 0..plane {
@@ -52,7 +70,7 @@ pub fn tensor_values_to_rgba(chw: &[f32], width: usize, height: usize) -> Vec<u8
             out[i * 4 + c] = (v * 255.0).round() as u8;
         }
     }
-    out
+    Ok(out)
 }
 
 fn check_len(rgba: &[u8], width: usize, height: usize) -> Result<()> {

@@ -97,22 +97,25 @@ impl PipelineConfig {
             }
             Ok(Some(t))
         };
+        // The first missing file, in TEXT_FILES order, is the one reported.
         let [unet, vae, te, vocab, merges, scheduler] =
             TEXT_FILES.map(|p| text(p, true).map(|t| t.unwrap_or_default()));
+        let (unet, vae, te, vocab, merges, scheduler) =
+            (unet?, vae?, te?, vocab?, merges?, scheduler?);
         let tokenizer_config = text(OPTIONAL_FILES[0], false)?;
         let special_tokens = text(OPTIONAL_FILES[1], false)?;
         let tokenizer_config = merge_special_tokens(tokenizer_config, special_tokens)?;
-        let tokenizer = ClipTokenizer::new(&vocab?, &merges?, tokenizer_config.as_deref())?;
-        let text_encoder = CLIPTextConfig::from_json(&te?)?;
-        let unet = UNet2DConditionConfig::from_json(&unet?)?;
-        let vae_json = vae?;
+        let tokenizer = ClipTokenizer::new(&vocab, &merges, tokenizer_config.as_deref())?;
+        let text_encoder = CLIPTextConfig::from_json(&te)?;
+        let unet = UNet2DConditionConfig::from_json(&unet)?;
+        let vae_json = vae;
         let kind: VaeKind = crate::config::parse_config(&vae_json, "vae/config.json")?;
         let vae = if kind.class_name.as_deref() == Some("AutoencoderTiny") {
             VaeConfig::Tiny(AutoencoderTinyConfig::from_json(&vae_json)?)
         } else {
             VaeConfig::Kl(AutoencoderKLConfig::from_json(&vae_json)?)
         };
-        let scheduler = DDIMSchedulerConfig::from_json(&scheduler?)?;
+        let scheduler = DDIMSchedulerConfig::from_json(&scheduler)?;
         DDIMScheduler::new(scheduler.clone())?;
         let c = Self {
             tokenizer,

@@ -614,7 +614,7 @@ async fn to_rgba(image: Tensor<4>) -> Result<Vec<u8>, JsError> {
     let values = data
         .try_to_vec::<f32>()
         .map_err(|e| JsError::new(&format!("{e:?}")))?;
-    Ok(tensor_values_to_rgba(&values, w, h))
+    tensor_values_to_rgba(&values, w, h).map_err(to_js)
 }
 
 /// Downloads from a window or a worker: streamed, with byte progress, a

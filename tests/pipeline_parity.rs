@@ -118,3 +118,19 @@ fn config_checked_against_headers() {
         "{e}"
     );
 }
+
+/// A decoded image with NaN or infinity (an overflow) is an error naming the
+/// stage, never a silently black PNG; a wrong length is an error too.
+#[test]
+fn non_finite_image_is_an_error() {
+    use latent_diffusion_web::image::tensor_values_to_rgba;
+    let mut v = vec![0.0f32; 3 * 4 * 4];
+    assert_eq!(tensor_values_to_rgba(&v, 4, 4).unwrap().len(), 64);
+    v[17] = f32::NAN;
+    let e = tensor_values_to_rgba(&v, 4, 4).unwrap_err().to_string();
+    assert!(e.contains("decoded image holds NaN at value 17"), "{e}");
+    let e = tensor_values_to_rgba(&v[..10], 4, 4)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("10 values"), "{e}");
+}

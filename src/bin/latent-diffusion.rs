@@ -115,7 +115,8 @@ fn run() -> Result<(), String> {
         .into_data()
         .try_to_vec::<f32>()
         .map_err(|e| format!("{e:?}"))?;
-    write_png(out, &tensor_values_to_rgba(&values, w, h), w, h)?;
+    let rgba = tensor_values_to_rgba(&values, w, h).map_err(|e| e.to_string())?;
+    write_png(out, &rgba, w, h)?;
     eprintln!("wrote {out} ({w}×{h})");
     Ok(())
 }

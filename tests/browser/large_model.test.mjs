@@ -30,13 +30,13 @@ before(async () => {
 after(() => server?.close());
 
 /** Loads the folder in a fresh browser and runs one step; returns what was measured. */
-async function loadAndStep(backend, { defaultLimits = false } = {}) {
+async function loadAndStep(backend, { defaultLimits = false, base = '/big/' } = {}) {
   const browser = await launch();
   try {
     const page = await browser.context.newPage();
     page.on('console', (m) => { if (m.type() === 'error') console.log('console:', m.text()); });
     await page.goto(`${server.url}www/schedules.html`);
-    return await page.evaluate(async ({ backend, defaultLimits }) => {
+    return await page.evaluate(async ({ backend, defaultLimits, base }) => {
       if (defaultLimits) {
         // The limits a page gets from an adapter that offers only WebGPU's defaults.
         const cap = { maxStorageBufferBindingSize: 128 * 2 ** 20, maxBufferSize: 256 * 2 ** 20 };
@@ -55,7 +55,7 @@ async function loadAndStep(backend, { defaultLimits = false } = {}) {
       const t0 = performance.now();
       let g;
       try {
-        g = await m.Generator.fromUrl('/big/', backend, (file, loaded) => {
+        g = await m.Generator.fromUrl(base, backend, (file, loaded) => {
           peak = Math.max(peak, mem());
           bytes = loaded;
         }, { cache: false });
@@ -71,14 +71,14 @@ async function loadAndStep(backend, { defaultLimits = false } = {}) {
       let sum = 0;
       for (let i = 0; i < rgba.length; i++) sum += rgba[i];
       return { backend: g.backend, peak, afterAll: mem(), loadMs, stepMs, len: rgba.length, mean: sum / rgba.length };
-    }, { backend, defaultLimits });
+    }, { backend, defaultLimits, base });
   } finally {
     await browser.close();
   }
 }
 
-function report(name, r) {
-  console.log(`${LAYOUT} ${name}: ${r.backend}; peak wasm memory while loading ${(r.peak / MiB).toFixed(0)} MiB, `
+function report(name, r, model = LAYOUT) {
+  console.log(`${model} ${name}: ${r.backend}; peak wasm memory while loading ${(r.peak / MiB).toFixed(0)} MiB, `
     + `after the step ${(r.afterAll / MiB).toFixed(0)} MiB; load ${(r.loadMs / 1000).toFixed(1)} s, `
     + `one 64×64 step + decode ${(r.stepMs / 1000).toFixed(1)} s`);
 }
@@ -114,4 +114,13 @@ test('CPU: the same folder loads into wasm memory and steps', { timeout: 900_000
   assert.equal(r.len, 64 * 64 * 4);
   // The weights as f32 (2.12 GB) are the floor; nothing else may add a second copy.
   assert.ok(r.peak < 2.12e9 + 512 * MiB, `peak wasm memory ${r.peak}`);
+});
+
+test('the shipped model: peak wasm memory while loading, for the README', { timeout: 300_000 }, async () => {
+  for (const backend of ['webgpu', 'cpu']) {
+    const r = await loadAndStep(backend, { base: '/www/models/emoji-4step/' });
+    assert.equal(r.error, undefined, r.error);
+    report(r.backend, r, 'emoji-4step');
+    assert.ok(r.peak < 256 * MiB, `peak wasm memory ${r.peak}`);
+  }
 });
