@@ -460,10 +460,7 @@ impl Generator {
         mask: Option<Vec<u8>>,
     ) -> Result<(), JsError> {
         if self.busy.get() {
-            return Err(JsError::new(
-                "a generation is already running on this Generator: wait for it, or call \
-                 cancel() first",
-            ));
+            return Err(busy_error());
         }
         self.start_run(options, image, mask)
     }
@@ -539,10 +536,7 @@ impl Generator {
         preview: Option<bool>,
     ) -> Result<Option<js_sys::Uint8Array>, JsError> {
         if self.busy.replace(true) {
-            return Err(JsError::new(
-                "a generation is already running on this Generator: wait for it, or call \
-                 cancel() first",
-            ));
+            return Err(busy_error());
         }
         let result = self
             .generate_inner(options, image, mask, on_step, preview)
@@ -750,6 +744,10 @@ mod fetch {
                 && let Ok(hit) = wait(p).await
                 && !hit.is_undefined()
             {
+                // A remembered 404 of an optional file (see below).
+                if get(&hit, "status").as_f64() == Some(404.0) {
+                    return Ok(None);
+                }
                 return Ok(Some(Download::new(self, path, url, hit, None)?));
             }
             let init = Object::new();
@@ -770,6 +768,21 @@ mod fetch {
             let status = get(&res, "status").as_f64().unwrap_or(0.0) as u32;
             if !get(&res, "ok").is_truthy() {
                 if optional && status == 404 {
+                    // Remember that the folder has no such file, so that the
+                    // model loads offline too.
+                    if let Some(c) = &cache
+                        && let Ok(marker) = construct(
+                            "Response",
+                            &[&JsValue::NULL, &{
+                                let init = Object::new();
+                                let _ = Reflect::set(&init, &"status".into(), &404.into());
+                                init.into()
+                            }],
+                        )
+                        && let Ok(p) = call(c, "put", &[&JsValue::from_str(&url), &marker])
+                    {
+                        let _ = wait(p).await;
+                    }
                     return Ok(None);
                 }
                 let text = get(&res, "statusText").as_string().unwrap_or_default();
@@ -1091,6 +1104,12 @@ mod fetch {
     pub async fn next_tick() {
         let _ = JsFuture::from(after(0.0, &JsValue::UNDEFINED)).await;
     }
+}
+
+fn busy_error() -> JsError {
+    JsError::new(
+        "a generation is already running on this Generator: wait for it, or call cancel() first",
+    )
 }
 
 fn to_js(e: crate::Error) -> JsError {

@@ -25,12 +25,17 @@ use std::rc::Rc;
 use burn::module::Param;
 use burn::nn::conv::Conv2d;
 use burn::nn::{Embedding, GroupNorm, LayerNorm, LayerNormConfig, Linear, PaddingConfig2d};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorCreationOptions, TensorData};
 
 use crate::error::{Error, Result};
 
 /// The most header bytes a file may declare (the safetensors crate's limit).
 pub const MAX_HEADER_BYTES: u64 = 100_000_000;
+/// Tensors are converted and uploaded in pieces of this many bytes (a
+/// multiple of every element size), so the host never holds a whole large
+/// tensor: a GPU joins the pieces in its own memory.
+const PIECE: usize = 8 << 20;
+
 /// The most dimensions a stored tensor may have.
 const MAX_RANK: usize = 8;
 
@@ -279,8 +284,13 @@ pub struct WeightReader {
     next: usize,
     /// Bytes received in all.
     received: u64,
-    /// Bytes of the tensor being received.
+    /// Bytes of the tensor being received that are taken so far.
+    taken: u64,
+    /// Received bytes not yet converted (less than one piece), or all of a
+    /// host tensor's bytes (kept as stored, no conversion).
     current: Vec<u8>,
+    /// The tensor being received, converted piece by piece.
+    pieces: Vec<Tensor<1>>,
     tensors: HashMap<String, Tensor<1>>,
     /// The most bytes this reader has held at once (header or one tensor).
     peak_buffered: usize,
@@ -301,7 +311,9 @@ impl WeightReader {
             order: Vec::new(),
             next: 0,
             received: 0,
+            taken: 0,
             current: Vec::new(),
+            pieces: Vec::new(),
             tensors: HashMap::new(),
             peak_buffered: 0,
             on_host: |_| false,
@@ -327,7 +339,7 @@ impl WeightReader {
     }
 
     /// The most bytes of the file held at once so far: the header, or one
-    /// tensor split across chunks. Never the file.
+    /// piece of a tensor. Never the file, nor a whole large tensor.
     pub fn peak_buffered(&self) -> usize {
         self.peak_buffered
     }
@@ -365,7 +377,7 @@ impl WeightReader {
                     order.sort_by_key(|(_, t)| t.start);
                     self.order = order;
                     self.header = Some(h);
-                    self.complete_empty()?;
+                    self.complete_empty();
                 }
             }
         }
@@ -376,23 +388,40 @@ impl WeightReader {
                     self.name
                 )));
             };
-            let need = (info.end - info.start) as usize - self.current.len();
-            let take = need.min(chunk.len());
-            if self.current.is_empty() && take == need {
-                // The whole tensor is in this chunk: no copy.
-                self.upload(&chunk[..take])?;
-            } else {
-                if self.current.is_empty() {
-                    self.current.reserve_exact(need);
+            let size = info.end - info.start;
+            let take = (size - self.taken).min(chunk.len() as u64) as usize;
+            let (mut data, rest) = chunk.split_at(take);
+            chunk = rest;
+            self.taken += take as u64;
+            if (self.on_host)(&self.order[self.next].0) {
+                // Host tensors keep their stored bytes: one buffer, no copy later.
+                if self.current.is_empty() && self.file_len.is_some() {
+                    self.current.reserve_exact(size as usize);
                 }
-                self.current.extend_from_slice(&chunk[..take]);
+                self.current.extend_from_slice(data);
                 self.peak_buffered = self.peak_buffered.max(self.current.len());
-                if take == need {
-                    let bytes = std::mem::take(&mut self.current);
-                    self.upload(&bytes)?;
+                data = &[];
+            }
+            while !data.is_empty() {
+                if self.current.is_empty() && data.len() >= PIECE {
+                    // A whole piece in this chunk: converted without a copy.
+                    self.convert_piece(&data[..PIECE]);
+                    data = &data[PIECE..];
+                    continue;
+                }
+                let n = (PIECE - self.current.len()).min(data.len());
+                self.current.extend_from_slice(&data[..n]);
+                data = &data[n..];
+                self.peak_buffered = self.peak_buffered.max(self.current.len());
+                if self.current.len() == PIECE {
+                    let piece = std::mem::take(&mut self.current);
+                    self.convert_piece(&piece);
                 }
             }
-            chunk = &chunk[take..];
+            if self.taken == size {
+                self.complete_tensor();
+                self.complete_empty();
+            }
         }
         Ok(())
     }
@@ -403,44 +432,77 @@ impl WeightReader {
         self.push(chunk)
     }
 
-    /// Converts the next tensor's bytes and puts it on the device.
-    fn upload(&mut self, raw: &[u8]) -> Result<()> {
+    /// Converts one piece of the current tensor to f32 and puts it on the device.
+    fn convert_piece(&mut self, raw: &[u8]) {
+        let info = &self.order[self.next].1;
+        let data = match info.dtype {
+            Dtype::F32 => TensorData::new(
+                raw.chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect::<Vec<_>>(),
+                [raw.len() / 4],
+            ),
+            Dtype::F16 => TensorData::new(
+                raw.chunks_exact(2)
+                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect::<Vec<_>>(),
+                [raw.len() / 2],
+            ),
+            Dtype::BF16 => TensorData::new(
+                raw.chunks_exact(2)
+                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect::<Vec<_>>(),
+                [raw.len() / 2],
+            ),
+        };
+        self.pieces.push(Tensor::from_data(data, &self.device));
+    }
+
+    /// The current tensor's last byte is in: joins its pieces and moves on.
+    fn complete_tensor(&mut self) {
         let (key, info) = &self.order[self.next];
-        let values: Vec<f32> = match info.dtype {
-            Dtype::F32 => raw
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::F16 => raw
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => raw
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
+        if (self.on_host)(key) {
+            // The stored bytes become the tensor as they are (f16 stays f16).
+            let dtype = match info.dtype {
+                Dtype::F32 => DType::F32,
+                Dtype::F16 => DType::F16,
+                Dtype::BF16 => DType::BF16,
+            };
+            let raw = std::mem::take(&mut self.current);
+            let n = info.elements() as usize;
+            let data = TensorData::from_bytes_vec(raw, [n], dtype);
+            let options = TensorCreationOptions::new(Device::flex()).with_dtype(dtype);
+            self.tensors
+                .insert(key.clone(), Tensor::from_data(data, options));
+            self.next += 1;
+            self.taken = 0;
+            return;
+        }
+        if !self.current.is_empty() {
+            let piece = std::mem::take(&mut self.current);
+            self.convert_piece(&piece);
+        }
+        let (key, info) = &self.order[self.next];
+        let t = match self.pieces.len() {
+            0 => Tensor::from_data(TensorData::new(Vec::<f32>::new(), [0]), &self.device),
+            1 => self.pieces.pop().expect("one piece"),
+            // Joined where the tensor lives (on a GPU: device memory).
+            _ => Tensor::cat(std::mem::take(&mut self.pieces), 0),
         };
-        let n = values.len();
-        let device = if (self.on_host)(key) {
-            Device::flex()
-        } else {
-            self.device.clone()
-        };
-        let t = Tensor::from_data(TensorData::new(values, [n]), &device);
+        debug_assert_eq!(t.dims()[0] as u64, info.elements());
         self.tensors.insert(key.clone(), t);
         self.next += 1;
-        self.complete_empty()
+        self.taken = 0;
     }
 
     /// Tensors with no elements are complete without bytes.
-    fn complete_empty(&mut self) -> Result<()> {
+    fn complete_empty(&mut self) {
         while let Some((_, info)) = self.order.get(self.next) {
             if info.end > info.start {
                 break;
             }
-            self.upload(&[])?;
+            self.complete_tensor();
         }
-        Ok(())
     }
 
     /// Ends the file: every tensor must have arrived.

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use burn::nn::{Embedding, LayerNorm, Linear};
 use burn::tensor::activation::{gelu, sigmoid};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use regex::Regex;
 use serde::Deserialize;
 use unicode_normalization::UnicodeNormalization;
@@ -172,11 +172,12 @@ impl CLIPTextModel {
         let l = input_ids.dims()[1];
         let pos = Tensor::<1, Int>::arange(0..l as i64, &device).reshape([1, l]);
         let tokens = self.token_embedding.forward(input_ids);
-        // A host-side table: move the gathered rows (a sync read of CPU data).
-        let tokens = if tokens.device() == device {
+        // A host-side table (f16 when stored so): move the gathered rows as
+        // f32 (a sync read of CPU data).
+        let tokens = if tokens.device() == device && tokens.dtype() == DType::F32 {
             tokens
         } else {
-            Tensor::from_data(tokens.into_data(), &device)
+            Tensor::from_data(tokens.into_data().convert::<f32>(), &device)
         };
         let mut x = tokens + self.position_embedding.forward(pos);
         let mask = causal_mask(l, &device);

@@ -105,3 +105,37 @@ test('generate(): cancel from the step callback resolves to undefined; a bad URL
   assert.equal(got.after, 16 * 16 * 4);
   assert.match(got.bad, /\/no\/such\/model\/unet\/config\.json: HTTP 404/);
 });
+
+test('fromUrl: two generate() at once is an error, a stalled body times out, an abort cancels', async () => {
+  const got = await page.evaluate(async (base) => {
+    const m = await import('./pkg/latent_diffusion_web.js');
+    const g = await m.Generator.fromUrl(base, 'cpu', null, { cache: false });
+    const first = g.generate({ prompt: 'a red heart', steps: 3 });
+    let second;
+    try { await g.generate({ prompt: 'x', steps: 2 }); second = 'no error'; } catch (e) { second = e.message; }
+    const image = await first;
+    const again = await g.generate({ prompt: 'x', steps: 2 });
+    // An aborted download rejects at once with "download cancelled".
+    const ctl = new AbortController();
+    ctl.abort();
+    let aborted;
+    try { await m.Generator.fromUrl(base, 'cpu', null, { cache: false, signal: ctl.signal }); } catch (e) { aborted = e.message; }
+    let badOptions;
+    try { await m.Generator.fromUrl(base, 'cpu', null, { stallTimeoutMs: -1 }); } catch (e) { badOptions = e.message; }
+    // A body that stops sending is given up after the stall timeout.
+    let stalled;
+    try {
+      await m.Generator.fromUrl('/stall' + base, 'cpu', null, { cache: false, stallTimeoutMs: 1000 });
+    } catch (e) { stalled = e.message; }
+    // A folder URL typed without its trailing slash still finds the files.
+    const noSlash = await m.Generator.fromUrl(base.replace(/\/$/, ''), 'cpu', null, { cache: false });
+    return { second, image: image.length, again: again.length, aborted, badOptions, stalled, noSlash: noSlash.backend };
+  }, `/${MODEL}`);
+  assert.match(got.second, /already running on this Generator/);
+  assert.equal(got.image, 16 * 16 * 4);
+  assert.equal(got.again, 16 * 16 * 4);
+  assert.match(got.aborted, /download cancelled/);
+  assert.match(got.badOptions, /stallTimeoutMs = -1/);
+  assert.match(got.stalled, /no data arrived for 1 s after 100 bytes; the server stalled/);
+  assert.match(got.noSlash, /CPU/);
+});

@@ -16,7 +16,8 @@ const TYPES = {
 
 /** Serves `dir` (relative to the repo root) on a free loopback port. Paths
  * under /models/corrupt/ serve /models/tiny-random/ with every .safetensors
- * file cut in half, for the corrupted-download tests. `mounts` maps a URL
+ * file cut in half, for the corrupted-download tests; /stall/<path> serves
+ * <path> with weight files that stop mid-body and hang. `mounts` maps a URL
  * prefix (e.g. '/big/') to an absolute folder whose files are streamed from
  * disk (full-size models). */
 export async function serve(dir = 'www', mounts = {}) {
@@ -36,6 +37,9 @@ export async function serve(dir = 'www', mounts = {}) {
       }
       return;
     }
+    // /stall/<path>: <path>, but a .safetensors body stops after 100 bytes and hangs.
+    const stall = path.startsWith('/stall/');
+    if (stall) path = path.slice('/stall'.length);
     const corrupt = path.startsWith('/models/corrupt/');
     if (corrupt) path = path.replace('/models/corrupt/', '/models/tiny-random/');
     const file = join(base, path.endsWith('/') ? path + 'index.html' : path);
@@ -43,6 +47,11 @@ export async function serve(dir = 'www', mounts = {}) {
     try {
       let body = await readFile(file);
       if (corrupt && file.endsWith('.safetensors')) body = body.subarray(0, body.length >> 1);
+      if (stall && file.endsWith('.safetensors')) {
+        res.writeHead(200, { 'content-length': body.length });
+        res.write(body.subarray(0, 100));
+        return; // never ends
+      }
       res.writeHead(200, {
         'content-type': TYPES[extname(file)] ?? 'application/octet-stream', 'content-length': body.length,
       }).end(body);

