@@ -277,13 +277,7 @@ pub fn largest_tensor(headers: &[&Header]) -> (String, u64) {
     let mut best = (String::new(), 0u64);
     for (i, h) in headers.iter().enumerate() {
         let folder = h.name.split('/').next().unwrap_or_default();
-        let on_device = h
-            .tensors
-            .iter()
-            .filter(|(k, _)| !PipelineConfig::on_host(i)(k))
-            .map(|(k, t)| (k.as_str(), t.elements()))
-            .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0)));
-        if let Some((key, n)) = on_device {
+        if let Some((key, n)) = h.largest(PipelineConfig::on_host(i)) {
             let name = format!("{folder}/{key}");
             if n * 4 > best.1 || (n * 4 == best.1 && name < best.0) {
                 best = (name, n * 4);
@@ -373,13 +367,11 @@ impl StableDiffusion {
     #[cfg(not(target_family = "wasm"))]
     pub fn load_dir(dir: &std::path::Path, device: &Device) -> Result<Self> {
         let config = PipelineConfig::read_dir(dir)?;
-        let files = WEIGHT_FILES
-            .iter()
-            .enumerate()
-            .map(|(i, p)| WeightFile::read(&dir.join(p), p, device, PipelineConfig::on_host(i)))
-            .collect::<Result<Vec<_>>>()?;
-        let files: [WeightFile; 3] = files.try_into().map_err(|_| Error::arg("three files"))?;
-        Self::load(config, files, device)
+        let read = |i: usize| {
+            let p = WEIGHT_FILES[i];
+            WeightFile::read(&dir.join(p), p, device, PipelineConfig::on_host(i))
+        };
+        Self::load(config, [read(0)?, read(1)?, read(2)?], device)
     }
 
     /// `[negative; prompt]` embeddings (`[2, L, D]`), or just the prompt's

@@ -332,7 +332,7 @@ impl Generator {
                 "bad load options: stallTimeoutMs = {stall} must be a positive number of milliseconds"
             )));
         }
-        let net = fetch::Net::new(&base, cache, signal, stall, on_progress)?;
+        let net = fetch::Net::new(&base, cache, signal, stall, on_progress).await?;
         let result = Self::download(&net, backend).await;
         if result.is_err() {
             // Never keep files of a failed load: the next attempt fetches them again.
@@ -397,17 +397,19 @@ impl Generator {
         )
         .await?;
         let mut files = Vec::new();
-        for ((path, mut source), prefix) in WEIGHT_FILES.iter().zip(sources).zip(prefixes) {
-            let mut reader = WeightReader::new(path, &device, source.len())
+        for ((mut source, prefix), header) in sources.into_iter().zip(prefixes).zip(headers) {
+            // The header was read above: go on from the bytes after it.
+            let start = header.data_start as usize;
+            let mut reader = WeightReader::after_header(header, &device, source.len())
                 .keep_on_host(PipelineConfig::on_host(files.len()));
-            reader.push(&prefix).map_err(to_js)?;
+            reader.push(&prefix[start..]).map_err(to_js)?;
             drop(prefix);
             loop {
                 lost()?;
                 match source.next().await? {
                     Some(chunk) => {
                         if let Err(e) = reader.push(&chunk.to_vec()) {
-                            source.abandon().await;
+                            source.abandon();
                             return Err(to_js(e));
                         }
                         source.keep(chunk).await?;
@@ -535,24 +537,7 @@ impl Generator {
         on_step: Option<js_sys::Function>,
         preview: Option<bool>,
     ) -> Result<Option<js_sys::Uint8Array>, JsError> {
-        if self.busy.replace(true) {
-            return Err(busy_error());
-        }
-        let result = self
-            .generate_inner(options, image, mask, on_step, preview)
-            .await;
-        self.busy.set(false);
-        result
-    }
-
-    async fn generate_inner(
-        &self,
-        options: JsValue,
-        image: Option<Vec<u8>>,
-        mask: Option<Vec<u8>>,
-        on_step: Option<js_sys::Function>,
-        preview: Option<bool>,
-    ) -> Result<Option<js_sys::Uint8Array>, JsError> {
+        let _busy = Busy::take(&self.busy)?;
         self.start_run(options, image, mask)?;
         let total = self.total_steps();
         loop {
@@ -684,7 +669,7 @@ mod fetch {
     impl Net {
         /// `base` is resolved against the page and given a trailing slash (a
         /// folder URL typed without one must not lose its last segment).
-        pub fn new(
+        pub async fn new(
             base: &str,
             cache: Option<String>,
             signal: Option<JsValue>,
@@ -703,10 +688,15 @@ mod fetch {
             if !base.ends_with('/') {
                 base.push('/');
             }
-            // The Cache API exists only in secure contexts (https, localhost).
-            let cache = cache
-                .filter(|_| global("caches").is_ok())
-                .map(JsValue::from);
+            // Opened once for the whole folder. The Cache API exists only in
+            // secure contexts (https, localhost); without it nothing is cached.
+            let cache = match (cache, global("caches")) {
+                (Some(name), Ok(caches)) => match call(&caches, "open", &[&name.into()]) {
+                    Ok(p) => wait(p).await.ok(),
+                    Err(_) => None,
+                },
+                _ => None,
+            };
             Ok(Self {
                 base,
                 cache,
@@ -718,12 +708,6 @@ mod fetch {
 
         fn url(&self, path: &str) -> String {
             format!("{}{path}", self.base)
-        }
-
-        async fn cache(&self) -> Option<JsValue> {
-            let name = self.cache.as_ref()?;
-            let caches = global("caches").ok()?;
-            wait(call(&caches, "open", &[name]).ok()?).await.ok()
         }
 
         fn check_aborted(&self) -> Result<(), JsError> {
@@ -738,7 +722,7 @@ mod fetch {
         async fn open_any(&self, path: &str, optional: bool) -> Result<Option<Download>, JsError> {
             self.check_aborted()?;
             let url = self.url(path);
-            let cache = self.cache().await;
+            let cache = self.cache.clone();
             if let Some(c) = &cache
                 && let Ok(p) = call(c, "match", &[&JsValue::from_str(&url)])
                 && let Ok(hit) = wait(p).await
@@ -811,7 +795,7 @@ mod fetch {
             let mut out = Vec::new();
             while let Some(chunk) = d.next().await? {
                 if out.len() as u64 + chunk.length() as u64 > MAX_TEXT_FILE_BYTES {
-                    d.abandon().await;
+                    d.abandon();
                     return Err(JsError::new(&format!(
                         "{} is larger than {} MB, too large for a config or tokenizer file: is \
                          the model folder URL right?",
@@ -838,13 +822,13 @@ mod fetch {
 
         /// Deletes every file of the folder from the cache.
         pub async fn forget_all(&self) {
-            let Some(c) = self.cache().await else { return };
+            let Some(c) = &self.cache else { return };
             for p in TEXT_FILES
                 .iter()
                 .chain(&OPTIONAL_FILES)
                 .chain(&WEIGHT_FILES)
             {
-                if let Ok(p) = call(&c, "delete", &[&JsValue::from_str(&self.url(p))]) {
+                if let Ok(p) = call(c, "delete", &[&JsValue::from_str(&self.url(p))]) {
                     let _ = wait(p).await;
                 }
             }
@@ -934,7 +918,7 @@ mod fetch {
             );
             let chunk = match JsFuture::from(race).await {
                 Ok(v) if v == stalled => {
-                    self.abandon().await;
+                    self.abandon();
                     return Err(JsError::new(&format!(
                         "{}: no data arrived for {:.0} s after {} bytes; the server stalled. \
                          Try again later.",
@@ -945,7 +929,7 @@ mod fetch {
                 }
                 Ok(v) => v,
                 Err(e) => {
-                    self.abandon().await;
+                    self.abandon();
                     if self
                         .signal_aborted
                         .as_ref()
@@ -965,7 +949,7 @@ mod fetch {
                 if let Some(t) = self.total
                     && t != self.loaded
                 {
-                    self.abandon().await;
+                    self.abandon();
                     return Err(JsError::new(&format!(
                         "{}: download stopped at {} of {t} bytes",
                         self.url, self.loaded
@@ -1017,23 +1001,9 @@ mod fetch {
             Ok(())
         }
 
-        /// Stops reading and drops the half-written cache entry.
-        pub async fn abandon(&mut self) {
-            if let Some((w, _)) = self.cache_writer.take()
-                && let Ok(p) = call(&w, "abort", &[])
-            {
-                let _ = wait(p).await;
-            }
-            if let Ok(p) = call(&self.reader, "cancel", &[]) {
-                let _ = call(&p, "catch", &[&Closure::once_into_js(|_: JsValue| {})]);
-            }
-        }
-    }
-
-    /// A download dropped before its end (an error elsewhere) stops reading
-    /// and leaves no cache entry behind.
-    impl Drop for Download {
-        fn drop(&mut self) {
+        /// Stops reading and drops the half-written cache entry (an aborted
+        /// `cache.put` stores nothing). Also what dropping a download does.
+        pub fn abandon(&mut self) {
             let ignore = Closure::once_into_js(|_: JsValue| {});
             if let Some((w, _)) = self.cache_writer.take()
                 && let Ok(p) = call(&w, "abort", &[])
@@ -1043,6 +1013,14 @@ mod fetch {
             if let Ok(p) = call(&self.reader, "cancel", &[]) {
                 let _ = call(&p, "catch", &[&ignore]);
             }
+        }
+    }
+
+    /// A download dropped before its end (an error elsewhere) stops reading
+    /// and leaves no cache entry behind.
+    impl Drop for Download {
+        fn drop(&mut self) {
+            self.abandon();
         }
     }
 
@@ -1092,9 +1070,9 @@ mod fetch {
             }
         }
 
-        pub async fn abandon(&mut self) {
+        pub fn abandon(&mut self) {
             if let Self::Net(d) = self {
-                d.abandon().await;
+                d.abandon();
             }
         }
     }
@@ -1103,6 +1081,25 @@ mod fetch {
     /// messages and UI events (a cancel) get in between steps.
     pub async fn next_tick() {
         let _ = JsFuture::from(after(0.0, &JsValue::UNDEFINED)).await;
+    }
+}
+
+/// Marks a Generator busy for as long as it lives (a whole `generate()`,
+/// whichever way it ends).
+struct Busy<'a>(&'a std::cell::Cell<bool>);
+
+impl<'a> Busy<'a> {
+    fn take(flag: &'a std::cell::Cell<bool>) -> Result<Self, JsError> {
+        if flag.replace(true) {
+            return Err(busy_error());
+        }
+        Ok(Self(flag))
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.set(false);
     }
 }
 

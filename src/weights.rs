@@ -231,10 +231,11 @@ impl Header {
         self.tensors.values().map(TensorInfo::elements).sum()
     }
 
-    /// The largest tensor as (name, elements).
-    pub fn largest(&self) -> Option<(&str, u64)> {
+    /// The largest tensor whose key `skip` does not accept, as (name, elements).
+    pub fn largest(&self, skip: impl Fn(&str) -> bool) -> Option<(&str, u64)> {
         self.tensors
             .iter()
+            .filter(|(k, _)| !skip(k))
             .map(|(k, t)| (k.as_str(), t.elements()))
             .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0)))
     }
@@ -333,11 +334,6 @@ impl WeightReader {
         self.header.as_ref()
     }
 
-    /// Bytes received so far.
-    pub fn received(&self) -> u64 {
-        self.received
-    }
-
     /// The most bytes of the file held at once so far: the header, or one
     /// piece of a tensor. Never the file, nor a whole large tensor.
     pub fn peak_buffered(&self) -> usize {
@@ -355,8 +351,8 @@ impl WeightReader {
             )));
         }
         self.received += chunk.len() as u64;
-        if self.header.is_none() {
-            // Take only what the header needs: its length, then its JSON.
+        // Take only what the header needs: its length, then its JSON.
+        while self.header.is_none() && !chunk.is_empty() {
             let want = if self.prefix.len() < 8 {
                 8
             } else {
@@ -367,18 +363,9 @@ impl WeightReader {
             self.prefix.extend_from_slice(&chunk[..take]);
             chunk = &chunk[take..];
             self.peak_buffered = self.peak_buffered.max(self.prefix.len());
-            match Header::parse(&self.name, &self.prefix, self.file_len)? {
-                None if chunk.is_empty() => return Ok(()),
-                // The length is in: read the JSON from the rest of the chunk.
-                None => return self.push_more(chunk),
-                Some(h) => {
-                    self.prefix = Vec::new();
-                    let mut order: Vec<_> = h.tensors.clone().into_iter().collect();
-                    order.sort_by_key(|(_, t)| t.start);
-                    self.order = order;
-                    self.header = Some(h);
-                    self.complete_empty();
-                }
+            if let Some(h) = Header::parse(&self.name, &self.prefix, self.file_len)? {
+                self.prefix = Vec::new();
+                self.begin(h);
             }
         }
         while !chunk.is_empty() {
@@ -426,10 +413,22 @@ impl WeightReader {
         Ok(())
     }
 
-    /// `push` without counting the bytes again (they were counted).
-    fn push_more(&mut self, chunk: &[u8]) -> Result<()> {
-        self.received -= chunk.len() as u64;
-        self.push(chunk)
+    /// The header is in: tensors are expected in file order from here on.
+    fn begin(&mut self, header: Header) {
+        let mut order: Vec<_> = header.tensors.clone().into_iter().collect();
+        order.sort_by_key(|(_, t)| t.start);
+        self.order = order;
+        self.header = Some(header);
+        self.complete_empty();
+    }
+
+    /// A reader for a file whose header was already read and checked (e.g. to
+    /// choose the device): push the bytes after the header next.
+    pub fn after_header(header: Header, device: &Device, file_len: Option<u64>) -> Self {
+        let mut r = Self::new(&header.name, device, file_len);
+        r.received = header.data_start;
+        r.begin(header);
+        r
     }
 
     /// Converts one piece of the current tensor to f32 and puts it on the device.

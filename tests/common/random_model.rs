@@ -7,7 +7,7 @@ use std::path::Path;
 
 use latent_diffusion_web::pipeline::{PipelineConfig, WEIGHT_FILES};
 
-const COPIED: [&str; 8] = [
+const COPIED: [&str; 7] = [
     "model_index.json",
     "unet/config.json",
     "vae/config.json",
@@ -15,7 +15,6 @@ const COPIED: [&str; 8] = [
     "scheduler/scheduler_config.json",
     "tokenizer/tokenizer_config.json",
     "tokenizer/special_tokens_map.json",
-    "README.md",
 ];
 
 fn splitmix(mut z: u64) -> u64 {
