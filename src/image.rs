@@ -11,7 +11,7 @@ pub fn rgba_to_tensor(
     height: usize,
     device: &Device,
 ) -> Result<Tensor<4>> {
-    check_len(rgba, width, height)?;
+    check_len("image", rgba, width, height)?;
     let plane = width * height;
     let mut v = vec![0f32; 3 * plane];
     for i in 0..plane {
@@ -33,7 +33,7 @@ pub fn mask_to_tensor(
     height: usize,
     device: &Device,
 ) -> Result<Tensor<4>> {
-    check_len(rgba, width, height)?;
+    check_len("mask", rgba, width, height)?;
     let v: Vec<f32> = rgba.chunks_exact(4).map(|p| p[0] as f32 / 255.0).collect();
     Ok(Tensor::from_data(
         TensorData::new(v, [1, 1, height, width]),
@@ -47,8 +47,8 @@ pub fn mask_to_tensor(
 /// Non-finite values (an f16 overflow, a broken checkpoint) are an error
 /// naming the stage, never a silently black image.
 pub fn tensor_values_to_rgba(chw: &[f32], width: usize, height: usize) -> Result<Vec<u8>> {
-    let plane = width * height;
-    if chw.len() != 3 * plane {
+    let plane = rgba_len(width, height)? / 4;
+    if Some(chw.len()) != plane.checked_mul(3) {
         return Err(Error::Shape(format!(
             "the decoded image has {} values; {width}×{height} RGB needs {}",
             chw.len(),
@@ -73,13 +73,60 @@ pub fn tensor_values_to_rgba(chw: &[f32], width: usize, height: usize) -> Result
     Ok(out)
 }
 
-fn check_len(rgba: &[u8], width: usize, height: usize) -> Result<()> {
-    if rgba.len() != width * height * 4 {
+/// Bytes of `width × height` RGBA, or an error where that overflows (a
+/// 65536² claim on wasm32).
+pub fn rgba_len(width: usize, height: usize) -> Result<usize> {
+    width
+        .checked_mul(height)
+        .and_then(|p| p.checked_mul(4))
+        .ok_or_else(|| Error::arg(format!("a {width}×{height} image is too large to hold")))
+}
+
+fn check_len(what: &str, rgba: &[u8], width: usize, height: usize) -> Result<()> {
+    let need = rgba_len(width, height)?;
+    if rgba.len() != need {
         return Err(Error::Shape(format!(
-            "image data has {} bytes; {width}×{height} RGBA needs {}",
+            "the {what} has {} bytes; {width}×{height} RGBA needs {need}",
             rgba.len(),
-            width * height * 4
         )));
     }
     Ok(())
+}
+
+/// Decodes a PNG file's bytes to RGBA, refusing before any pixel buffer is
+/// allocated an image wider or taller than `max_side` (a header may claim
+/// 100000², a file may be cut off or not a PNG at all).
+#[cfg(not(target_family = "wasm"))]
+pub fn decode_png(bytes: &[u8], max_side: usize) -> Result<(Vec<u8>, usize, usize)> {
+    let bad = |e: png::DecodingError| Error::arg(format!("not a readable PNG image: {e}"));
+    let limits = png::Limits {
+        bytes: rgba_len(max_side, max_side)?.saturating_mul(2),
+    };
+    let mut decoder = png::Decoder::new_with_limits(std::io::Cursor::new(bytes), limits);
+    decoder.set_transformations(
+        png::Transformations::normalize_to_color8() | png::Transformations::ALPHA,
+    );
+    let mut reader = decoder.read_info().map_err(bad)?;
+    let (w, h) = (reader.info().width as usize, reader.info().height as usize);
+    if w > max_side || h > max_side {
+        return Err(Error::arg(format!(
+            "the image is {w}×{h}; images up to {max_side}×{max_side} are accepted"
+        )));
+    }
+    let size = reader
+        .output_buffer_size()
+        .ok_or_else(|| Error::arg(format!("a {w}×{h} image is too large to hold")))?;
+    let mut buf = vec![0; size];
+    let info = reader.next_frame(&mut buf).map_err(bad)?;
+    let (w, h) = (info.width as usize, info.height as usize);
+    let n = w * h;
+    let rgba = match info.color_type {
+        png::ColorType::Rgba => buf[..n * 4].to_vec(),
+        png::ColorType::GrayscaleAlpha => buf[..n * 2]
+            .chunks_exact(2)
+            .flat_map(|p| [p[0], p[0], p[0], p[1]])
+            .collect(),
+        other => return Err(Error::arg(format!("unsupported PNG color type {other:?}"))),
+    };
+    Ok((rgba, w, h))
 }

@@ -13,6 +13,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::image::{mask_to_tensor, rgba_to_tensor};
 use crate::models::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
 use crate::models::autoencoder_tiny::{AutoencoderTiny, AutoencoderTinyConfig};
 use crate::models::clip::{CLIPTextConfig, CLIPTextModel, ClipTokenizer};
@@ -110,10 +111,19 @@ impl PipelineConfig {
         let unet = UNet2DConditionConfig::from_json(&unet)?;
         let vae_json = vae;
         let kind: VaeKind = crate::config::parse_config(&vae_json, "vae/config.json")?;
-        let vae = if kind.class_name.as_deref() == Some("AutoencoderTiny") {
-            VaeConfig::Tiny(AutoencoderTinyConfig::from_json(&vae_json)?)
-        } else {
-            VaeConfig::Kl(AutoencoderKLConfig::from_json(&vae_json)?)
+        let vae = match kind.class_name.as_deref() {
+            Some("AutoencoderTiny") => {
+                VaeConfig::Tiny(AutoencoderTinyConfig::from_json(&vae_json)?)
+            }
+            Some("AutoencoderKL") | None => {
+                VaeConfig::Kl(AutoencoderKLConfig::from_json(&vae_json)?)
+            }
+            Some(other) => {
+                return Err(Error::Config(format!(
+                    "vae/config.json: _class_name = {other:?} is not supported: use AutoencoderKL \
+                     or AutoencoderTiny (TAESD)"
+                )));
+            }
         };
         let scheduler = DDIMSchedulerConfig::from_json(&scheduler)?;
         DDIMScheduler::new(scheduler.clone())?;
@@ -162,6 +172,40 @@ impl PipelineConfig {
             VaeConfig::Tiny(c) => c.decoder_block_out_channels.len(),
         };
         1 << (blocks.clamp(1, 8) - 1)
+    }
+
+    fn footprint(&self) -> Footprint {
+        let around = |c: &[usize], i: usize| {
+            let lo = i.saturating_sub(1);
+            c[lo..(i + 2).min(c.len())]
+                .iter()
+                .copied()
+                .max()
+                .unwrap_or(0)
+        };
+        let vae = match &self.vae {
+            VaeConfig::Kl(c) => (0..c.block_out_channels.len())
+                .map(|i| around(&c.block_out_channels, i))
+                .collect(),
+            VaeConfig::Tiny(c) => {
+                let all = c.encoder_block_out_channels.iter();
+                vec![
+                    all.chain(&c.decoder_block_out_channels)
+                        .copied()
+                        .max()
+                        .unwrap_or(0),
+                ]
+            }
+        };
+        let b = &self.unet.block_out_channels;
+        let unet = (0..b.len())
+            .map(|i| {
+                let skip = b[i] + b[(i + 1).min(b.len() - 1)];
+                let attends = self.unet.down_block_types[i].contains("CrossAttn");
+                if attends { skip.max(8 * b[i]) } else { skip }
+            })
+            .collect();
+        Footprint { vae, unet }
     }
 
     fn check_consistency(&self) -> Result<()> {
@@ -337,6 +381,45 @@ pub struct StableDiffusion {
     /// The size the model was trained at (`unet/config.json` sample_size × vae_scale_factor).
     pub default_size: usize,
     pub device: Device,
+    footprint: Footprint,
+    /// The largest single buffer the device takes (see [`StableDiffusion::set_max_buffer_bytes`]).
+    max_buffer_bytes: std::cell::Cell<u64>,
+}
+
+/// The default per-buffer limit natively (RAM); the page sets the adapter's.
+pub const NATIVE_MAX_BUFFER_BYTES: u64 = 4 << 30;
+
+/// Channels per resolution level (full size first) that bound the largest
+/// activation of each model: what a size costs, known from the configs.
+#[derive(Debug, Clone)]
+struct Footprint {
+    /// VAE: most channels alive at each pixel level (encoder or decoder).
+    vae: Vec<usize>,
+    /// UNet: most channels alive at each latent level (skip concatenation,
+    /// or the GEGLU feed-forward's 8× projection where the block attends).
+    unet: Vec<usize>,
+}
+
+impl Footprint {
+    /// `(bytes, where)` of the largest f32 activation for an image of
+    /// `w × h` pixels with `batch` UNet rows (2 with guidance).
+    fn largest(&self, w: usize, h: usize, scale: usize, batch: usize) -> (u64, &'static str) {
+        let level = |size: usize, i: usize| (size >> i).max(1) as u64;
+        let vae = (self.vae.iter().enumerate())
+            .map(|(i, &c)| c as u64 * level(h, i) * level(w, i) * 4)
+            .max()
+            .unwrap_or(0);
+        let (lh, lw) = (h / scale.max(1), w / scale.max(1));
+        let unet = (self.unet.iter().enumerate())
+            .map(|(i, &c)| batch as u64 * c as u64 * level(lh, i) * level(lw, i) * 4)
+            .max()
+            .unwrap_or(0);
+        if vae >= unet {
+            (vae, "the VAE")
+        } else {
+            (unet, "the UNet")
+        }
+    }
 }
 
 impl StableDiffusion {
@@ -349,7 +432,10 @@ impl StableDiffusion {
         let unet = unet.build(PipelineConfig::ignorable(1), |vb| c.unet_model(vb))?;
         let vae = vae.build(PipelineConfig::ignorable(2), |vb| c.vae_model(vb))?;
         let vae_scale_factor = config.vae_scale_factor();
+        let footprint = config.footprint();
         Ok(Self {
+            footprint,
+            max_buffer_bytes: std::cell::Cell::new(NATIVE_MAX_BUFFER_BYTES),
             text_encoder,
             unet,
             vae,
@@ -361,6 +447,59 @@ impl StableDiffusion {
             tokenizer: config.tokenizer,
             device: device.clone(),
         })
+    }
+
+    /// Sets the largest buffer the device takes (WebGPU's
+    /// `maxStorageBufferBindingSize`, or what memory is left on the CPU);
+    /// sizes whose activations would not fit are then refused by `start`.
+    pub fn set_max_buffer_bytes(&self, bytes: u64) {
+        self.max_buffer_bytes.set(bytes.max(1));
+    }
+
+    pub fn max_buffer_bytes(&self) -> u64 {
+        self.max_buffer_bytes.get()
+    }
+
+    /// The largest f32 activation (bytes) and the model holding it, for an
+    /// image of `w × h` pixels.
+    pub fn largest_activation(&self, w: usize, h: usize, guidance: bool) -> (u64, &'static str) {
+        let batch = if guidance { 2 } else { 1 };
+        self.footprint.largest(w, h, self.vae_scale_factor, batch)
+    }
+
+    /// The largest square side (a multiple of the VAE's scale factor, at most
+    /// [`MAX_IMAGE_SIDE`]) whose activations fit the device's buffer limit.
+    pub fn max_side(&self, guidance: bool) -> usize {
+        let f = self.vae_scale_factor;
+        let fits = |s: usize| self.largest_activation(s, s, guidance).0 <= self.max_buffer_bytes();
+        (1..=MAX_IMAGE_SIDE / f)
+            .rev()
+            .map(|k| k * f)
+            .find(|&s| fits(s))
+            .unwrap_or(0)
+    }
+
+    /// Refuses a size whose largest activation would not fit one device
+    /// buffer, naming what the device can make instead.
+    pub fn check_size(&self, w: usize, h: usize, guidance: bool) -> Result<()> {
+        let (need, model) = self.largest_activation(w, h, guidance);
+        let limit = self.max_buffer_bytes();
+        if need <= limit {
+            return Ok(());
+        }
+        let mib = |b: u64| b.div_ceil(1 << 20);
+        let side = self.max_side(guidance);
+        Err(Error::arg(format!(
+            "a {w}×{h} image needs a {} MiB buffer in {model}, and this device holds at most {} MiB \
+             in one buffer; {}",
+            mib(need),
+            mib(limit),
+            if side > 0 {
+                format!("the largest square image it can make with this model is {side}×{side}")
+            } else {
+                "it cannot run this model at any size".to_string()
+            }
+        )))
     }
 
     /// Loads a diffusers folder from disk, reading each weight file in pieces.
@@ -394,6 +533,26 @@ impl StableDiffusion {
         self.text_encoder.forward(ids)
     }
 
+    /// [`StableDiffusion::start`] from RGBA bytes of the options' size (the
+    /// form the page and the CLI have them in). The options are checked
+    /// before any image is converted.
+    pub fn start_rgba(
+        self: &Rc<Self>,
+        o: &GenerateOptions,
+        image: Option<&[u8]>,
+        mask: Option<&[u8]>,
+    ) -> Result<Sampling> {
+        o.check_inputs(self)?;
+        let (h, w) = o.size(self);
+        let init = image
+            .map(|b| rgba_to_tensor(b, w, h, &self.device))
+            .transpose()?;
+        let mask = mask
+            .map(|b| mask_to_tensor(b, w, h, &self.device))
+            .transpose()?;
+        self.start(o, init, mask)
+    }
+
     /// Starts sampling. `init` (image in [-1, 1], `[1, 3, H, W]`) turns this
     /// into image-to-image; `mask` (`[1, 1, H, W]`, 1 = repaint) into inpainting.
     pub fn start(
@@ -402,7 +561,7 @@ impl StableDiffusion {
         init: Option<Tensor<4>>,
         mask: Option<Tensor<4>>,
     ) -> Result<Sampling> {
-        o.validate(self)?;
+        o.check_inputs(self)?;
         let (h, w) = (
             o.height.unwrap_or(self.default_size),
             o.width.unwrap_or(self.default_size),
@@ -459,6 +618,7 @@ impl StableDiffusion {
             _ => (None, None),
         };
         Ok(Sampling {
+            probes: vec![context.clone().sum()],
             sd: Rc::clone(self),
             scheduler,
             timesteps,
@@ -497,9 +657,9 @@ fn feather(mask: Tensor<4>) -> Tensor<4> {
     avg_pool2d(mask, o)
 }
 
-/// What a run is asked to do (the page's and the CLI's options).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
+/// What a run is asked to do, typed and checked (see [`OptionsInput`] for
+/// the form the page and the CLI give it in).
+#[derive(Debug, Clone)]
 pub struct GenerateOptions {
     pub prompt: String,
     pub negative_prompt: String,
@@ -531,21 +691,214 @@ impl Default for GenerateOptions {
     }
 }
 
+/// The largest image side accepted before the device's own limit is known.
+pub const MAX_IMAGE_SIDE: usize = 2048;
+/// The most denoising steps a run may ask for (the training schedule's length).
+pub const MAX_STEPS: u64 = 1000;
+/// The largest seed a JavaScript number holds exactly (2^53 − 1); larger
+/// seeds come as a BigInt or a decimal string.
+pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+
+/// A number as a person or a page writes it: JSON number, BigInt, or text
+/// (the CLI's). [`OptionsInput`] turns it into a checked value and says which
+/// option was wrong and why.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Number {
+    Int(i128),
+    Float(f64),
+    Text(String),
+}
+
+impl Number {
+    /// A command-line value: a whole number when it reads as one, else a float,
+    /// else kept as text for the error message.
+    pub fn parse(text: &str) -> Self {
+        let t = text.trim();
+        if let Ok(i) = t.parse::<i128>() {
+            Self::Int(i)
+        } else if let Ok(f) = t.parse::<f64>() {
+            Self::Float(f)
+        } else {
+            Self::Text(text.to_string())
+        }
+    }
+
+    fn show(&self) -> String {
+        match self {
+            Self::Int(i) => i.to_string(),
+            Self::Float(f) => f.to_string(),
+            Self::Text(t) => format!("{t:?}"),
+        }
+    }
+
+    /// A whole number in `min..=max`, or an error naming `name` and the range.
+    fn whole(&self, name: &str, min: u64, max: u64) -> Result<u64> {
+        let bad = || {
+            Error::arg(format!(
+                "{name} = {} must be a whole number from {min} to {max}",
+                self.show()
+            ))
+        };
+        let v = match *self {
+            Self::Int(i) => u64::try_from(i).map_err(|_| bad())?,
+            // A float is whole only where it is exact: beyond 2^53 a JS number
+            // is not the integer that was typed.
+            Self::Float(f) if f.fract() == 0.0 && (0.0..=MAX_SAFE_INTEGER as f64).contains(&f) => {
+                f as u64
+            }
+            Self::Float(f) if f.is_finite() && f.fract() == 0.0 && f > 0.0 => {
+                return Err(Error::arg(format!(
+                    "{name} = {f} is above 2^53 − 1, past which a JavaScript number is not exact; \
+                     pass it as a BigInt or a decimal string"
+                )));
+            }
+            _ => return Err(bad()),
+        };
+        if (min..=max).contains(&v) {
+            Ok(v)
+        } else {
+            Err(bad())
+        }
+    }
+
+    /// A finite number in `range`, or an error naming `name` and the range.
+    fn real(&self, name: &str, range: std::ops::RangeInclusive<f64>, what: &str) -> Result<f64> {
+        let v = match *self {
+            Self::Int(i) => i as f64,
+            Self::Float(f) => f,
+            Self::Text(_) => f64::NAN,
+        };
+        if v.is_finite() && range.contains(&v) {
+            Ok(v)
+        } else {
+            Err(Error::arg(format!(
+                "{name} = {} must be {what}",
+                self.show()
+            )))
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Number {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Number;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number")
+            }
+            fn visit_i64<E>(self, v: i64) -> std::result::Result<Number, E> {
+                Ok(Number::Int(v.into()))
+            }
+            fn visit_u64<E>(self, v: u64) -> std::result::Result<Number, E> {
+                Ok(Number::Int(v.into()))
+            }
+            fn visit_i128<E>(self, v: i128) -> std::result::Result<Number, E> {
+                Ok(Number::Int(v))
+            }
+            fn visit_u128<E>(self, v: u128) -> std::result::Result<Number, E> {
+                Ok(Number::Int(i128::try_from(v).unwrap_or(i128::MAX)))
+            }
+            fn visit_f64<E>(self, v: f64) -> std::result::Result<Number, E> {
+                Ok(Number::Float(v))
+            }
+            fn visit_str<E>(self, v: &str) -> std::result::Result<Number, E> {
+                Ok(Number::parse(v))
+            }
+            fn visit_bool<E>(self, v: bool) -> std::result::Result<Number, E> {
+                Ok(Number::Text(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The options as the page's `generate(options)` and the CLI's flags give
+/// them: every field optional, numbers not yet known to be whole or in range.
+/// Unknown fields are an error (a misspelt `stpes` is not silently ignored).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct OptionsInput {
+    pub prompt: Option<String>,
+    pub negative_prompt: Option<String>,
+    pub seed: Option<Number>,
+    pub steps: Option<Number>,
+    pub eta: Option<Number>,
+    pub guidance_scale: Option<Number>,
+    pub timestep_spacing: Option<String>,
+    pub width: Option<Number>,
+    pub height: Option<Number>,
+    pub strength: Option<Number>,
+}
+
+impl OptionsInput {
+    /// Checks every value (whole numbers, ranges, names) and fills in the
+    /// defaults; the first wrong value is the error.
+    pub fn check(&self) -> Result<GenerateOptions> {
+        let d = GenerateOptions::default();
+        let side = |n: &Option<Number>, name: &str| {
+            n.as_ref()
+                .map(|n| n.whole(name, 1, MAX_IMAGE_SIDE as u64).map(|v| v as usize))
+                .transpose()
+        };
+        Ok(GenerateOptions {
+            prompt: self.prompt.clone().unwrap_or_default(),
+            negative_prompt: self.negative_prompt.clone().unwrap_or_default(),
+            seed: match &self.seed {
+                Some(n) => n.whole("seed", 0, u64::MAX)?,
+                None => d.seed,
+            },
+            steps: match &self.steps {
+                Some(n) => n.whole("steps", 1, MAX_STEPS)? as usize,
+                None => d.steps,
+            },
+            eta: match &self.eta {
+                Some(n) => n.real("eta", 0.0..=1.0, "between 0 and 1")?,
+                None => d.eta,
+            },
+            guidance_scale: match &self.guidance_scale {
+                Some(n) => n.real("guidance scale", 0.0..=50.0, "between 0 and 50")?,
+                None => d.guidance_scale,
+            },
+            timestep_spacing: self
+                .timestep_spacing
+                .as_deref()
+                .map(|s| match s {
+                    "leading" => Ok(TimestepSpacing::Leading),
+                    "trailing" => Ok(TimestepSpacing::Trailing),
+                    "linspace" => Ok(TimestepSpacing::Linspace),
+                    other => Err(Error::arg(format!(
+                        "timestep spacing {other:?} is not one of leading, trailing, linspace"
+                    ))),
+                })
+                .transpose()?,
+            width: side(&self.width, "width")?,
+            height: side(&self.height, "height")?,
+            strength: match &self.strength {
+                Some(n) => n.real("strength", f64::MIN_POSITIVE..=1.0, "above 0 and at most 1")?,
+                None => d.strength,
+            },
+        })
+    }
+}
+
 impl GenerateOptions {
-    fn validate(&self, sd: &StableDiffusion) -> Result<()> {
+    /// Every value in range for this model, and the size within the device's
+    /// buffers (as diffusers' `check_inputs`; `StableDiffusion::start` calls it).
+    pub fn check_inputs(&self, sd: &StableDiffusion) -> Result<()> {
         let f = sd.vae_scale_factor;
         for (name, v) in [("width", self.width), ("height", self.height)] {
             if let Some(v) = v
-                && (v == 0 || !v.is_multiple_of(f) || v > 2048)
+                && (v == 0 || !v.is_multiple_of(f) || v > MAX_IMAGE_SIDE)
             {
                 return Err(Error::arg(format!(
-                    "{name} = {v} must be a multiple of {f} between {f} and 2048"
+                    "{name} = {v} must be a multiple of {f} between {f} and {MAX_IMAGE_SIDE}"
                 )));
             }
         }
-        if !(1..=1000).contains(&self.steps) {
+        if !(1..=MAX_STEPS as usize).contains(&self.steps) {
             return Err(Error::arg(format!(
-                "steps = {} must be between 1 and 1000",
+                "steps = {} must be between 1 and {MAX_STEPS}",
                 self.steps
             )));
         }
@@ -567,7 +920,16 @@ impl GenerateOptions {
                 self.strength
             )));
         }
-        Ok(())
+        let (h, w) = self.size(sd);
+        sd.check_size(w, h, self.guidance_scale > 1.0)
+    }
+
+    /// `(height, width)` in pixels: the options' or the model's default.
+    pub fn size(&self, sd: &StableDiffusion) -> (usize, usize) {
+        (
+            self.height.unwrap_or(sd.default_size),
+            self.width.unwrap_or(sd.default_size),
+        )
     }
 }
 
@@ -589,6 +951,10 @@ pub struct Sampling {
     masked_image_latents: Option<Tensor<4>>,
     /// Inpainting: the original image and the pixel mask, for the final blend.
     composite: Option<(Tensor<4>, Tensor<4>)>,
+    /// One sum per stage (the prompt embeddings, then the latents after each
+    /// step): NaN or infinity anywhere in a stage makes its sum non-finite.
+    /// Summed on the device, read back only with the image.
+    probes: Vec<Tensor<1>>,
 }
 
 impl Sampling {
@@ -634,6 +1000,7 @@ impl Sampling {
         )?;
         self.latents = step.prev_sample;
         self.index += 1;
+        self.probes.push(self.latents.clone().sum());
         // 4-channel inpainting: keep the known region on the original's noisy trajectory.
         if let (Some(m), Some(z), None) = (
             &self.latent_mask,
@@ -652,6 +1019,41 @@ impl Sampling {
             self.latents = known * keep + self.latents.clone() * m.clone();
         }
         Ok(self.index < self.timesteps.len())
+    }
+
+    /// The stage sums so far, as one tensor to read back with the image
+    /// (see [`Sampling::check_probes`]).
+    pub fn probes(&self) -> Tensor<1> {
+        Tensor::cat(self.probes.clone(), 0)
+    }
+
+    /// An error naming the first stage whose values were NaN or infinite,
+    /// given [`Sampling::probes`] read back.
+    pub fn check_probes(&self, sums: &[f32]) -> Result<()> {
+        Self::check_probe_sums(sums, self.timesteps.len())
+    }
+
+    /// [`Sampling::check_probes`] for a run of `total_steps` steps.
+    pub fn check_probe_sums(sums: &[f32], total_steps: usize) -> Result<()> {
+        let Some(bad) = sums.iter().position(|v| !v.is_finite()) else {
+            return Ok(());
+        };
+        let stage = match bad {
+            0 => "the text encoder's prompt embeddings".to_string(),
+            k => format!("the latents after denoising step {k} of {total_steps}"),
+        };
+        Err(Error::NonFinite(format!(
+            "{stage} hold NaN or infinity: the model's numbers overflowed or its weights are \
+             broken, so the image would be blank"
+        )))
+    }
+
+    /// Reads the stage sums back (blocking) and checks them.
+    #[cfg(not(target_family = "wasm"))]
+    pub fn check_finite(&self) -> Result<()> {
+        let sums = (self.probes().into_data().try_to_vec::<f32>())
+            .map_err(|e| Error::Device(format!("reading the stage sums back: {e:?}")))?;
+        self.check_probes(&sums)
     }
 
     /// The current latents decoded to an image in [-1, 1] (a preview mid-run).

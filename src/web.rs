@@ -7,12 +7,12 @@ use std::rc::Rc;
 use burn::tensor::{Device, Tensor};
 use wasm_bindgen::prelude::*;
 
-use crate::image::{mask_to_tensor, rgba_to_tensor, tensor_values_to_rgba};
+use crate::image::tensor_values_to_rgba;
 use crate::models::attention::set_attention_max_bytes;
 use crate::models::clip::ClipTokenizer;
 use crate::pipeline::{
-    GenerateOptions, OPTIONAL_FILES, PipelineConfig, Sampling, StableDiffusion, TEXT_FILES,
-    WEIGHT_FILES, largest_tensor, weight_bytes,
+    GenerateOptions, OPTIONAL_FILES, OptionsInput, PipelineConfig, Sampling, StableDiffusion,
+    TEXT_FILES, WEIGHT_FILES, largest_tensor, weight_bytes,
 };
 use crate::weights::{Header, WeightReader};
 use crate::{DDIMScheduler, NoiseGenerator};
@@ -44,10 +44,23 @@ pub fn alphas_cumprod(config_json: &str) -> Result<Vec<f64>, JsError> {
     Ok(s.schedule.alphas_cumprod)
 }
 
-/// The first `n` values of the seeded noise stream (see `noise.rs`).
+/// The first `n` values (at most 2^26) of the seeded noise stream (see `noise.rs`).
 #[wasm_bindgen(js_name = gaussianNoise)]
-pub fn gaussian_noise(seed: u64, n: usize) -> Vec<f32> {
-    NoiseGenerator::new(seed).sample(n)
+pub fn gaussian_noise(seed: u64, n: usize) -> Result<Vec<f32>, JsError> {
+    const MAX: usize = 1 << 26;
+    if n > MAX {
+        return Err(JsError::new(&format!(
+            "gaussianNoise: n = {n} is more than the {MAX} values it returns at once"
+        )));
+    }
+    Ok(NoiseGenerator::new(seed).sample(n))
+}
+
+/// Panics on purpose: the page's test of its recovery from a trap (the
+/// worker is replaced and the next run works) calls it.
+#[wasm_bindgen(js_name = debugPanic)]
+pub fn debug_panic(message: &str) {
+    panic!("{message}");
 }
 
 /// A random seed from the browser's crypto source.
@@ -160,16 +173,20 @@ async fn webgpu() -> Result<Gpu, String> {
 /// 4 GiB and the activations of a 512×512 step need several hundred MB.
 const CPU_WEIGHT_LIMIT: u64 = 3 << 30;
 
+/// The largest activation the CPU path makes (a few such are alive at once
+/// beside the weights, within wasm32's 4 GiB).
+const CPU_BUFFER_LIMIT: u64 = 256 << 20;
+
 /// Picks the device for a model whose largest tensor is `need` bytes and
 /// whose weights take `weights` bytes, both as f32:
 /// `backend` is "auto" (WebGPU if usable and not a software adapter, else the
 /// CPU, with a notice saying why), "webgpu" (an error if unusable) or "cpu".
-/// Returns the device, its name and the notice.
+/// Returns the device, its name, the notice and its per-buffer limit.
 async fn choose_device(
     backend: &str,
     (tensor, need): (String, u64),
     weights: u64,
-) -> Result<(Device, String, Option<String>), JsError> {
+) -> Result<(Device, String, Option<String>, u64), JsError> {
     let mb = |b: u64| b as f64 / (1 << 20) as f64;
     let cpu = |notice: Option<String>| {
         if weights > CPU_WEIGHT_LIMIT {
@@ -183,7 +200,12 @@ async fn choose_device(
             )));
         }
         set_attention_max_bytes(128 << 20);
-        Ok((Device::flex(), "CPU (WebAssembly)".to_string(), notice))
+        Ok((
+            Device::flex(),
+            "CPU (WebAssembly)".to_string(),
+            notice,
+            CPU_BUFFER_LIMIT,
+        ))
     };
     if !matches!(backend, "auto" | "webgpu" | "cpu") {
         return Err(JsError::new(&format!(
@@ -215,7 +237,7 @@ async fn choose_device(
                 "" => "WebGPU".to_string(),
                 a => format!("WebGPU ({a})"),
             };
-            return Ok((g.device, name, None));
+            return Ok((g.device, name, None, g.max_binding));
         }
         Err(e) => format!("WebGPU is not available in this browser or on this GPU ({e})"),
     };
@@ -390,7 +412,7 @@ impl Generator {
             .check([&headers[0], &headers[1], &headers[2]])
             .map_err(to_js)?;
         let refs: Vec<&Header> = headers.iter().collect();
-        let (device, backend, notice) = choose_device(
+        let (device, backend, notice, buffer_limit) = choose_device(
             backend.as_deref().unwrap_or("auto"),
             largest_tensor(&refs),
             weight_bytes(&refs),
@@ -425,6 +447,7 @@ impl Generator {
             .try_into()
             .map_err(|_| JsError::new("three weight files"))?;
         let sd = StableDiffusion::load(config, files, &device).map_err(to_js)?;
+        sd.set_max_buffer_bytes(buffer_limit);
         Ok(Generator {
             sd: Rc::new(sd),
             run: RefCell::new(None),
@@ -452,6 +475,13 @@ impl Generator {
         self.sd.default_size
     }
 
+    /// The largest square image side this model can make on this device (its
+    /// largest activation within one buffer), with guidance on.
+    #[wasm_bindgen(getter, js_name = maxSize)]
+    pub fn max_size(&self) -> usize {
+        self.sd.max_side(true)
+    }
+
     /// Starts a run. `options`: `{ prompt, negativePrompt, seed, steps, eta,
     /// guidanceScale, timestepSpacing, width, height, strength }`; `image` and
     /// `mask` (RGBA bytes of `width × height`) select img2img / inpainting.
@@ -474,21 +504,24 @@ impl Generator {
         mask: Option<Vec<u8>>,
     ) -> Result<(), JsError> {
         lost()?;
-        let o: GenerateOptions = serde_wasm_bindgen::from_value(options)
-            .map_err(|e| JsError::new(&format!("bad options: {e}")))?;
-        let d = &self.sd.device;
-        let size = self.sd.default_size;
-        let (w, h) = (o.width.unwrap_or(size), o.height.unwrap_or(size));
-        let init = image
-            .map(|b| rgba_to_tensor(&b, w, h, d))
-            .transpose()
+        let o = Self::options(options)?;
+        let run = (self.sd)
+            .start_rgba(&o, image.as_deref(), mask.as_deref())
             .map_err(to_js)?;
-        let mask = mask
-            .map(|b| mask_to_tensor(&b, w, h, d))
-            .transpose()
-            .map_err(to_js)?;
-        *self.run.borrow_mut() = Some(self.sd.start(&o, init, mask).map_err(to_js)?);
+        *self.run.borrow_mut() = Some(run);
         Ok(())
+    }
+
+    /// The options object checked: unknown fields, non-whole or out-of-range
+    /// numbers are errors naming the option.
+    fn options(options: JsValue) -> Result<GenerateOptions, JsError> {
+        let input: OptionsInput = if options.is_undefined() || options.is_null() {
+            OptionsInput::default()
+        } else {
+            serde_wasm_bindgen::from_value(options)
+                .map_err(|e| JsError::new(&format!("invalid argument: options: {e}")))?
+        };
+        input.check().map_err(to_js)
     }
 
     /// Queues one denoising step on the GPU; false when the run is complete.
@@ -568,28 +601,45 @@ impl Generator {
         Ok(Some(js_sys::Uint8Array::from(rgba.as_slice())))
     }
 
-    /// The final image if the run is complete, else the current preview.
-    fn image(&self) -> Result<Tensor<4>, JsError> {
+    /// The final image if the run is complete, else the current preview,
+    /// with the run's stage sums and step count for the non-finite check.
+    fn image(&self) -> Result<Checked, JsError> {
         lost()?;
         let run = self.run.borrow();
         let run = run
             .as_ref()
             .ok_or_else(|| JsError::new("no run: call start first"))?;
-        Ok(if run.steps_done() == run.total_steps() {
+        let image = if run.steps_done() == run.total_steps() {
             run.finish()
         } else {
             run.decode()
+        };
+        Ok(Checked {
+            image,
+            probes: run.probes(),
+            total_steps: run.total_steps(),
         })
     }
 }
 
-/// Reads an image tensor back from the device as RGBA bytes.
-async fn to_rgba(image: Tensor<4>) -> Result<Vec<u8>, JsError> {
-    let [_, _, h, w] = image.dims();
-    let data = image
-        .into_data_async()
-        .await
-        .map_err(|e| JsError::new(&format!("reading the image from the GPU failed: {e:?}")))?;
+/// An image still on the device, with what shows whether its run stayed finite.
+struct Checked {
+    image: Tensor<4>,
+    probes: Tensor<1>,
+    total_steps: usize,
+}
+
+/// Reads an image back from the device as RGBA bytes, after checking the
+/// run's stage sums: NaN or infinity is an error naming the stage.
+async fn to_rgba(c: Checked) -> Result<Vec<u8>, JsError> {
+    let read = |e| JsError::new(&format!("reading the image from the GPU failed: {e:?}"));
+    let sums = c.probes.into_data_async().await.map_err(read)?;
+    let sums = sums
+        .try_to_vec::<f32>()
+        .map_err(|e| JsError::new(&format!("{e:?}")))?;
+    Sampling::check_probe_sums(&sums, c.total_steps).map_err(to_js)?;
+    let [_, _, h, w] = c.image.dims();
+    let data = c.image.into_data_async().await.map_err(read)?;
     let values = data
         .try_to_vec::<f32>()
         .map_err(|e| JsError::new(&format!("{e:?}")))?;
@@ -748,7 +798,14 @@ mod fetch {
                     })?,
             )
             .await
-            .map_err(|e| self.failure(&url, &e, "could not reach"))?;
+            .map_err(|e| match self.check_aborted() {
+                Err(cancelled) => cancelled,
+                Ok(()) => JsError::new(&format!(
+                    "could not reach {url}: {} (the server may be down or this device offline; \
+                     a server on another site must send Access-Control-Allow-Origin)",
+                    message(&e)
+                )),
+            })?;
             let status = get(&res, "status").as_f64().unwrap_or(0.0) as u32;
             if !get(&res, "ok").is_truthy() {
                 if optional && status == 404 {
@@ -778,13 +835,6 @@ mod fetch {
                 return Err(JsError::new(&format!("{url}: HTTP {status} {text}{hint}")));
             }
             Ok(Some(Download::new(self, path, url, res, cache)?))
-        }
-
-        fn failure(&self, url: &str, e: &JsValue, what: &str) -> JsError {
-            if self.check_aborted().is_err() {
-                return JsError::new("download cancelled");
-            }
-            JsError::new(&format!("{what} {url}: {}", message(e)))
         }
 
         /// A whole text file (configs, tokenizer), at most `MAX_TEXT_FILE_BYTES`.

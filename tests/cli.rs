@@ -174,7 +174,7 @@ fn bad_input_is_a_clear_error() {
     ]);
     assert!(!o.status.success());
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("steps = 0"),
+        String::from_utf8_lossy(&o.stderr).contains("steps = 0 must be a whole number"),
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
@@ -187,4 +187,130 @@ fn bad_input_is_a_clear_error() {
         out.to_str().unwrap(),
     ]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("width = 15 must be a multiple of 2"));
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &b in bytes {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0xedb8_8320
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
+/// A PNG whose header claims `w × h` pixels and whose data holds almost none.
+fn png_claiming(w: u32, h: u32) -> Vec<u8> {
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    for (kind, data) in [
+        (
+            *b"IHDR",
+            [&w.to_be_bytes()[..], &h.to_be_bytes(), &[8, 6, 0, 0, 0]].concat(),
+        ),
+        (
+            *b"IDAT",
+            vec![0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+        ),
+        (*b"IEND", vec![]),
+    ] {
+        out.extend((data.len() as u32).to_be_bytes());
+        let body = [&kind[..], &data].concat();
+        out.extend(&body);
+        out.extend(crc32(&body).to_be_bytes());
+    }
+    out
+}
+
+#[test]
+fn help_unknown_flags_and_bad_values() {
+    let o = cli(&["--help"]);
+    assert!(o.status.success(), "--help must succeed");
+    let help = String::from_utf8_lossy(&o.stdout);
+    for flag in [
+        "--model", "--prompt", "--steps", "--init", "--mask", "--device", "--out",
+    ] {
+        assert!(help.contains(flag), "--help does not list {flag}:\n{help}");
+    }
+    let o = cli(&["--model", "m", "--out", "o.png", "--stpes", "3"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unexpected argument '--stpes'"));
+    let out = tmp("never.png");
+    let m = model();
+    for (flag, value, want) in [
+        (
+            "--steps",
+            "-1",
+            "steps = -1 must be a whole number from 1 to 1000",
+        ),
+        ("--steps", "NaN", "steps = NaN must be a whole number"),
+        ("--seed", "-1", "seed = -1 must be a whole number"),
+        (
+            "--guidance",
+            "abc",
+            "guidance scale = \"abc\" must be between 0 and 50",
+        ),
+    ] {
+        let o = cli(&[
+            "--model",
+            m.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            flag,
+            value,
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{flag} {value}: {err}");
+        assert!(err.contains(want), "{flag} {value}: {err}");
+    }
+    assert!(!out.exists());
+}
+
+#[test]
+fn images_are_checked_before_they_are_decoded() {
+    let out = tmp("never2.png");
+    let m = model();
+    let huge = tmp("huge.png");
+    std::fs::write(&huge, png_claiming(100_000, 100_000)).unwrap();
+    let not_png = tmp("not.png");
+    std::fs::write(&not_png, b"GIF89a this is not a PNG").unwrap();
+    let cut = tmp("cut.png");
+    let mut small = png_claiming(16, 16);
+    small.truncate(40);
+    std::fs::write(&cut, small).unwrap();
+    for (path, want) in [
+        (
+            &huge,
+            "the image is 100000×100000; images up to 2048×2048 are accepted",
+        ),
+        (&not_png, "not a readable PNG image"),
+        (&cut, "not a readable PNG image"),
+    ] {
+        let o = cli(&[
+            "--model",
+            m.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--init",
+            path.to_str().unwrap(),
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(err.contains(want), "{}: {err}", path.display());
+    }
+    // A mask needs an image to inpaint.
+    let o = cli(&[
+        "--model",
+        m.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--mask",
+        huge.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--init"));
 }

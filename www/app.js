@@ -1,7 +1,27 @@
 // The page: collects options, talks to the worker, draws progress and images.
 const $ = (id) => document.getElementById(id);
-const worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
+let worker = null;
 let busy = false;
+
+/** Starts the worker that runs the model. After a trap (a Rust panic or a
+ * wasm fault) its module cannot be trusted, so it is replaced by a new one. */
+function startWorker() {
+  worker?.terminate();
+  worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
+  worker.onmessage = onWorkerMessage;
+  worker.onerror = (e) => {
+    e.preventDefault?.();
+    fail(`The generator crashed (${e.message || 'no details'}); it has been restarted, so try again.`);
+    startWorker();
+  };
+}
+
+function fail(message) {
+  $('error').textContent = message;
+  $('status').textContent = 'Failed.';
+  setBusy(false);
+  document.body.dataset.state = 'error';
+}
 
 function setBusy(b) {
   busy = b;
@@ -60,7 +80,14 @@ $('mode').addEventListener('change', () => {
 $('upload').addEventListener('change', async () => {
   const file = $('upload').files[0];
   if (!file) return;
-  const bmp = await createImageBitmap(file);
+  let bmp;
+  try {
+    bmp = await createImageBitmap(file);
+  } catch {
+    $('error').textContent = `${file.name} is not an image this browser can read; choose a PNG, JPEG or WebP file.`;
+    return;
+  }
+  $('error').textContent = '';
   const { width: w, height: h } = $('out');
   $('out').getContext('2d').drawImage(bmp, 0, 0, w, h);
   maskCtx().clearRect(0, 0, w, h);
@@ -81,12 +108,15 @@ function imageInputs() {
   return { w, h, image: new Uint8Array(image), mask, painted };
 }
 
-worker.onmessage = ({ data: m }) => {
+function onWorkerMessage({ data: m }) {
   if (m.type === 'download') {
     $('status').textContent = `Downloading ${m.file}: ${(m.loaded / 1e6).toFixed(1)}${m.total ? ` / ${(m.total / 1e6).toFixed(1)}` : ''} MB`;
     $('bar').max = m.total || 1; $('bar').value = m.total ? m.loaded : 0;
   } else if (m.type === 'loaded') {
     $('backend-info').textContent = `Running on ${m.backend}.${m.notice ? ` ${m.notice}` : ''}`;
+    // The largest size this model can make on this device.
+    for (const id of ['width', 'height']) $(id).max = m.maxSize;
+    $('width').title = $('height').title = `at most ${m.maxSize} with this model on this device`;
   } else if (m.type === 'step') {
     $('status').textContent = `Denoising: step ${m.done} of ${m.total}`;
     $('bar').max = m.total; $('bar').value = m.done;
@@ -102,17 +132,13 @@ worker.onmessage = ({ data: m }) => {
     setBusy(false);
     document.body.dataset.state = 'cancelled';
   } else if (m.type === 'error') {
-    $('error').textContent = m.message;
-    $('status').textContent = 'Failed.';
-    setBusy(false);
-    document.body.dataset.state = 'error';
+    fail(m.message);
+    if (m.fatal) startWorker();
   }
-};
-worker.onerror = (e) => {
-  $('error').textContent = `The worker failed: ${e.message}`;
-  setBusy(false);
-  document.body.dataset.state = 'error';
-};
+}
+startWorker();
+// For the recovery test: makes the worker panic on purpose.
+window.ldwDebug = { trapWorker: () => worker.postMessage({ type: 'debug-trap' }) };
 
 $('controls').addEventListener('submit', (e) => {
   e.preventDefault();
@@ -121,6 +147,13 @@ $('controls').addEventListener('submit', (e) => {
   $('download').hidden = true;
   document.body.dataset.state = 'running';
   setBusy(true);
+  // An empty or unreadable number field is an error, never a silent 0.
+  const names = { seed: 'Seed', steps: 'Steps', guidance: 'Guidance', eta: 'Eta', strength: 'Strength' };
+  const empty = Object.keys(names).find((id) => $(id).value.trim() === '' && !(id === 'strength' && $('mode').value === 'generate'));
+  if (empty) {
+    fail(`${names[empty]} is empty or not a number: enter a number.`);
+    return;
+  }
   const num = (id) => Number($(id).value);
   const options = {
     prompt: $('prompt').value, negativePrompt: $('negative').value, seed: num('seed'),
@@ -133,9 +166,7 @@ $('controls').addEventListener('submit', (e) => {
   if (mode !== 'generate') {
     const inp = imageInputs();
     if (mode === 'inpaint' && !inp.painted) {
-      $('error').textContent = 'Paint over the part of the image to redo first.';
-      setBusy(false);
-      document.body.dataset.state = 'error';
+      fail('Paint over the part of the image to redo first.');
       return;
     }
     Object.assign(options, { width: inp.w, height: inp.h, strength: num('strength') });

@@ -1,11 +1,13 @@
 // Runs the pipeline off the main thread so the page never freezes. Downloads,
-// the Cache API and the model file list live in the wasm module
-// (Generator.fromUrl): this file only relays messages.
+// the Cache API, the model file list and the step loop live in the wasm module
+// (Generator.fromUrl, Generator.generate): this file only relays messages.
 // In:  {type: 'generate', base, backend, options, preview, image?, mask?} | {type: 'cancel'}
-// Out: {type: 'download', file, loaded, total} | {type: 'loaded', backend, notice}
+//      {type: 'debug-trap'} (a deliberate panic, for the recovery test)
+// Out: {type: 'download', file, loaded, total} | {type: 'loaded', backend, notice, maxSize}
 //      {type: 'step', done, total, rgba?, width, height} | {type: 'result', rgba, width, height}
-//      {type: 'cancelled'} | {type: 'error', message}
-import init, { Generator } from './pkg/latent_diffusion_web.js';
+//      {type: 'cancelled'} | {type: 'error', message, fatal}
+// `fatal`: the wasm instance trapped and cannot be trusted; the page replaces this worker.
+import init, { Generator, debugPanic } from './pkg/latent_diffusion_web.js';
 
 const ready = init();
 let generator = null, loadedKey = null, cancelled = false, download = null;
@@ -25,48 +27,57 @@ async function load(base, backend) {
     download = null;
   }
   loadedKey = key;
-  postMessage({ type: 'loaded', backend: generator.backend, notice: generator.notice });
+  postMessage({ type: 'loaded', backend: generator.backend, notice: generator.notice, maxSize: generator.maxSize });
 }
-
-const tick = () => new Promise((r) => setTimeout(r, 0));
 
 async function generate({ base, backend, options, preview, image, mask }) {
   cancelled = false;
   await ready;
   await load(base, backend ?? 'auto');
+  if (cancelled) throw new Error('cancelled');
   const width = options.width ?? generator.defaultSize, height = options.height ?? generator.defaultSize;
-  generator.start(options, image ?? null, mask ?? null);
-  const total = generator.totalSteps();
-  for (;;) {
-    const more = generator.step();
-    const done = generator.stepsDone();
+  const rgba = await generator.generate(options, image ?? null, mask ?? null, (done, total, preview) => {
     const msg = { type: 'step', done, total, width, height };
-    if (preview && more) msg.rgba = await generator.result();
+    if (preview) msg.rgba = preview;
     postMessage(msg);
-    await tick(); // lets a 'cancel' message in
-    if (cancelled) {
-      generator.cancel();
-      postMessage({ type: 'cancelled' });
-      return;
-    }
-    if (!more) break;
-  }
-  const rgba = await generator.result();
-  postMessage({ type: 'result', rgba, width, height }, [rgba.buffer]);
+  }, preview);
+  if (rgba === undefined) postMessage({ type: 'cancelled' });
+  else postMessage({ type: 'result', rgba, width, height }, [rgba.buffer]);
 }
+
+/** A trap (a Rust panic or a wasm fault) leaves the module unusable. */
+const fatal = (e) => e instanceof WebAssembly.RuntimeError;
 
 onmessage = async ({ data }) => {
   if (data.type === 'cancel') {
     cancelled = true;
     download?.abort();
+    generator?.cancel();
+    return;
+  }
+  if (data.type === 'debug-trap') {
+    try { debugPanic('a deliberate panic (debug-trap)'); } catch (e) {
+      postMessage({ type: 'error', message: `The generator crashed: ${e.message}`, fatal: fatal(e) });
+    }
     return;
   }
   if (data.type === 'generate') {
     try {
       await generate(data);
     } catch (e) {
-      if (cancelled) postMessage({ type: 'cancelled' });
-      else postMessage({ type: 'error', message: e?.message ?? String(e) });
+      if (cancelled && !fatal(e)) postMessage({ type: 'cancelled' });
+      else {
+        postMessage({
+          type: 'error', fatal: fatal(e),
+          message: fatal(e) ? `The generator crashed (${e.message}); it is being restarted.` : (e?.message ?? String(e)),
+        });
+      }
     }
   }
 };
+
+// A trap inside a task the relay does not await (a download callback, say)
+// still reaches the page.
+addEventListener('unhandledrejection', (e) => {
+  postMessage({ type: 'error', fatal: fatal(e.reason), message: `The generator failed: ${e.reason?.message ?? e.reason}` });
+});

@@ -1,21 +1,86 @@
 //! Native command line for the pipeline: a diffusers folder in, PNGs out.
-//!
-//! latent-diffusion --model DIR --prompt TEXT [--negative-prompt TEXT] [--seed N]
-//!     [--steps N] [--eta F] [--guidance F] [--spacing leading|trailing|linspace]
-//!     [--width W] [--height H] [--init IMAGE.png [--strength F]] [--mask MASK.png]
-//!     [--device flex|wgpu] --out OUT.png
+//! `latent-diffusion --help` lists the options.
 
-use std::collections::HashMap;
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::rc::Rc;
 
 use burn::tensor::{Device, DeviceKind};
-use latent_diffusion_web::image::{mask_to_tensor, rgba_to_tensor, tensor_values_to_rgba};
-use latent_diffusion_web::pipeline::{GenerateOptions, StableDiffusion};
-use latent_diffusion_web::schedulers::TimestepSpacing;
+use clap::{Parser, ValueEnum};
+use latent_diffusion_web::image::{decode_png, tensor_values_to_rgba};
+use latent_diffusion_web::pipeline::{MAX_IMAGE_SIDE, Number, OptionsInput, StableDiffusion};
+
+/// Generates an image from a prompt with a diffusers-layout latent diffusion
+/// model; with --init it redraws an image, with --init and --mask it
+/// inpaints the mask's white part.
+#[derive(Parser, Debug)]
+#[command(version, allow_negative_numbers = true)]
+struct Args {
+    /// Model folder in the diffusers layout (unet/, vae/, text_encoder/, tokenizer/, scheduler/)
+    #[arg(long, value_name = "DIR")]
+    model: PathBuf,
+    /// Where to write the image
+    #[arg(long, value_name = "OUT.png")]
+    out: PathBuf,
+    /// What to draw
+    #[arg(long, default_value = "")]
+    prompt: String,
+    /// What to steer away from (used when --guidance is above 1)
+    #[arg(long, default_value = "")]
+    negative_prompt: String,
+    /// Seed of the starting noise: a whole number from 0 to 2^64 − 1 [default: 0]
+    #[arg(long)]
+    seed: Option<String>,
+    /// Denoising steps, 1 to 1000 [default: 4]
+    #[arg(long)]
+    steps: Option<String>,
+    /// DDIM eta, 0 (deterministic) to 1 [default: 0]
+    #[arg(long)]
+    eta: Option<String>,
+    /// Classifier-free guidance scale, 0 to 50; 1 or less turns guidance off [default: 3]
+    #[arg(long)]
+    guidance: Option<String>,
+    /// Timestep spacing [default: the scheduler config's]
+    #[arg(long, value_enum)]
+    spacing: Option<Spacing>,
+    /// Image width in pixels [default: the model's size, or --init's]
+    #[arg(long)]
+    width: Option<String>,
+    /// Image height in pixels [default: the model's size, or --init's]
+    #[arg(long)]
+    height: Option<String>,
+    /// Image to start from (PNG): image-to-image
+    #[arg(long, value_name = "IMAGE.png")]
+    init: Option<PathBuf>,
+    /// With --init: how much to change it, above 0 to 1 [default: 0.75]
+    #[arg(long)]
+    strength: Option<String>,
+    /// Mask (PNG, the size of --init): white is redrawn, black kept
+    #[arg(long, value_name = "MASK.png", requires = "init")]
+    mask: Option<PathBuf>,
+    /// Where to run
+    #[arg(long, value_enum, default_value = "flex")]
+    device: Backend,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Spacing {
+    Leading,
+    Trailing,
+    Linspace,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Backend {
+    /// Burn's CPU backend
+    Flex,
+    /// The default wgpu adapter (Vulkan, Metal, DX12)
+    Wgpu,
+}
 
 fn main() -> ExitCode {
-    match run() {
+    let args = Args::parse();
+    match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -24,91 +89,60 @@ fn main() -> ExitCode {
     }
 }
 
-fn run() -> Result<(), String> {
-    let args = parse_args()?;
-    let get = |k: &str| args.get(k).map(String::as_str);
-    let num = |k: &str| -> Result<Option<f64>, String> {
-        get(k)
-            .map(|v| {
-                v.parse::<f64>()
-                    .map_err(|_| format!("--{k} {v:?} is not a number"))
-            })
-            .transpose()
+fn run(a: Args) -> Result<(), String> {
+    let num = |v: &Option<String>| v.as_deref().map(Number::parse);
+    let mut input = OptionsInput {
+        prompt: Some(a.prompt),
+        negative_prompt: Some(a.negative_prompt),
+        seed: num(&a.seed),
+        steps: num(&a.steps),
+        eta: num(&a.eta),
+        guidance_scale: num(&a.guidance),
+        timestep_spacing: a.spacing.map(|s| {
+            s.to_possible_value()
+                .expect("no skipped variants")
+                .get_name()
+                .to_string()
+        }),
+        width: num(&a.width),
+        height: num(&a.height),
+        strength: num(&a.strength),
     };
-    let model = get("model").ok_or("--model DIR is required")?;
-    let out = get("out").ok_or("--out OUT.png is required")?;
-    let device = match get("device").unwrap_or("flex") {
-        "flex" => Device::flex(),
-        "wgpu" => Device::wgpu(DeviceKind::DefaultDevice),
-        d => return Err(format!("--device {d:?}: use flex or wgpu")),
+    // Every option is checked before the model is read.
+    input.check().map_err(|e| e.to_string())?;
+    let png = |p: &PathBuf| -> Result<(Vec<u8>, usize, usize), String> {
+        let bytes = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        decode_png(&bytes, MAX_IMAGE_SIDE).map_err(|e| format!("{}: {e}", p.display()))
     };
-    let d = GenerateOptions::default();
-    let opts = GenerateOptions {
-        prompt: get("prompt").unwrap_or_default().to_string(),
-        negative_prompt: get("negative-prompt").unwrap_or_default().to_string(),
-        seed: get("seed")
-            .map(|s| {
-                s.parse()
-                    .map_err(|_| format!("--seed {s:?} is not a whole number"))
-            })
-            .transpose()?
-            .unwrap_or(0),
-        steps: num("steps")?.map_or(d.steps, |v| v as usize),
-        eta: num("eta")?.unwrap_or(d.eta),
-        guidance_scale: num("guidance")?.unwrap_or(d.guidance_scale),
-        timestep_spacing: match get("spacing") {
-            None => None,
-            Some("leading") => Some(TimestepSpacing::Leading),
-            Some("trailing") => Some(TimestepSpacing::Trailing),
-            Some("linspace") => Some(TimestepSpacing::Linspace),
-            Some(s) => {
-                return Err(format!(
-                    "--spacing {s:?}: use leading, trailing or linspace"
-                ));
-            }
-        },
-        width: num("width")?.map(|v| v as usize),
-        height: num("height")?.map(|v| v as usize),
-        strength: num("strength")?.unwrap_or(d.strength),
+    let init = a.init.as_ref().map(png).transpose()?;
+    let mask = a.mask.as_ref().map(png).transpose()?;
+    if let (Some((_, w, h)), Some((_, mw, mh))) = (&init, &mask)
+        && (w, h) != (mw, mh)
+    {
+        return Err(format!("--mask is {mw}×{mh} but --init is {w}×{h}"));
+    }
+    if let Some((_, w, h)) = &init {
+        input.width = Some(Number::Int(*w as i128));
+        input.height = Some(Number::Int(*h as i128));
+    }
+    let opts = input.check().map_err(|e| e.to_string())?;
+
+    let device = match a.device {
+        Backend::Flex => Device::flex(),
+        Backend::Wgpu => Device::wgpu(DeviceKind::DefaultDevice),
     };
-    let sd = std::rc::Rc::new(
-        StableDiffusion::load_dir(Path::new(model), &device).map_err(|e| e.to_string())?,
-    );
-    let (init, size) = match get("init") {
-        Some(p) => {
-            let (rgba, w, h) = read_png(p)?;
-            (
-                Some(rgba_to_tensor(&rgba, w, h, &device).map_err(|e| e.to_string())?),
-                Some((w, h)),
-            )
-        }
-        None => (None, None),
-    };
-    let mask = match get("mask") {
-        Some(p) => {
-            let (rgba, w, h) = read_png(p)?;
-            if size.is_some_and(|s| s != (w, h)) {
-                return Err(format!(
-                    "--mask {p} is {w}×{h} but --init is {:?}",
-                    size.unwrap()
-                ));
-            }
-            Some(mask_to_tensor(&rgba, w, h, &device).map_err(|e| e.to_string())?)
-        }
-        None => None,
-    };
-    let opts = match size {
-        Some((w, h)) => GenerateOptions {
-            width: Some(w),
-            height: Some(h),
-            ..opts
-        },
-        None => opts,
-    };
-    let mut run = sd.start(&opts, init, mask).map_err(|e| e.to_string())?;
+    let sd = Rc::new(StableDiffusion::load_dir(&a.model, &device).map_err(|e| e.to_string())?);
+    let mut run = sd
+        .start_rgba(
+            &opts,
+            init.as_ref().map(|(rgba, ..)| &rgba[..]),
+            mask.as_ref().map(|(rgba, ..)| &rgba[..]),
+        )
+        .map_err(|e| e.to_string())?;
     while run.step().map_err(|e| e.to_string())? {
         eprintln!("step {}/{}", run.steps_done(), run.total_steps());
     }
+    run.check_finite().map_err(|e| e.to_string())?;
     let image = run.finish();
     let [_, _, h, w] = image.dims();
     let values = image
@@ -116,59 +150,17 @@ fn run() -> Result<(), String> {
         .try_to_vec::<f32>()
         .map_err(|e| format!("{e:?}"))?;
     let rgba = tensor_values_to_rgba(&values, w, h).map_err(|e| e.to_string())?;
-    write_png(out, &rgba, w, h)?;
-    eprintln!("wrote {out} ({w}×{h})");
+    write_png(&a.out, &rgba, w, h)?;
+    eprintln!("wrote {} ({w}×{h})", a.out.display());
     Ok(())
 }
 
-fn parse_args() -> Result<HashMap<String, String>, String> {
-    let mut map = HashMap::new();
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        let key = a
-            .strip_prefix("--")
-            .ok_or_else(|| format!("unexpected argument {a:?}; options start with --"))?;
-        if key == "help" {
-            return Err(
-                "see the usage at the top of src/bin/latent-diffusion.rs or README.md".into(),
-            );
-        }
-        let value = it.next().ok_or_else(|| format!("--{key} needs a value"))?;
-        map.insert(key.to_string(), value);
-    }
-    Ok(map)
-}
-
-fn read_png(path: &str) -> Result<(Vec<u8>, usize, usize), String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("{path}: {e}"))?;
-    let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
-    decoder.set_transformations(
-        png::Transformations::normalize_to_color8() | png::Transformations::ALPHA,
-    );
-    let mut reader = decoder.read_info().map_err(|e| format!("{path}: {e}"))?;
-    let mut buf = vec![0; reader.output_buffer_size().ok_or("image too large")?];
-    let info = reader
-        .next_frame(&mut buf)
-        .map_err(|e| format!("{path}: {e}"))?;
-    let (w, h) = (info.width as usize, info.height as usize);
-    let rgba = match info.color_type {
-        png::ColorType::Rgba => buf[..w * h * 4].to_vec(),
-        png::ColorType::GrayscaleAlpha => buf[..w * h * 2]
-            .chunks_exact(2)
-            .flat_map(|p| [p[0], p[0], p[0], p[1]])
-            .collect(),
-        other => return Err(format!("{path}: unsupported PNG color type {other:?}")),
-    };
-    Ok((rgba, w, h))
-}
-
-fn write_png(path: &str, rgba: &[u8], w: usize, h: usize) -> Result<(), String> {
-    let file = std::fs::File::create(path).map_err(|e| format!("{path}: {e}"))?;
+fn write_png(path: &PathBuf, rgba: &[u8], w: usize, h: usize) -> Result<(), String> {
+    let at = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    let file = std::fs::File::create(path).map_err(|e| at(&e))?;
     let mut enc = png::Encoder::new(std::io::BufWriter::new(file), w as u32, h as u32);
     enc.set_color(png::ColorType::Rgba);
     enc.set_depth(png::BitDepth::Eight);
-    let mut writer = enc.write_header().map_err(|e| format!("{path}: {e}"))?;
-    writer
-        .write_image_data(rgba)
-        .map_err(|e| format!("{path}: {e}"))
+    let mut writer = enc.write_header().map_err(|e| at(&e))?;
+    writer.write_image_data(rgba).map_err(|e| at(&e))
 }

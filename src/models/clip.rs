@@ -249,12 +249,16 @@ impl ClipTokenizer {
             .filter(|l| !l.starts_with("#version") && !l.is_empty())
             .enumerate()
         {
-            let (a, b) = line.split_once(' ').ok_or_else(|| {
+            let bad = || {
                 Error::Config(format!(
                     "tokenizer/merges.txt line {}: {line:?} is not two symbols",
                     i + 1
                 ))
-            })?;
+            };
+            let (a, b) = line.split_once(' ').ok_or_else(bad)?;
+            if a.is_empty() || b.is_empty() || b.contains(' ') {
+                return Err(bad());
+            }
             ranks.entry((a.to_string(), b.to_string())).or_insert(i);
         }
         #[derive(Deserialize, Default)]

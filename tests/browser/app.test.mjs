@@ -119,6 +119,30 @@ test('a corrupted safetensors download shows an error and the page stays usable'
   assert.deepEqual(browser.errors, []);
 });
 
+test('page bad input: a trap restarts the worker, empty fields, sizes past the device, a non-image upload', async () => {
+  // A panic inside the worker's wasm: the page says so, replaces the worker,
+  // and the next run works without a reload.
+  await page.evaluate(() => window.ldwDebug.trapWorker());
+  await page.waitForFunction(() => document.body.dataset.state === 'error', null, { timeout: 30_000 });
+  assert.match(await page.textContent('#error'), /crashed.*deliberate panic/);
+  assert.equal(await run({ model: 'models/tiny-random/', steps: 2 }), 'done');
+  // An emptied number field is named, not read as 0.
+  assert.equal(await run({ steps: '' }), 'error');
+  assert.match(await page.textContent('#error'), /^Steps is empty/);
+  // The size inputs' limit comes from the model and the device.
+  const max = Number(await page.getAttribute('#width', 'max'));
+  assert.ok(max >= 16 && max < 2048, `max size ${max}`);
+  assert.equal(await run({ steps: 2, width: 2048, height: 2048 }), 'error');
+  assert.match(await page.textContent('#error'), new RegExp(`largest square image it can make with this model is ${max}×${max}`));
+  assert.equal(await run({ steps: 2, width: '', height: '' }), 'done');
+  // A file that is not an image is said to be one.
+  await page.selectOption('#mode', 'img2img');
+  await page.setInputFiles('#upload', { name: 'notes.txt', mimeType: 'image/png', buffer: Buffer.from('not an image') });
+  await page.waitForFunction(() => /notes\.txt is not an image/.test(document.getElementById('error').textContent));
+  await page.selectOption('#mode', 'generate');
+  assert.deepEqual(browser.errors, []);
+});
+
 test('inpaint keeps unmasked pixels and changes masked ones', async () => {
   await page.selectOption('#preset', 'models/emoji-4step/');
   assert.equal(await run({ prompt: 'red heart', seed: 0 }), 'done', await page.textContent('#error'));
