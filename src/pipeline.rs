@@ -832,6 +832,20 @@ pub struct OptionsInput {
 }
 
 impl OptionsInput {
+    /// The option names, as written in JavaScript.
+    pub const FIELDS: [&str; 10] = [
+        "prompt",
+        "negativePrompt",
+        "seed",
+        "steps",
+        "eta",
+        "guidanceScale",
+        "timestepSpacing",
+        "width",
+        "height",
+        "strength",
+    ];
+
     /// Checks every value (whole numbers, ranges, names) and fills in the
     /// defaults; the first wrong value is the error.
     pub fn check(&self) -> Result<GenerateOptions> {

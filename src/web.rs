@@ -17,9 +17,24 @@ use crate::pipeline::{
 use crate::weights::{Header, WeightReader};
 use crate::{DDIMScheduler, NoiseGenerator};
 
+/// The message of the last panic, for the page to show after a trap.
+static LAST_PANIC: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
 #[wasm_bindgen(start)]
 fn start() {
-    console_error_panic_hook::set_once();
+    std::panic::set_hook(Box::new(|info| {
+        console_error_panic_hook::hook(info);
+        if let Ok(mut p) = LAST_PANIC.lock() {
+            *p = Some(info.to_string());
+        }
+    }));
+}
+
+/// What the last panic said (a trap's `RuntimeError` only says
+/// "unreachable"); `undefined` if none happened.
+#[wasm_bindgen(js_name = lastPanic)]
+pub fn last_panic() -> Option<String> {
+    LAST_PANIC.lock().ok().and_then(|p| p.clone())
 }
 
 /// The crate version, for the page footer and bug reports.
@@ -518,6 +533,19 @@ impl Generator {
         let input: OptionsInput = if options.is_undefined() || options.is_null() {
             OptionsInput::default()
         } else {
+            // serde_wasm_bindgen reads only the fields it knows: a misspelt
+            // one would be ignored without a word.
+            if options.is_object() {
+                let keys = js_sys::Object::keys(options.unchecked_ref::<js_sys::Object>());
+                for k in keys.iter().filter_map(|k| k.as_string()) {
+                    if !OptionsInput::FIELDS.contains(&k.as_str()) {
+                        return Err(JsError::new(&format!(
+                            "invalid argument: unknown option `{k}`; the options are {}",
+                            OptionsInput::FIELDS.join(", ")
+                        )));
+                    }
+                }
+            }
             serde_wasm_bindgen::from_value(options)
                 .map_err(|e| JsError::new(&format!("invalid argument: options: {e}")))?
         };

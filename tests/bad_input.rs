@@ -236,3 +236,13 @@ fn every_case_is_a_clear_error_and_the_next_run_works() {
     );
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+/// The names the page's key check accepts are the ones serde reads.
+#[test]
+fn option_names_match_the_deserializer() {
+    for name in OptionsInput::FIELDS {
+        let v: Value = serde_json::from_str(&format!(r#"{{"{name}": null}}"#)).unwrap();
+        serde_json::from_value::<OptionsInput>(v).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    assert!(serde_json::from_str::<OptionsInput>(r#"{"stpes": 1}"#).is_err());
+}

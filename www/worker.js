@@ -7,7 +7,7 @@
 //      {type: 'step', done, total, rgba?, width, height} | {type: 'result', rgba, width, height}
 //      {type: 'cancelled'} | {type: 'error', message, fatal}
 // `fatal`: the wasm instance trapped and cannot be trusted; the page replaces this worker.
-import init, { Generator, debugPanic } from './pkg/latent_diffusion_web.js';
+import init, { Generator, debugPanic, lastPanic } from './pkg/latent_diffusion_web.js';
 
 const ready = init();
 let generator = null, loadedKey = null, cancelled = false, download = null;
@@ -47,6 +47,12 @@ async function generate({ base, backend, options, preview, image, mask }) {
 
 /** A trap (a Rust panic or a wasm fault) leaves the module unusable. */
 const fatal = (e) => e instanceof WebAssembly.RuntimeError;
+/** What a trap was about: the panic's message where Rust panicked. */
+function crash(e) {
+  let why = e?.message ?? String(e);
+  try { why = lastPanic() ?? why; } catch { /* the module is too broken to say */ }
+  return `The generator crashed (${why}); it has been restarted, so try again.`;
+}
 
 onmessage = async ({ data }) => {
   if (data.type === 'cancel') {
@@ -56,8 +62,9 @@ onmessage = async ({ data }) => {
     return;
   }
   if (data.type === 'debug-trap') {
+    await ready;
     try { debugPanic('a deliberate panic (debug-trap)'); } catch (e) {
-      postMessage({ type: 'error', message: `The generator crashed: ${e.message}`, fatal: fatal(e) });
+      postMessage({ type: 'error', message: crash(e), fatal: fatal(e) });
     }
     return;
   }
@@ -69,7 +76,7 @@ onmessage = async ({ data }) => {
       else {
         postMessage({
           type: 'error', fatal: fatal(e),
-          message: fatal(e) ? `The generator crashed (${e.message}); it is being restarted.` : (e?.message ?? String(e)),
+          message: fatal(e) ? crash(e) : (e?.message ?? String(e)),
         });
       }
     }
@@ -79,5 +86,5 @@ onmessage = async ({ data }) => {
 // A trap inside a task the relay does not await (a download callback, say)
 // still reaches the page.
 addEventListener('unhandledrejection', (e) => {
-  postMessage({ type: 'error', fatal: fatal(e.reason), message: `The generator failed: ${e.reason?.message ?? e.reason}` });
+  postMessage({ type: 'error', fatal: fatal(e.reason), message: fatal(e.reason) ? crash(e.reason) : `The generator failed: ${e.reason?.message ?? e.reason}` });
 });
