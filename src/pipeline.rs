@@ -45,6 +45,13 @@ pub const WEIGHT_FILES: [&str; 3] = [
     "vae/diffusion_pytorch_model.safetensors",
 ];
 
+/// A weight file's half-precision variant (`unet/diffusion_pytorch_model.fp16.safetensors`),
+/// which Hub repos offer beside the f32 file or instead of it. It is read first
+/// when present: half the download, and the same values once on the device.
+pub fn fp16_variant(path: &str) -> String {
+    path.replace(".safetensors", ".fp16.safetensors")
+}
+
 /// The largest text file accepted (CLIP's vocab.json is 1.6 MB).
 pub const MAX_TEXT_FILE_BYTES: u64 = 16 << 20;
 
@@ -508,6 +515,8 @@ impl StableDiffusion {
         let config = PipelineConfig::read_dir(dir)?;
         let read = |i: usize| {
             let p = WEIGHT_FILES[i];
+            let half = fp16_variant(p);
+            let p = if dir.join(&half).is_file() { &half } else { p };
             WeightFile::read(&dir.join(p), p, device, PipelineConfig::on_host(i))
         };
         Self::load(config, [read(0)?, read(1)?, read(2)?], device)

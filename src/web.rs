@@ -12,7 +12,7 @@ use crate::models::attention::set_attention_max_bytes;
 use crate::models::clip::ClipTokenizer;
 use crate::pipeline::{
     GenerateOptions, OPTIONAL_FILES, OptionsInput, PipelineConfig, Sampling, StableDiffusion,
-    TEXT_FILES, WEIGHT_FILES, largest_tensor, weight_bytes,
+    TEXT_FILES, WEIGHT_FILES, fp16_variant, largest_tensor, weight_bytes,
 };
 use crate::weights::{Header, WeightReader};
 use crate::{DDIMScheduler, NoiseGenerator};
@@ -319,8 +319,12 @@ impl Generator {
         .map_err(to_js)?;
         let mut sources = Vec::new();
         for path in WEIGHT_FILES {
-            let bytes = get(path)?
-                .ok_or_else(|| JsError::new(&format!("{path} is missing from the model folder")))?;
+            let bytes = match get(&fp16_variant(path))? {
+                Some(b) => b,
+                None => get(path)?.ok_or_else(|| {
+                    JsError::new(&format!("{path} is missing from the model folder"))
+                })?,
+            };
             sources.push(fetch::Source::Bytes(bytes, 0));
         }
         Self::build(config, sources, backend).await
@@ -390,7 +394,12 @@ impl Generator {
             .map_err(to_js)?;
         let mut sources = Vec::new();
         for path in WEIGHT_FILES {
-            sources.push(fetch::Source::Net(net.open(path).await?));
+            // The fp16 variant when the folder has one (half the download).
+            let download = match net.open_any(&fp16_variant(path), true).await? {
+                Some(d) => d,
+                None => net.open(path).await?,
+            };
+            sources.push(fetch::Source::Net(download));
         }
         Self::build(config, sources, backend).await
     }
@@ -682,7 +691,9 @@ mod fetch {
     use wasm_bindgen::prelude::*;
     use wasm_bindgen_futures::JsFuture;
 
-    use crate::pipeline::{MAX_TEXT_FILE_BYTES, OPTIONAL_FILES, TEXT_FILES, WEIGHT_FILES};
+    use crate::pipeline::{
+        MAX_TEXT_FILE_BYTES, OPTIONAL_FILES, TEXT_FILES, WEIGHT_FILES, fp16_variant,
+    };
 
     /// The cache weights are kept in unless the caller names another.
     pub const DEFAULT_CACHE: &str = "ldw-models-v1";
@@ -797,7 +808,11 @@ mod fetch {
 
         /// Opens `path`: from the cache if it is there, else from the network.
         /// `None` for an optional file the server does not have (404).
-        async fn open_any(&self, path: &str, optional: bool) -> Result<Option<Download>, JsError> {
+        pub async fn open_any(
+            &self,
+            path: &str,
+            optional: bool,
+        ) -> Result<Option<Download>, JsError> {
             self.check_aborted()?;
             let url = self.url(path);
             let cache = self.cache.clone();
@@ -901,11 +916,14 @@ mod fetch {
         /// Deletes every file of the folder from the cache.
         pub async fn forget_all(&self) {
             let Some(c) = &self.cache else { return };
-            for p in TEXT_FILES
+            let variants = WEIGHT_FILES.map(fp16_variant);
+            let names = (TEXT_FILES
                 .iter()
                 .chain(&OPTIONAL_FILES)
-                .chain(&WEIGHT_FILES)
-            {
+                .chain(&WEIGHT_FILES))
+            .copied()
+            .chain(variants.iter().map(String::as_str));
+            for p in names {
                 if let Ok(p) = call(c, "delete", &[&JsValue::from_str(&self.url(p))]) {
                     let _ = wait(p).await;
                 }

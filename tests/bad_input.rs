@@ -54,6 +54,11 @@ fn edit(files: &mut BTreeMap<String, Vec<u8>>, file: &str, edit: &Map<String, Va
             files.remove(file);
             return;
         }
+        "rename" => {
+            files.remove(file);
+            files.insert(arg.as_str().unwrap().to_string(), old);
+            return;
+        }
         "text" => arg.as_str().unwrap().as_bytes().to_vec(),
         "hex" => hex(arg.as_str().unwrap()),
         "copy_from" => files[arg.as_str().unwrap()].clone(),
@@ -193,15 +198,25 @@ fn every_case_is_a_clear_error_and_the_next_run_works() {
     let cases = corpus["cases"].as_array().unwrap();
     for case in cases {
         let name = case["name"].as_str().unwrap();
-        let dir = match case["file"].as_str() {
-            Some(file) => {
-                let mut files = good.clone();
-                edit(&mut files, file, case["edit"].as_object().unwrap());
-                let d = tmp.join("case");
-                write_folder(&d, &files);
-                d
+        let edits = match &case["edits"] {
+            Value::Array(list) => list.clone(),
+            _ if case["file"].is_string() => vec![case.clone()],
+            _ => vec![],
+        };
+        let dir = if edits.is_empty() {
+            good_dir.clone()
+        } else {
+            let mut files = good.clone();
+            for e in &edits {
+                edit(
+                    &mut files,
+                    e["file"].as_str().unwrap(),
+                    e["edit"].as_object().unwrap(),
+                );
             }
-            None => good_dir.clone(),
+            let d = tmp.join("case");
+            write_folder(&d, &files);
+            d
         };
         let got = catch_unwind(AssertUnwindSafe(|| run(&dir, case, base)));
         match (got, case["error"].as_str()) {
@@ -245,4 +260,23 @@ fn option_names_match_the_deserializer() {
         serde_json::from_value::<OptionsInput>(v).unwrap_or_else(|e| panic!("{name}: {e}"));
     }
     assert!(serde_json::from_str::<OptionsInput>(r#"{"stpes": 1}"#).is_err());
+}
+
+/// Prints the largest sizes the shipped and tiny models accept under the
+/// browser's limits (for the README), and checks they shrink with the limit.
+#[test]
+fn largest_sizes_follow_the_buffer_limit() {
+    for dir in ["www/models/emoji-4step", "tests/fixtures/pipelines/tiny"] {
+        let sd = StableDiffusion::load_dir(&root().join(dir), &Device::flex()).unwrap();
+        let mut last = usize::MAX;
+        for mib in [1024u64, 256, 128, 16] {
+            sd.set_max_buffer_bytes(mib << 20);
+            let side = sd.max_side(true);
+            println!("{dir}: {mib} MiB per buffer → {side}×{side} (guided)");
+            assert!(side <= last && side.is_multiple_of(sd.vae_scale_factor));
+            let (need, _) = sd.largest_activation(side, side, true);
+            assert!(need <= mib << 20);
+            last = side;
+        }
+    }
 }

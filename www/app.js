@@ -2,6 +2,7 @@
 const $ = (id) => document.getElementById(id);
 let worker = null;
 let busy = false;
+let runs = 0; // counts submitted runs, so a late cancel timer spares the next one
 
 /** Starts the worker that runs the model. After a trap (a Rust panic or a
  * wasm fault) its module cannot be trusted, so it is replaced by a new one. */
@@ -143,6 +144,7 @@ window.ldwDebug = { trapWorker: () => worker.postMessage({ type: 'debug-trap' })
 $('controls').addEventListener('submit', (e) => {
   e.preventDefault();
   if (busy) return;
+  runs++;
   $('error').textContent = '';
   $('download').hidden = true;
   document.body.dataset.state = 'running';
@@ -177,7 +179,19 @@ $('controls').addEventListener('submit', (e) => {
     type: 'generate', base: $('model').value, backend: $('backend').value, preview: true, options, image, mask,
   });
 });
-$('cancel').addEventListener('click', () => worker.postMessage({ type: 'cancel' }));
+// Cancel stops between steps; a step that does not finish within 3 s (a huge
+// size on the CPU, say) is stopped by replacing the worker.
+$('cancel').addEventListener('click', () => {
+  worker.postMessage({ type: 'cancel' });
+  const run = runs;
+  setTimeout(() => {
+    if (!busy || run !== runs) return;
+    startWorker();
+    $('status').textContent = 'Cancelled (the generator was restarted to stop a long step).';
+    setBusy(false);
+    document.body.dataset.state = 'cancelled';
+  }, 3000);
+});
 $('dice').addEventListener('click', () => { $('seed').value = Math.floor(Math.random() * 2 ** 32); });
 
 if (!navigator.gpu) {

@@ -33,6 +33,7 @@ function edit(files, file, e) {
   const old = files[file] ?? Buffer.alloc(0);
   let out;
   if (op === 'delete') { delete files[file]; return; }
+  if (op === 'rename') { delete files[file]; files[arg] = old; return; }
   if (op === 'text') out = Buffer.from(arg);
   else if (op === 'hex') out = hex(arg);
   else if (op === 'copy_from') out = files[arg];
@@ -173,9 +174,10 @@ test('the bad-input corpus: clear errors, no trap, no hang, and the next run wor
   let clear = 0, ok = 0, traps = 0, hangs = 0;
   for (const [i, c] of cases.entries()) {
     let url = `${base}/good/`;
-    if (c.file) {
+    const edits = c.edits ?? (c.file ? [c] : []);
+    if (edits.length) {
       const files = { ...good };
-      edit(files, c.file, c.edit);
+      for (const e of edits) edit(files, e.file, e.edit);
       folders.set(`f/${i}`, files);
       url = `${base}/f/${i}/`;
     } else if (c.host === 'nocors') {
