@@ -1,8 +1,8 @@
 // The bad-input corpus (tests/fixtures/bad_input/corpus.json) through the JS
 // API in headless Chromium, on the CPU path: each folder case is served
 // edited from 127.0.0.1 and loaded with Generator.fromUrl, each options case
-// runs generate() on one loaded Generator, each host case misbehaves as it
-// says. Every case must reject with a message holding its fragment (or
+// runs generate() on one Generator kept through all of them (which must work
+// after each), each host case misbehaves as it says. Every case must reject with a message holding its fragment (or
 // succeed where it says ok) within a time limit, never trap; after each, a
 // good run must work on the same page. The native twin is tests/bad_input.rs.
 import { test, before, after } from 'node:test';
@@ -141,25 +141,27 @@ after(async () => {
 
 /** Loads `url` and generates with `options`; resolves to { error } or { bytes },
  * or { hang } when nothing settles within `ms`. */
-function attempt(url, options, image, mask, ms = 60_000) {
-  return page.evaluate(async ([url, options, image, mask, ms]) => {
+function attempt(url, options, image, mask, shared = false, ms = 60_000) {
+  return page.evaluate(async ([url, options, image, mask, shared, ms]) => {
     const timeout = new Promise((ok) => setTimeout(() => ok({ hang: true }), ms));
     const run = (async () => {
       try {
-        const g = await window.m.Generator.fromUrl(url, 'cpu', null, { cache: false, stallTimeoutMs: 2000 });
+        // Options cases run on one Generator that lives through all of them.
+        const load = () => window.m.Generator.fromUrl(url, 'cpu', null, { cache: false, stallTimeoutMs: 2000 });
+        const g = shared ? (window.shared ??= await load()) : await load();
         const size = g.defaultSize;
         const w = options.width ?? size, h = options.height ?? size;
         const bytes = (spec) => (spec === 'fit' ? new Uint8Array(Math.min(w * h * 4, 1 << 26)).fill(200)
           : spec == null ? null : new Uint8Array(spec).fill(200));
         const rgba = await g.generate(options, bytes(image), bytes(mask));
-        g.free();
+        if (!shared) g.free();
         return { bytes: rgba.length };
       } catch (e) {
         return { error: e?.message ?? String(e), trap: e instanceof WebAssembly.RuntimeError };
       }
     })();
     return Promise.race([run, timeout]);
-  }, [url, options, image ?? null, mask ?? null, ms]);
+  }, [url, options, image ?? null, mask ?? null, shared, ms]);
 }
 
 function options(c) {
@@ -185,7 +187,8 @@ test('the bad-input corpus: clear errors, no trap, no hang, and the next run wor
     } else if (c.host) {
       url = `${base}/host/${c.host}/`;
     }
-    const got = await attempt(url, options(c), c.image, c.mask);
+    const shared = !edits.length && !c.host;
+    const got = await attempt(url, options(c), c.image, c.mask, shared);
     folders.delete(`f/${i}`);
     if (got.trap) traps++;
     if (got.hang) hangs++;
@@ -195,7 +198,8 @@ test('the bad-input corpus: clear errors, no trap, no hang, and the next run wor
     } else {
       wrong.push(`${c.name}: got ${JSON.stringify(got)}, wanted ${c.ok ? 'an image' : JSON.stringify(c.error)}`);
     }
-    const after = await attempt(`${base}/good/`, corpus.base_options, null, null);
+    // The same Generator after an options case; a new one after a folder case.
+    const after = await attempt(`${base}/good/`, corpus.base_options, null, null, shared);
     if (!(after.bytes > 0)) wrong.push(`${c.name}: the good run after it failed: ${JSON.stringify(after)}`);
   }
   console.log(`${cases.length} cases: ${clear} clear errors, ${ok} good runs, ${traps} traps, ${hangs} hangs, `
