@@ -164,10 +164,7 @@ fn run(dir: &Path, case: &Value, base: &Value) -> Result<(), String> {
     }
     let input: OptionsInput = serde_json::from_value(options).map_err(|e| e.to_string())?;
     let o = input.check().map_err(e)?;
-    let (h, w) = (
-        o.height.unwrap_or(sd.default_size),
-        o.width.unwrap_or(sd.default_size),
-    );
+    let (h, w) = o.size(&sd);
     let (image, mask) = (bytes(&case["image"], w, h), bytes(&case["mask"], w, h));
     let mut run = sd
         .start_rgba(&o, image.as_deref(), mask.as_deref())

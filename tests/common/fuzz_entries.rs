@@ -9,7 +9,9 @@ use std::sync::OnceLock;
 use burn::tensor::Device;
 use latent_diffusion_web::image::decode_png;
 use latent_diffusion_web::models::clip::ClipTokenizer;
-use latent_diffusion_web::pipeline::{MAX_IMAGE_SIDE, OptionsInput, PipelineConfig};
+use latent_diffusion_web::pipeline::{
+    MAX_IMAGE_SIDE, OPTIONAL_FILES, OptionsInput, PipelineConfig, TEXT_FILES,
+};
 use latent_diffusion_web::weights::{Header, WeightReader};
 
 /// The tiny fixture folder, from this crate or from `fuzz/` beside it.
@@ -49,19 +51,11 @@ pub fn safetensors(data: &[u8]) {
 /// first byte), the rest from the tiny fixture: every config parser, the
 /// tokenizer and the consistency checks.
 pub fn model_folder(data: &[u8]) {
-    const FILES: [&str; 7] = [
-        "unet/config.json",
-        "vae/config.json",
-        "text_encoder/config.json",
-        "tokenizer/vocab.json",
-        "tokenizer/merges.txt",
-        "scheduler/scheduler_config.json",
-        "tokenizer/tokenizer_config.json",
-    ];
     let Some((&k, data)) = data.split_first() else {
         return;
     };
-    let target = FILES[k as usize % FILES.len()];
+    let files: Vec<&str> = TEXT_FILES.iter().chain(&OPTIONAL_FILES).copied().collect();
+    let target = files[k as usize % files.len()];
     let _ = PipelineConfig::from_lookup("", |p| {
         Ok(if p == target {
             Some(data.to_vec())
