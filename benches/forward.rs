@@ -79,7 +79,7 @@ fn main() {
     let latents: Tensor<4> = noise.tensor([1, 4, 16, 16], &device);
     // Reading the result back makes each timing include the whole computation.
     let unet_ms = median_ms(|| {
-        unet.forward(sample.clone(), &[500.0], &ctx, None)
+        unet.forward(sample.clone(), &[500.0], &ctx, None, None)
             .into_data();
     });
     let decoder_ms = median_ms(|| {

@@ -17,9 +17,10 @@ use crate::image::{mask_to_tensor, rgba_to_tensor};
 use crate::models::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
 use crate::models::autoencoder_tiny::{AutoencoderTiny, AutoencoderTinyConfig};
 use crate::models::clip::{CLIPTextConfig, CLIPTextModel, ClipTokenizer};
+use crate::models::embeddings::guidance_scale_embedding;
 use crate::models::unet_2d_condition::{UNet2DConditionConfig, UNet2DConditionModel};
 use crate::noise::NoiseGenerator;
-use crate::schedulers::{DDIMScheduler, DDIMSchedulerConfig, TimestepSpacing};
+use crate::schedulers::{Scheduler, SchedulerConfig, TimestepSpacing};
 use crate::weights::{Header, VarBuilder, WeightFile};
 
 /// The text files of a diffusers folder the pipeline reads: configs and the tokenizer.
@@ -32,11 +33,78 @@ pub const TEXT_FILES: [&str; 6] = [
     "scheduler/scheduler_config.json",
 ];
 
-/// Text files read when present.
-pub const OPTIONAL_FILES: [&str; 2] = [
+/// Text files read when present; `model_index.json` first, so a folder of a
+/// kind this app cannot run is named before anything else is read.
+pub const OPTIONAL_FILES: [&str; 3] = [
+    "model_index.json",
     "tokenizer/tokenizer_config.json",
     "tokenizer/special_tokens_map.json",
 ];
+
+/// The component classes this app runs, per `model_index.json` entry.
+const COMPONENTS: [(&str, &[&str]); 4] = [
+    ("unet", &["UNet2DConditionModel"]),
+    ("vae", &["AutoencoderKL", "AutoencoderTiny"]),
+    (
+        "text_encoder",
+        &["CLIPTextModel", "CLIPTextModelWithProjection"],
+    ),
+    ("tokenizer", &["CLIPTokenizer", "CLIPTokenizerFast"]),
+];
+
+/// Checks a folder's `model_index.json` (when it has one) before anything else
+/// is read: a pipeline of another kind (SDXL, SD3, Flux, ...) or a component
+/// this app cannot run is named here, before any weight is downloaded.
+pub fn check_model_index(text: &str) -> Result<()> {
+    let file = "model_index.json";
+    let index: serde_json::Map<String, serde_json::Value> =
+        crate::config::parse_config(text, file)?;
+    let class = index
+        .get("_class_name")
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
+    let present = |k: &str| {
+        index
+            .get(k)
+            .is_some_and(|v| v.as_array().is_some_and(|a| a.iter().any(|x| !x.is_null())))
+    };
+    let unsupported = |what: &str| {
+        Err(Error::Config(format!(
+            "{file}: this is {what} (_class_name = {class:?}), which this app does not run; it runs \
+             Stable Diffusion 1.x/2.x-family models (SD-Turbo, SDXS, BK-SDM, LCM)"
+        )))
+    };
+    if present("text_encoder_2") || class.contains("XL") {
+        return unsupported("an SDXL pipeline (two text encoders)");
+    }
+    if present("transformer") {
+        return unsupported("a transformer-based pipeline (SD3, Flux, PixArt, ...)");
+    }
+    for (key, classes) in COMPONENTS {
+        let Some(entry) = index.get(key) else {
+            continue;
+        };
+        let named = entry
+            .as_array()
+            .and_then(|a| a.get(1))
+            .and_then(|v| v.as_str());
+        match named {
+            Some(c) if classes.contains(&c) => {}
+            Some(c) => {
+                return Err(Error::Config(format!(
+                    "{file}: {key} is a {c}, which this app cannot run (it runs {})",
+                    classes.join(" or ")
+                )));
+            }
+            None => {
+                return Err(Error::Config(format!(
+                    "{file}: the pipeline has no {key} ({key} = {entry}); this app needs one"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
 
 /// The weight files, in the order they are loaded (text encoder, UNet, VAE).
 pub const WEIGHT_FILES: [&str; 3] = [
@@ -70,7 +138,7 @@ pub struct PipelineConfig {
     pub text_encoder: CLIPTextConfig,
     pub unet: UNet2DConditionConfig,
     pub vae: VaeConfig,
-    pub scheduler: DDIMSchedulerConfig,
+    pub scheduler: SchedulerConfig,
 }
 
 impl PipelineConfig {
@@ -99,19 +167,27 @@ impl PipelineConfig {
             let t = String::from_utf8(b)
                 .map_err(|_| Error::Config(format!("{location}{p} is not UTF-8 text")))?;
             if t.trim_start().starts_with('<') {
+                // A host that answers every missing path with its HTML page:
+                // an optional file is then simply absent.
+                if !required {
+                    return Ok(None);
+                }
                 return Err(Error::Config(format!(
                     "{location}{p} is an HTML page, not the file: is the model folder URL right?"
                 )));
             }
             Ok(Some(t))
         };
+        if let Some(index) = text(OPTIONAL_FILES[0], false)? {
+            check_model_index(&index)?;
+        }
         // The first missing file, in TEXT_FILES order, is the one reported.
         let [unet, vae, te, vocab, merges, scheduler] =
             TEXT_FILES.map(|p| text(p, true).map(|t| t.unwrap_or_default()));
         let (unet, vae, te, vocab, merges, scheduler) =
             (unet?, vae?, te?, vocab?, merges?, scheduler?);
-        let tokenizer_config = text(OPTIONAL_FILES[0], false)?;
-        let special_tokens = text(OPTIONAL_FILES[1], false)?;
+        let tokenizer_config = text(OPTIONAL_FILES[1], false)?;
+        let special_tokens = text(OPTIONAL_FILES[2], false)?;
         let tokenizer_config = merge_special_tokens(tokenizer_config, special_tokens)?;
         let tokenizer = ClipTokenizer::new(&vocab, &merges, tokenizer_config.as_deref())?;
         let text_encoder = CLIPTextConfig::from_json(&te)?;
@@ -132,8 +208,8 @@ impl PipelineConfig {
                 )));
             }
         };
-        let scheduler = DDIMSchedulerConfig::from_json(&scheduler)?;
-        DDIMScheduler::new(scheduler.clone())?;
+        let scheduler = SchedulerConfig::from_json(&scheduler)?;
+        scheduler.build(None)?;
         let c = Self {
             tokenizer,
             text_encoder,
@@ -379,7 +455,7 @@ pub struct StableDiffusion {
     pub text_encoder: CLIPTextModel,
     pub unet: UNet2DConditionModel,
     pub vae: Vae,
-    pub scheduler_config: DDIMSchedulerConfig,
+    pub scheduler_config: SchedulerConfig,
     /// Pixels per latent: 2^(number of VAE blocks − 1).
     pub vae_scale_factor: usize,
     /// Latent channels the UNet denoises (4), and its input channels (4 or 9).
@@ -454,6 +530,19 @@ impl StableDiffusion {
             tokenizer: config.tokenizer,
             device: device.clone(),
         })
+    }
+
+    /// Whether `guidance_scale` runs classifier-free guidance (a second,
+    /// unconditional UNet row): above 1, unless the UNet has guidance
+    /// distilled into it (LCM), which takes the scale as an input instead.
+    pub fn classifier_free(&self, guidance_scale: f64) -> bool {
+        guidance_scale > 1.0 && self.unet.guidance_embedding_dim().is_none()
+    }
+
+    /// What the user should know about the sampler: set when the folder's
+    /// scheduler class is run as DDIM (see [`SchedulerConfig::note`]).
+    pub fn scheduler_note(&self) -> Option<String> {
+        self.scheduler_config.note()
     }
 
     /// Sets the largest buffer the device takes (WebGPU's
@@ -576,14 +665,14 @@ impl StableDiffusion {
             o.width.unwrap_or(self.default_size),
         );
         let (lh, lw) = (h / self.vae_scale_factor, w / self.vae_scale_factor);
-        let mut config = self.scheduler_config.clone();
-        if let Some(s) = o.timestep_spacing {
-            config.timestep_spacing = s;
-        }
-        let mut scheduler = DDIMScheduler::new(config)?;
+        let mut scheduler = self.scheduler_config.build(o.timestep_spacing)?;
         scheduler.set_timesteps(o.steps)?;
-        let guidance = o.guidance_scale > 1.0;
+        let guidance = self.classifier_free(o.guidance_scale);
         let context = self.encode_prompt(&o.prompt, &o.negative_prompt, guidance);
+        // A guidance-distilled UNet (LCM) takes w = scale − 1 as an embedding instead.
+        let timestep_cond = self.unet.guidance_embedding_dim().map(|dim| {
+            guidance_scale_embedding(&[o.guidance_scale as f32 - 1.0], dim, &self.device)
+        });
 
         let mut noise = NoiseGenerator::new(o.seed);
         let shape = [1, self.latent_channels, lh, lw];
@@ -606,7 +695,7 @@ impl StableDiffusion {
         let latents = match (&image_latents, strength < 1.0) {
             (Some(z), true) => {
                 scheduler
-                    .schedule
+                    .schedule()
                     .add_noise(z.clone(), initial_noise.clone(), &timesteps[..1])?
             }
             _ => initial_noise.clone(),
@@ -635,6 +724,7 @@ impl StableDiffusion {
             latents,
             context,
             guidance_scale: o.guidance_scale,
+            timestep_cond,
             eta: o.eta,
             noise,
             initial_noise,
@@ -944,7 +1034,7 @@ impl GenerateOptions {
             )));
         }
         let (h, w) = self.size(sd);
-        sd.check_size(w, h, self.guidance_scale > 1.0)
+        sd.check_size(w, h, sd.classifier_free(self.guidance_scale))
     }
 
     /// `(height, width)` in pixels: the options' or the model's default.
@@ -960,12 +1050,14 @@ impl GenerateOptions {
 /// then [`Sampling::decode`].
 pub struct Sampling {
     sd: Rc<StableDiffusion>,
-    scheduler: DDIMScheduler,
+    scheduler: Scheduler,
     timesteps: Vec<usize>,
     index: usize,
     latents: Tensor<4>,
     context: Tensor<3>,
     guidance_scale: f64,
+    /// The guidance embedding of a guidance-distilled UNet (LCM).
+    timestep_cond: Option<Tensor<2>>,
     eta: f64,
     noise: NoiseGenerator,
     initial_noise: Tensor<4>,
@@ -995,7 +1087,7 @@ impl Sampling {
             return Ok(false);
         };
         let sd = Rc::clone(&self.sd);
-        let guidance = self.guidance_scale > 1.0;
+        let guidance = sd.classifier_free(self.guidance_scale);
         let mut input = self.latents.clone();
         if let (Some(m), Some(z)) = (&self.latent_mask, &self.masked_image_latents) {
             input = Tensor::cat(vec![input, m.clone(), z.clone()], 1);
@@ -1003,7 +1095,13 @@ impl Sampling {
         if guidance {
             input = Tensor::cat(vec![input.clone(), input], 0);
         }
-        let out = sd.unet.forward(input, &[t as f32], &self.context, None);
+        let out = sd.unet.forward(
+            input,
+            &[t as f32],
+            &self.context,
+            None,
+            self.timestep_cond.as_ref(),
+        );
         let noise_pred = if guidance {
             let mut halves = out.chunk(2, 0);
             let cond = halves.pop().expect("two halves");
@@ -1012,8 +1110,8 @@ impl Sampling {
         } else {
             out
         };
-        let variance_noise =
-            (self.eta > 0.0).then(|| self.noise.tensor(self.latents.dims(), &sd.device));
+        let variance_noise = (self.scheduler.needs_noise(t, self.eta))
+            .then(|| self.noise.tensor(self.latents.dims(), &sd.device));
         let step = self.scheduler.step(
             noise_pred,
             t,
@@ -1031,7 +1129,7 @@ impl Sampling {
             &self.masked_image_latents,
         ) {
             let known = match self.timesteps.get(self.index) {
-                Some(&next) => self.scheduler.schedule.add_noise(
+                Some(&next) => self.scheduler.schedule().add_noise(
                     z.clone(),
                     self.initial_noise.clone(),
                     &[next],

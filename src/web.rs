@@ -12,7 +12,7 @@ use crate::models::attention::set_attention_max_bytes;
 use crate::models::clip::ClipTokenizer;
 use crate::pipeline::{
     GenerateOptions, OPTIONAL_FILES, OptionsInput, PipelineConfig, Sampling, StableDiffusion,
-    TEXT_FILES, WEIGHT_FILES, fp16_variant, largest_tensor, weight_bytes,
+    TEXT_FILES, WEIGHT_FILES, check_model_index, fp16_variant, largest_tensor, weight_bytes,
 };
 use crate::weights::{Header, WeightReader};
 use crate::{DDIMScheduler, NoiseGenerator};
@@ -384,11 +384,19 @@ impl Generator {
 
     async fn download(net: &fetch::Net, backend: Option<String>) -> Result<Generator, JsError> {
         let mut texts = std::collections::HashMap::new();
+        // model_index.json first: a folder of another kind is named at once.
+        for path in OPTIONAL_FILES {
+            let text = net.text(path, true).await?;
+            if path == OPTIONAL_FILES[0]
+                && let Some(t) = &text
+                && !t.trim_ascii_start().starts_with(b"<")
+            {
+                check_model_index(&String::from_utf8_lossy(t)).map_err(to_js)?;
+            }
+            texts.insert(path, text);
+        }
         for path in TEXT_FILES {
             texts.insert(path, net.text(path, false).await?);
-        }
-        for path in OPTIONAL_FILES {
-            texts.insert(path, net.text(path, true).await?);
         }
         let config = PipelineConfig::from_lookup(&net.base, |p| Ok(texts.remove(p).flatten()))
             .map_err(to_js)?;
@@ -503,7 +511,14 @@ impl Generator {
     /// largest activation within one buffer), with guidance on.
     #[wasm_bindgen(getter, js_name = maxSize)]
     pub fn max_size(&self) -> usize {
-        self.sd.max_side(true)
+        self.sd.max_side(self.sd.classifier_free(2.0))
+    }
+
+    /// Set when the folder's scheduler class is run as DDIM (Euler in
+    /// SD-Turbo, PNDM in SD 1.x): a sentence for the page to show.
+    #[wasm_bindgen(getter, js_name = schedulerNote)]
+    pub fn scheduler_note(&self) -> Option<String> {
+        self.sd.scheduler_note()
     }
 
     /// Starts a run. `options`: `{ prompt, negativePrompt, seed, steps, eta,

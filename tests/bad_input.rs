@@ -35,6 +35,8 @@ fn good_files() -> BTreeMap<String, Vec<u8>> {
             files.insert(name, std::fs::read(&p).unwrap());
         }
     }
+    let index = "model_index.json";
+    files.insert(index.into(), std::fs::read(dir.join(index)).unwrap());
     files
 }
 

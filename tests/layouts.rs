@@ -103,7 +103,7 @@ fn check(name: &str) {
 
     let sample: Tensor<4> = NoiseGenerator::new(1).tensor([1, 4, 8, 8], &device);
     let context: Tensor<3> = NoiseGenerator::new(2).tensor([1, 77, dim], &device);
-    let out = sd.unet.forward(sample, &[999.0], &context, None);
+    let out = sd.unet.forward(sample, &[999.0], &context, None, None);
     close(
         &format!("{name} UNet"),
         out.into_data().try_to_vec().unwrap(),

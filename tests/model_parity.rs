@@ -12,6 +12,7 @@ use burn::module::Module;
 use burn::tensor::{Device, DeviceKind, Tensor, TensorData};
 use latent_diffusion_web::models::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
 use latent_diffusion_web::models::autoencoder_tiny::{AutoencoderTiny, AutoencoderTinyConfig};
+use latent_diffusion_web::models::embeddings::guidance_scale_embedding;
 use latent_diffusion_web::models::unet_2d_condition::{
     UNet2DConditionConfig, UNet2DConditionModel,
 };
@@ -82,11 +83,18 @@ fn unet(name: &str, device: &Device) {
     let labels: Option<Vec<i64>> = io
         .get("class_labels")
         .map(|(_, v)| v.iter().map(|x| *x as i64).collect());
+    // A guidance-distilled (LCM) UNet: the embedding of w is computed here,
+    // so diffusers' get_guidance_scale_embedding is checked too.
+    let cond = io.get("guidance_w").map(|(_, w)| {
+        let dim = model.guidance_embedding_dim().expect("time_cond_proj_dim");
+        guidance_scale_embedding(w, dim, device)
+    });
     let out = model.forward(
         t4(&io, "sample", device),
         &io["timesteps"].1,
         &t3(&io, "encoder_hidden_states", device),
         labels.as_deref(),
+        cond.as_ref(),
     );
     assert_close(name, out, &io["out"]);
 }
@@ -133,6 +141,11 @@ fn unet_sd1_layout_matches_diffusers() {
 #[test]
 fn unet_sd2_inpainting_layout_matches_diffusers() {
     unet("unet_sd2_inpaint_tiny", &Device::flex());
+}
+
+#[test]
+fn unet_lcm_guidance_embedding_matches_diffusers() {
+    unet("unet_lcm_tiny", &Device::flex());
 }
 
 #[test]

@@ -23,6 +23,15 @@ fn matches_diffusers_stable_diffusion_pipeline() {
     check(&dir, &dir, (2, 16), 1e-4);
 }
 
+/// A guidance-distilled UNet with LCMScheduler against diffusers'
+/// LatentConsistencyModelPipeline: the LCM timesteps, boundary scalings and
+/// per-step noise, and the guidance embedding instead of a second UNet row.
+#[test]
+fn matches_diffusers_latent_consistency_pipeline() {
+    let dir = path("tests/fixtures/pipelines/tiny-lcm");
+    check(&dir, &dir, (2, 16), 1e-4);
+}
+
 #[test]
 fn shipped_model_matches_diffusers() {
     check(

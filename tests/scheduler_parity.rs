@@ -322,3 +322,72 @@ fn diffusers_steps_offset_example() {
     s.set_timesteps(5).unwrap();
     assert_eq!(s.timesteps(), &[801, 601, 401, 201, 1]);
 }
+
+/// Scheduler classes of the real model folders: SD-Turbo's Euler and SD 1.5's
+/// PNDM run as DDIM on their schedules (with a note), LCM as LCM, and a
+/// flow-matching sampler is refused.
+#[test]
+fn scheduler_classes_of_real_folders() {
+    use latent_diffusion_web::schedulers::{SchedulerConfig, TimestepSpacing};
+    let read =
+        |p: &str| std::fs::read_to_string(format!("{}/{p}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let turbo = SchedulerConfig::from_json(&read(
+        "tests/fixtures/layouts/sd-turbo/scheduler/scheduler_config.json",
+    ))
+    .unwrap();
+    let SchedulerConfig::Ddim {
+        config,
+        mapped_from,
+    } = &turbo
+    else {
+        panic!("{turbo:?}")
+    };
+    assert_eq!(mapped_from.as_deref(), Some("EulerDiscreteScheduler"));
+    // Euler ends at σ = 0 (the clean image) and does not clip.
+    assert!(config.set_alpha_to_one && !config.clip_sample);
+    assert_eq!(config.timestep_spacing, TimestepSpacing::Trailing);
+    let note = turbo.note().unwrap();
+    assert!(
+        note.contains("EulerDiscreteScheduler") && note.contains("Trailing"),
+        "{note}"
+    );
+    let mut s = turbo.build(None).unwrap();
+    s.set_timesteps(1).unwrap();
+    assert_eq!(s.timesteps(), &[999]);
+
+    let pndm = r#"{"_class_name": "PNDMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085, "num_train_timesteps": 1000, "set_alpha_to_one": false,
+        "skip_prk_steps": true, "steps_offset": 1, "trained_betas": null, "clip_sample": false}"#;
+    let pndm = SchedulerConfig::from_json(pndm).unwrap();
+    let SchedulerConfig::Ddim { config, .. } = &pndm else {
+        panic!()
+    };
+    assert!(!config.set_alpha_to_one, "PNDM keeps its final alpha");
+    assert!(pndm.note().unwrap().contains("PNDMScheduler"));
+    let mut s = pndm.build(None).unwrap();
+    s.set_timesteps(4).unwrap();
+    assert_eq!(s.timesteps(), &[751, 501, 251, 1]);
+
+    let lcm = SchedulerConfig::from_json(&read(
+        "tests/fixtures/pipelines/tiny-lcm/scheduler/scheduler_config.json",
+    ))
+    .unwrap();
+    assert!(matches!(lcm, SchedulerConfig::Lcm(_)) && lcm.note().is_none());
+    let mut s = lcm.build(None).unwrap();
+    let e = s.set_timesteps(51).unwrap_err().to_string();
+    assert!(e.contains("steps = 51") && e.contains("50-step"), "{e}");
+    s.set_timesteps(4).unwrap();
+    assert_eq!(s.timesteps(), &[999, 759, 499, 259]);
+
+    let plain = SchedulerConfig::from_json(r#"{"_class_name": "DDIMScheduler"}"#).unwrap();
+    assert!(plain.note().is_none());
+    let unknown = SchedulerConfig::from_json(r#"{"_class_name": "MadeUpScheduler"}"#).unwrap();
+    assert!(
+        unknown
+            .note()
+            .unwrap()
+            .contains("not a class this app knows")
+    );
+    let flow = SchedulerConfig::from_json(r#"{"_class_name": "FlowMatchEulerDiscreteScheduler"}"#);
+    assert!(flow.unwrap_err().to_string().contains("flow-matching"));
+}

@@ -245,7 +245,8 @@ fn config_errors_name_the_field() {
             "SimpleCrossAttnDownBlock2D",
         ),
         (r#"{"class_embed_type": "timestep"}"#, "class_embed_type"),
-        (r#"{"time_cond_proj_dim": 256}"#, "time_cond_proj_dim"),
+        (r#"{"time_cond_proj_dim": 2}"#, "time_cond_proj_dim"),
+        (r#"{"time_cond_proj_dim": 100000}"#, "time_cond_proj_dim"),
         (
             r#"{"block_out_channels": [32, 48, 64, 64]}"#,
             "norm_num_groups",

@@ -5,11 +5,13 @@ Weights are rounded to the stored dtype first and the reference is computed
 in float32 with the rounded values, so f16/bf16 files test the loader's
 conversion while the outputs stay exact f32 references. Run from the repo root:
 
-    python tools/make_model_fixtures.py
+    python tools/make_model_fixtures.py                 # every fixture
+    python tools/make_model_fixtures.py unet_lcm_tiny   # just that one
 """
 
 import json
 import os
+import sys
 
 import torch
 from diffusers import AutoencoderKL, AutoencoderTiny, UNet2DConditionModel
@@ -46,7 +48,8 @@ def save(name, model, config_file, weights_file, dtype, io):
     print(f"{name}: {sum(p.numel() for p in model.parameters())} params, {size / 1e6:.2f} MB")
 
 
-def unet_case(name, seed, config, sample_shape, ctx_shape, timesteps, class_labels=None, dtype=torch.float16):
+def unet_case(name, seed, config, sample_shape, ctx_shape, timesteps, class_labels=None, dtype=torch.float16,
+              guidance_w=None):
     torch.manual_seed(seed)
     model = randomize(UNet2DConditionModel(**config), seed).eval()
 
@@ -56,17 +59,39 @@ def unet_case(name, seed, config, sample_shape, ctx_shape, timesteps, class_labe
         ctx = torch.randn(ctx_shape, generator=g)
         t = torch.tensor(timesteps, dtype=torch.float32)
         kw = {"class_labels": torch.tensor(class_labels)} if class_labels is not None else {}
+        if guidance_w is not None:
+            # LCM: the pipelines embed w = guidance_scale - 1 this way.
+            from diffusers import LatentConsistencyModelPipeline
+            w = torch.tensor(guidance_w, dtype=torch.float32)
+            kw["timestep_cond"] = LatentConsistencyModelPipeline.get_guidance_scale_embedding(
+                None, w, embedding_dim=config["time_cond_proj_dim"])
         with torch.no_grad():
             out = model(sample, t, encoder_hidden_states=ctx, **kw).sample
         tensors = {"sample": sample, "timesteps": t, "encoder_hidden_states": ctx, "out": out}
         if class_labels is not None:
             tensors["class_labels"] = torch.tensor(class_labels, dtype=torch.float32)
+        if guidance_w is not None:
+            tensors["guidance_w"] = torch.tensor(guidance_w, dtype=torch.float32)
         return tensors
 
     save(name, model, "config.json", "diffusion_pytorch_model.safetensors", dtype, io)
 
 
+def lcm_case():
+    # LCM layout: the guidance-scale embedding through time_embedding.cond_proj
+    # (no bias); an odd width checks the zero padding.
+    unet_case("unet_lcm_tiny", 7, dict(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64),
+        layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+        attention_head_dim=4, norm_num_groups=16, time_cond_proj_dim=9,
+    ), (2, 4, 8, 8), (2, 7, 32), [999.0, 259.0], guidance_w=[7.5, 0.0])
+
+
 def main():
+    if sys.argv[1:] == ["unet_lcm_tiny"]:
+        return lcm_case()
+    lcm_case()
     # SD 1.x layout: conv projections, heads from attention_head_dim, class labels.
     unet_case("unet_sd1_tiny", 1, dict(
         sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64),

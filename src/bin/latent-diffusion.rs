@@ -132,6 +132,9 @@ fn run(a: Args) -> Result<(), String> {
         Backend::Wgpu => Device::wgpu(DeviceKind::DefaultDevice),
     };
     let sd = Rc::new(StableDiffusion::load_dir(&a.model, &device).map_err(|e| e.to_string())?);
+    if let Some(note) = sd.scheduler_note() {
+        eprintln!("note: {note}");
+    }
     let mut run = sd
         .start_rgba(
             &opts,

@@ -38,22 +38,52 @@ pub fn timestep_embedding(
     Tensor::from_data(TensorData::new(out, [timesteps.len(), dim]), device)
 }
 
-/// `TimestepEmbedding`: linear_1 → SiLU → linear_2.
+/// The guidance-scale embedding of guidance-distilled UNets (LCM, Meng et al.
+/// 2023), diffusers' `get_guidance_scale_embedding`: `w · 1000` embedded like
+/// a timestep, `[sin, cos]` with frequencies `exp(-ln(10000) · i / (half − 1))`.
+/// `dim` must be at least 4 (the config check sees to it).
+pub fn guidance_scale_embedding(w: &[f32], dim: usize, device: &Device) -> Tensor<2> {
+    let half = dim / 2;
+    let step = 10000f32.ln() / (half as f32 - 1.0);
+    let freqs: Vec<f32> = (0..half).map(|i| (i as f32 * -step).exp()).collect();
+    let mut out = Vec::with_capacity(w.len() * dim);
+    for &w in w {
+        let w = w * 1000.0;
+        let start = out.len();
+        out.extend(freqs.iter().map(|f| (w * f).sin()));
+        out.extend(freqs.iter().map(|f| (w * f).cos()));
+        out.resize(start + dim, 0.0);
+    }
+    Tensor::from_data(TensorData::new(out, [w.len(), dim]), device)
+}
+
+/// `TimestepEmbedding`: linear_1 → SiLU → linear_2, with `cond_proj` (no bias)
+/// adding a condition such as the guidance embedding to the input first.
 #[derive(burn::module::Module, Debug)]
 pub struct TimestepEmbedding {
     pub linear_1: Linear,
     pub linear_2: Linear,
+    pub cond_proj: Option<Linear>,
 }
 
 impl TimestepEmbedding {
-    pub fn load(vb: &VarBuilder, in_channels: usize, time_embed_dim: usize) -> Self {
+    pub fn load(
+        vb: &VarBuilder,
+        in_channels: usize,
+        time_embed_dim: usize,
+        cond_proj_dim: Option<usize>,
+    ) -> Self {
         Self {
             linear_1: linear(&vb.pp("linear_1"), in_channels, time_embed_dim, true),
             linear_2: linear(&vb.pp("linear_2"), time_embed_dim, time_embed_dim, true),
+            cond_proj: cond_proj_dim.map(|d| linear(&vb.pp("cond_proj"), d, in_channels, false)),
         }
     }
 
-    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+    pub fn forward(&self, mut x: Tensor<2>, condition: Option<&Tensor<2>>) -> Tensor<2> {
+        if let (Some(proj), Some(c)) = (&self.cond_proj, condition) {
+            x = x + proj.forward(c.clone());
+        }
         self.linear_2.forward(silu(self.linear_1.forward(x)))
     }
 }

@@ -45,6 +45,9 @@ pub struct UNet2DConditionConfig {
     /// Attention is computed in f32 whatever this says (null in SD-Turbo).
     pub upcast_attention: Option<bool>,
     pub num_class_embeds: Option<usize>,
+    /// Guidance-distilled UNets (LCM): the width of the guidance-scale
+    /// embedding added to the timestep embedding through `cond_proj`.
+    pub time_cond_proj_dim: Option<usize>,
     /// Every other key, checked against the values we support.
     #[serde(flatten)]
     pub other: serde_json::Map<String, Value>,
@@ -87,6 +90,7 @@ impl Default for UNet2DConditionConfig {
             use_linear_projection: false,
             upcast_attention: None,
             num_class_embeds: None,
+            time_cond_proj_dim: None,
             other: Default::default(),
         }
     }
@@ -100,7 +104,6 @@ const DEFAULT_ONLY: &[(&str, &str)] = &[
     ("addition_embed_type", "null"),
     ("resnet_time_scale_shift", "\"default\""),
     ("time_embedding_type", "\"positional\""),
-    ("time_cond_proj_dim", "null"),
     ("encoder_hid_dim", "null"),
     ("encoder_hid_dim_type", "null"),
     ("projection_class_embeddings_input_dim", "null"),
@@ -165,6 +168,16 @@ impl UNet2DConditionConfig {
             [("num_class_embeds", self.num_class_embeds.unwrap_or(0))],
             1 << 20,
         )?;
+        if let Some(d) = self.time_cond_proj_dim {
+            crate::config::at_most(f, [("time_cond_proj_dim", d)], 4096)?;
+            if d < 4 {
+                return bad(
+                    "time_cond_proj_dim",
+                    &d,
+                    "the guidance embedding needs at least 4",
+                );
+            }
+        }
         let lists = [
             ("layers_per_block", &self.layers_per_block, 16),
             ("cross_attention_dim", &self.cross_attention_dim, 8192),
@@ -378,7 +391,12 @@ impl UNet2DConditionModel {
             .collect();
         Ok(Self {
             conv_in: conv2d(&vb.pp("conv_in"), c.in_channels, boc[0], 3, 1, 1),
-            time_embedding: TimestepEmbedding::load(&vb.pp("time_embedding"), boc[0], temb),
+            time_embedding: TimestepEmbedding::load(
+                &vb.pp("time_embedding"),
+                boc[0],
+                temb,
+                c.time_cond_proj_dim,
+            ),
             class_embedding: c
                 .num_class_embeds
                 .map(|k| embedding(&vb.pp("class_embedding"), k, temb)),
@@ -394,15 +412,28 @@ impl UNet2DConditionModel {
         })
     }
 
+    /// The width of the guidance-scale embedding this UNet takes
+    /// (`time_cond_proj_dim`), when guidance was distilled into it (LCM):
+    /// such a model is run without classifier-free guidance.
+    pub fn guidance_embedding_dim(&self) -> Option<usize> {
+        self.time_embedding
+            .cond_proj
+            .as_ref()
+            .map(|p| p.weight.dims()[0])
+    }
+
     /// `sample`: `[B, C_in, H, W]` latents; `timesteps`: one per batch element
     /// (or one for all); `context`: `[B, L, cross_attention_dim]`;
-    /// `class_labels`: required when the model has `num_class_embeds`.
+    /// `class_labels`: required when the model has `num_class_embeds`;
+    /// `timestep_cond`: `[B, time_cond_proj_dim]`, the guidance embedding of
+    /// a guidance-distilled model (see [`Self::guidance_embedding_dim`]).
     pub fn forward(
         &self,
         sample: Tensor<4>,
         timesteps: &[f32],
         context: &Tensor<3>,
         class_labels: Option<&[i64]>,
+        timestep_cond: Option<&Tensor<2>>,
     ) -> Tensor<4> {
         let device = sample.device();
         let b = sample.dims()[0];
@@ -418,7 +449,7 @@ impl UNet2DConditionModel {
             self.freq_shift,
             &device,
         );
-        let mut temb = self.time_embedding.forward(t_emb);
+        let mut temb = self.time_embedding.forward(t_emb, timestep_cond);
         if let (Some(emb), Some(labels)) = (&self.class_embedding, class_labels) {
             let ids =
                 Tensor::<2, Int>::from_data(TensorData::new(labels.to_vec(), [b, 1]), &device);

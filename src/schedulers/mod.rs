@@ -7,9 +7,11 @@
 
 mod ddim;
 mod ddpm;
+mod lcm;
 
 pub use ddim::{DDIMScheduler, DDIMSchedulerConfig};
 pub use ddpm::{DDPMScheduler, DDPMSchedulerConfig, VarianceType};
+pub use lcm::{LCMScheduler, LCMSchedulerConfig};
 
 use burn::tensor::{Tensor, TensorData};
 use serde::Deserialize;
@@ -227,6 +229,187 @@ impl NoiseSchedule {
             TensorData::new(values, shape),
             &like.device(),
         ))
+    }
+}
+
+/// A pipeline's `scheduler/scheduler_config.json`, read by its `_class_name`.
+/// DDIM and LCM run as written. The other samplers of Stable Diffusion
+/// folders (PNDM in SD 1.x, Euler in SD-Turbo, DPM-Solver, ...) run as DDIM on
+/// the same noise schedule and timestep spacing, as
+/// `DDIMScheduler.from_config` would read their config; [`Self::note`] says so.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SchedulerConfig {
+    Ddim {
+        config: DDIMSchedulerConfig,
+        /// The class the config names, when it is not DDIMScheduler.
+        mapped_from: Option<String>,
+    },
+    Lcm(LCMSchedulerConfig),
+}
+
+/// Samplers whose last step lands on the clean sample (σ = 0): run as DDIM,
+/// they end at ᾱ = 1 too (`set_alpha_to_one`). For ε-prediction, DDIM with
+/// η = 0 is the Euler method on the same ODE (Karras et al. 2022, sec. 3),
+/// so Euler's timesteps give Euler's images.
+const ENDS_AT_CLEAN: &[&str] = &[
+    "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler",
+    "DPMSolverSDEScheduler",
+    "LMSDiscreteScheduler",
+    "HeunDiscreteScheduler",
+    "KDPM2DiscreteScheduler",
+    "KDPM2AncestralDiscreteScheduler",
+    "UniPCMultistepScheduler",
+    "DEISMultistepScheduler",
+    "DDPMScheduler",
+    "TCDScheduler",
+];
+
+impl SchedulerConfig {
+    /// Parses `scheduler_config.json`, choosing the sampler by `_class_name`.
+    pub fn from_json(json: &str) -> Result<Self> {
+        #[derive(Deserialize)]
+        struct Class {
+            #[serde(rename = "_class_name", default)]
+            class_name: Option<String>,
+            #[serde(default)]
+            clip_sample: Option<bool>,
+        }
+        let c: Class = crate::config::parse_config(json, "scheduler_config.json")?;
+        let class = c.class_name.unwrap_or_else(|| "DDIMScheduler".into());
+        match class.as_str() {
+            "LCMScheduler" => Ok(Self::Lcm(LCMSchedulerConfig::from_json(json)?)),
+            "DDIMScheduler" => Ok(Self::Ddim {
+                config: DDIMSchedulerConfig::from_json(json)?,
+                mapped_from: None,
+            }),
+            flow if flow.starts_with("FlowMatch") => Err(Error::config(format!(
+                "scheduler_config.json: _class_name = {flow:?} is a flow-matching sampler (SD3, \
+                 Flux): those models are not supported; use a Stable Diffusion 1.x/2.x-family model"
+            ))),
+            other => {
+                let mut config = DDIMSchedulerConfig::from_json(json)?;
+                // Most of these classes have no clip_sample (DDIM's default is true).
+                if c.clip_sample.is_none() && other != "DDPMScheduler" {
+                    config.clip_sample = false;
+                }
+                if ENDS_AT_CLEAN.contains(&other) {
+                    config.set_alpha_to_one = true;
+                }
+                Ok(Self::Ddim {
+                    config,
+                    mapped_from: Some(other.to_string()),
+                })
+            }
+        }
+    }
+
+    /// What the page and the CLI tell the user about the sampler, when it is
+    /// not the one the folder names.
+    pub fn note(&self) -> Option<String> {
+        let Self::Ddim {
+            config,
+            mapped_from: Some(class),
+        } = self
+        else {
+            return None;
+        };
+        let known = ENDS_AT_CLEAN.contains(&class.as_str()) || class == "PNDMScheduler";
+        Some(format!(
+            "the model folder's scheduler is {class}{}; this app samples with DDIM on the same \
+             noise schedule ({:?} timestep spacing, steps_offset {}){}",
+            if known {
+                ""
+            } else {
+                " (not a class this app knows)"
+            },
+            config.timestep_spacing,
+            config.steps_offset,
+            if ENDS_AT_CLEAN.contains(&class.as_str()) {
+                ", ending on the clean image as it does"
+            } else {
+                ""
+            }
+        ))
+    }
+
+    /// The sampler, ready for `set_timesteps`; `spacing` overrides DDIM's.
+    pub fn build(&self, spacing: Option<TimestepSpacing>) -> Result<Scheduler> {
+        Ok(match self {
+            Self::Ddim { config, .. } => {
+                let mut config = config.clone();
+                if let Some(s) = spacing {
+                    config.timestep_spacing = s;
+                }
+                Scheduler::Ddim(DDIMScheduler::new(config)?)
+            }
+            Self::Lcm(c) => Scheduler::Lcm(LCMScheduler::new(c.clone())?),
+        })
+    }
+
+    /// The training schedule's prediction type.
+    pub fn prediction_type(&self) -> PredictionType {
+        match self {
+            Self::Ddim { config, .. } => config.prediction_type,
+            Self::Lcm(c) => c.prediction_type,
+        }
+    }
+}
+
+/// The sampler a pipeline runs (see [`SchedulerConfig`]).
+#[derive(Debug, Clone)]
+pub enum Scheduler {
+    Ddim(DDIMScheduler),
+    Lcm(LCMScheduler),
+}
+
+impl Scheduler {
+    pub fn set_timesteps(&mut self, n: usize) -> Result<()> {
+        match self {
+            Self::Ddim(s) => s.set_timesteps(n),
+            Self::Lcm(s) => s.set_timesteps(n),
+        }
+    }
+
+    pub fn timesteps(&self) -> &[usize] {
+        match self {
+            Self::Ddim(s) => s.timesteps(),
+            Self::Lcm(s) => s.timesteps(),
+        }
+    }
+
+    pub fn schedule(&self) -> &NoiseSchedule {
+        match self {
+            Self::Ddim(s) => &s.schedule,
+            Self::Lcm(s) => &s.schedule,
+        }
+    }
+
+    /// Whether the step at `timestep` draws fresh noise: DDIM when `eta > 0`,
+    /// LCM on every step but the last.
+    pub fn needs_noise(&self, timestep: usize, eta: f64) -> bool {
+        match self {
+            Self::Ddim(_) => eta > 0.0,
+            Self::Lcm(s) => s.needs_noise(timestep),
+        }
+    }
+
+    /// One step (see [`DDIMScheduler::step`] and [`LCMScheduler::step`]); LCM
+    /// ignores `eta`.
+    pub fn step<const D: usize>(
+        &self,
+        model_output: Tensor<D>,
+        timestep: usize,
+        sample: Tensor<D>,
+        eta: f64,
+        noise: Option<Tensor<D>>,
+    ) -> Result<SchedulerOutput<D>> {
+        match self {
+            Self::Ddim(s) => s.step(model_output, timestep, sample, eta, noise),
+            Self::Lcm(s) => s.step(model_output, timestep, sample, noise),
+        }
     }
 }
 

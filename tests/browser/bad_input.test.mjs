@@ -21,6 +21,7 @@ async function goodFiles() {
   for (const sub of ['unet', 'vae', 'text_encoder', 'tokenizer', 'scheduler']) {
     for (const f of await readdir(join(TINY, sub))) files[`${sub}/${f}`] = await readFile(join(TINY, sub, f));
   }
+  files['model_index.json'] = await readFile(join(TINY, 'model_index.json'));
   return files;
 }
 
