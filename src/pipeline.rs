@@ -257,6 +257,11 @@ impl PipelineConfig {
         1 << (blocks.clamp(1, 8) - 1)
     }
 
+    /// The size the model was trained at, in pixels (`sample_size` latents).
+    pub fn default_size(&self) -> usize {
+        self.unet.sample_size.unwrap_or(64).min(1 << 12) * self.vae_scale_factor()
+    }
+
     fn footprint(&self) -> Footprint {
         let around = |c: &[usize], i: usize| {
             let lo = i.saturating_sub(1);
@@ -525,7 +530,7 @@ impl StableDiffusion {
             vae_scale_factor,
             latent_channels: config.latent_channels(),
             unet_in_channels: config.unet.in_channels,
-            default_size: config.unet.sample_size.unwrap_or(64).min(1 << 12) * vae_scale_factor,
+            default_size: config.default_size(),
             scheduler_config: config.scheduler,
             tokenizer: config.tokenizer,
             device: device.clone(),

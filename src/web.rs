@@ -346,6 +346,72 @@ impl Generator {
         on_progress: Option<js_sys::Function>,
         options: JsValue,
     ) -> Result<Generator, JsError> {
+        let net = Self::open_net(&base, on_progress, options).await?;
+        let result = Self::download(&net, backend).await;
+        if result.is_err() {
+            // Never keep files of a failed load: the next attempt fetches them again.
+            net.forget_all().await;
+        }
+        result
+    }
+
+    /// What a model folder needs, read before downloading it: the configs
+    /// (checked as a load checks them, so a folder this app cannot run is
+    /// named now) and each weight file's header, after which its transfer is
+    /// stopped. Resolves to `{ files: [{ path, bytes }], downloadBytes,
+    /// weightBytesF32, largestTensor, largestTensorBytes, cpuWeightLimit,
+    /// cpuFits, defaultSize, guidanceDistilled, schedulerNote }` (sizes in
+    /// bytes, as the headers describe the files). `options` as for `fromUrl`.
+    pub async fn inspect(base: String, options: JsValue) -> Result<JsValue, JsError> {
+        let net = Self::open_net(&base, None, options).await?;
+        let result = Self::inspect_net(&net).await;
+        if result.is_err() {
+            net.forget_all().await;
+        }
+        result
+    }
+
+    async fn inspect_net(net: &fetch::Net) -> Result<JsValue, JsError> {
+        let config = Self::read_config(net).await?;
+        let mut sources = Self::open_weights(net).await?;
+        let read = Self::read_headers(&mut sources).await;
+        for s in &mut sources {
+            s.abandon();
+        }
+        let (_, headers) = read?;
+        config
+            .check([&headers[0], &headers[1], &headers[2]])
+            .map_err(to_js)?;
+        let refs: Vec<&Header> = headers.iter().collect();
+        let (largest, largest_bytes) = largest_tensor(&refs);
+        let weights = weight_bytes(&refs);
+        let info = ModelInfo {
+            files: (headers.iter())
+                .map(|h| FileInfo {
+                    path: h.name.clone(),
+                    bytes: h.file_len(),
+                })
+                .collect(),
+            download_bytes: headers.iter().map(Header::file_len).sum(),
+            weight_bytes_f32: weights,
+            largest_tensor: largest,
+            largest_tensor_bytes: largest_bytes,
+            cpu_weight_limit: CPU_WEIGHT_LIMIT,
+            cpu_fits: weights <= CPU_WEIGHT_LIMIT,
+            default_size: config.default_size(),
+            guidance_distilled: config.unet.time_cond_proj_dim.is_some(),
+            scheduler_note: config.scheduler.note(),
+        };
+        serde::Serialize::serialize(&info, &serde_wasm_bindgen::Serializer::json_compatible())
+            .map_err(|e| JsError::new(&e.to_string()))
+    }
+
+    /// The folder's fetcher, from `fromUrl`'s options.
+    async fn open_net(
+        base: &str,
+        on_progress: Option<js_sys::Function>,
+        options: JsValue,
+    ) -> Result<fetch::Net, JsError> {
         let signal = js_sys::Reflect::get(&options, &JsValue::from_str("signal"))
             .ok()
             .filter(|s| !s.is_undefined() && !s.is_null());
@@ -373,16 +439,17 @@ impl Generator {
                 "bad load options: stallTimeoutMs = {stall} must be a positive number of milliseconds"
             )));
         }
-        let net = fetch::Net::new(&base, cache, signal, stall, on_progress).await?;
-        let result = Self::download(&net, backend).await;
-        if result.is_err() {
-            // Never keep files of a failed load: the next attempt fetches them again.
-            net.forget_all().await;
-        }
-        result
+        fetch::Net::new(base, cache, signal, stall, on_progress).await
     }
 
     async fn download(net: &fetch::Net, backend: Option<String>) -> Result<Generator, JsError> {
+        let config = Self::read_config(net).await?;
+        let sources = Self::open_weights(net).await?;
+        Self::build(config, sources, backend).await
+    }
+
+    /// The folder's configs and tokenizer, parsed and checked.
+    async fn read_config(net: &fetch::Net) -> Result<PipelineConfig, JsError> {
         let mut texts = std::collections::HashMap::new();
         // model_index.json first: a folder of another kind is named at once.
         for path in OPTIONAL_FILES {
@@ -398,31 +465,31 @@ impl Generator {
         for path in TEXT_FILES {
             texts.insert(path, net.text(path, false).await?);
         }
-        let config = PipelineConfig::from_lookup(&net.base, |p| Ok(texts.remove(p).flatten()))
-            .map_err(to_js)?;
+        PipelineConfig::from_lookup(&net.base, |p| Ok(texts.remove(p).flatten())).map_err(to_js)
+    }
+
+    /// The weight files, opened in [`WEIGHT_FILES`] order: the fp16 variant
+    /// where the folder has one (half the download).
+    async fn open_weights(net: &fetch::Net) -> Result<Vec<fetch::Source>, JsError> {
         let mut sources = Vec::new();
         for path in WEIGHT_FILES {
-            // The fp16 variant when the folder has one (half the download).
             let download = match net.open_any(&fp16_variant(path), true).await? {
                 Some(d) => d,
                 None => net.open(path).await?,
             };
             sources.push(fetch::Source::Net(download));
         }
-        Self::build(config, sources, backend).await
+        Ok(sources)
     }
 
-    /// Reads each weight file's header, chooses the device, checks the
-    /// configs against the headers, then streams every tensor onto the device.
-    async fn build(
-        config: PipelineConfig,
-        mut sources: Vec<fetch::Source>,
-        backend: Option<String>,
-    ) -> Result<Generator, JsError> {
-        // Headers first: a few hundred kB each, whatever the model's size.
+    /// Each source's header (a few hundred kB whatever the model's size), and
+    /// the bytes read to get it.
+    async fn read_headers(
+        sources: &mut [fetch::Source],
+    ) -> Result<(Vec<Vec<u8>>, Vec<Header>), JsError> {
         let mut prefixes = Vec::new();
         let mut headers = Vec::new();
-        for (path, source) in WEIGHT_FILES.iter().zip(&mut sources) {
+        for (path, source) in WEIGHT_FILES.iter().zip(sources) {
             let mut prefix = Vec::new();
             let header = loop {
                 if let Some(h) = Header::parse(path, &prefix, source.len()).map_err(to_js)? {
@@ -439,6 +506,18 @@ impl Generator {
             prefixes.push(prefix);
             headers.push(header);
         }
+        Ok((prefixes, headers))
+    }
+
+    /// Reads each weight file's header, chooses the device, checks the
+    /// configs against the headers, then streams every tensor onto the device.
+    async fn build(
+        config: PipelineConfig,
+        mut sources: Vec<fetch::Source>,
+        backend: Option<String>,
+    ) -> Result<Generator, JsError> {
+        // Headers first: a few hundred kB each, whatever the model's size.
+        let (prefixes, headers) = Self::read_headers(&mut sources).await?;
         // The configs against the headers, key by key, before any data is read.
         config
             .check([&headers[0], &headers[1], &headers[2]])
@@ -696,6 +775,28 @@ async fn to_rgba(c: Checked) -> Result<Vec<u8>, JsError> {
         .try_to_vec::<f32>()
         .map_err(|e| JsError::new(&format!("{e:?}")))?;
     tensor_values_to_rgba(&values, w, h).map_err(to_js)
+}
+
+/// What `Generator.inspect` reports about a model folder.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ModelInfo {
+    files: Vec<FileInfo>,
+    download_bytes: u64,
+    weight_bytes_f32: u64,
+    largest_tensor: String,
+    largest_tensor_bytes: u64,
+    cpu_weight_limit: u64,
+    cpu_fits: bool,
+    default_size: usize,
+    guidance_distilled: bool,
+    scheduler_note: Option<String>,
+}
+
+#[derive(serde::Serialize)]
+struct FileInfo {
+    path: String,
+    bytes: u64,
 }
 
 /// Downloads from a window or a worker: streamed, with byte progress, a

@@ -49,11 +49,48 @@ $('preset').addEventListener('change', () => {
   if (!o.value) { $('model').focus(); return; }
   $('model').value = o.value;
   for (const k of ['steps', 'guidance', 'prompt']) if (o.dataset[k]) $(k).value = o.dataset[k];
+  inspect();
 });
 $('model').addEventListener('input', () => {
   const match = [...$('preset').options].find((o) => o.value && o.value === $('model').value);
   $('preset').value = match ? match.value : '';
 });
+$('model').addEventListener('change', () => inspect());
+
+// What the chosen model needs, read from its configs and weight headers
+// before anything large is downloaded (Generator.inspect in the worker).
+let inspections = 0;
+function inspect() {
+  const base = $('model').value.trim();
+  $('model-info').textContent = base ? 'Checking what this model needs…' : '';
+  if (base) worker.postMessage({ type: 'inspect', id: ++inspections, base });
+}
+const gb = (b) => (b >= 1e9 ? `${(b / 1e9).toFixed(2)} GB` : `${(b / 1e6).toFixed(1)} MB`);
+function showInspection(m) {
+  if (m.id !== inspections) return; // a later choice replaced this one
+  const el = $('model-info');
+  el.replaceChildren();
+  if (m.error) {
+    el.textContent = `This model cannot be used: ${m.error}`;
+    return;
+  }
+  const i = m.info;
+  const parts = [
+    `${gb(i.downloadBytes)} to download (once; then cached)`,
+    `${gb(i.weightBytesF32)} of weights once loaded (f32)`,
+    `made for ${i.defaultSize}×${i.defaultSize}`,
+    i.cpuFits ? 'fits the CPU path' : `too large for the CPU path (at most ${gb(i.cpuWeightLimit)} of weights): it needs WebGPU`,
+  ];
+  if (i.guidanceDistilled) parts.push('guidance is distilled into this model (no second pass)');
+  el.append(parts.join(' · ') + '.');
+  if (i.schedulerNote) el.append(` Note: ${i.schedulerNote}.`);
+  const o = $('preset').selectedOptions[0];
+  if (o?.value && o.value === $('model').value && o.dataset.card) {
+    const a = document.createElement('a');
+    a.href = o.dataset.card; a.target = '_blank'; a.rel = 'noopener'; a.textContent = 'model card';
+    el.append(` Licence: ${o.dataset.license} (`, a, ').');
+  }
+}
 
 // Inpainting mask: painted in red on a canvas over the image; white = repaint.
 const maskCtx = () => $('mask').getContext('2d');
@@ -132,6 +169,8 @@ function onWorkerMessage({ data: m }) {
     $('status').textContent = 'Cancelled.';
     setBusy(false);
     document.body.dataset.state = 'cancelled';
+  } else if (m.type === 'inspected') {
+    showInspection(m);
   } else if (m.type === 'error') {
     fail(m.message);
     if (m.fatal) startWorker();
@@ -201,5 +240,6 @@ if (!navigator.gpu) {
 if ('serviceWorker' in navigator) {
   navigator.serviceWorker.register('sw.js').catch((e) => console.warn('no offline support:', e));
 }
+inspect();
 $('status').textContent = 'Ready.';
 document.body.dataset.ready = 'true';

@@ -2,10 +2,12 @@
 // the Cache API, the model file list and the step loop live in the wasm module
 // (Generator.fromUrl, Generator.generate): this file only relays messages.
 // In:  {type: 'generate', base, backend, options, preview, image?, mask?} | {type: 'cancel'}
+//      {type: 'inspect', id, base} (what a folder needs, read before downloading it)
 //      {type: 'debug-trap'} (a deliberate panic, for the recovery test)
 // Out: {type: 'download', file, loaded, total} | {type: 'loaded', backend, notice, maxSize}
 //      {type: 'step', done, total, rgba?, width, height} | {type: 'result', rgba, width, height}
 //      {type: 'cancelled'} | {type: 'error', message, fatal}
+//      {type: 'inspected', id, base, info} | {type: 'inspected', id, base, error}
 // `fatal`: the wasm instance trapped and cannot be trusted; the page replaces this worker.
 import init, { Generator, debugPanic, lastPanic } from './pkg/latent_diffusion_web.js';
 
@@ -65,6 +67,17 @@ onmessage = async ({ data }) => {
     await ready;
     try { debugPanic('a deliberate panic (debug-trap)'); } catch (e) {
       postMessage({ type: 'error', message: crash(e), fatal: fatal(e) });
+    }
+    return;
+  }
+  if (data.type === 'inspect') {
+    try {
+      await ready;
+      const info = await Generator.inspect(data.base, {});
+      postMessage({ type: 'inspected', id: data.id, base: data.base, info });
+    } catch (e) {
+      if (fatal(e)) postMessage({ type: 'error', fatal: true, message: crash(e) });
+      else postMessage({ type: 'inspected', id: data.id, base: data.base, error: e?.message ?? String(e) });
     }
     return;
   }

@@ -109,6 +109,46 @@ test('a bad model URL shows an error and the page stays usable', async () => {
   assert.equal(await page.textContent('#error'), '');
 });
 
+test('the model line says what a folder needs before it is downloaded', async () => {
+  const { stat } = await import('node:fs/promises');
+  let bytes = 0;
+  for (const f of ['unet/diffusion_pytorch_model', 'vae/diffusion_pytorch_model', 'text_encoder/model']) {
+    bytes += (await stat(`${ROOT}www/models/tiny-random/${f}.safetensors`)).size;
+  }
+  await page.evaluate(() => caches.delete('ldw-models-v1'));
+  await page.fill('#model', 'models/tiny-random/');
+  await page.dispatchEvent('#model', 'change');
+  await page.waitForFunction(() => /to download/.test(document.getElementById('model-info').textContent));
+  const info = await page.textContent('#model-info');
+  assert.match(info, new RegExp(`^${(bytes / 1e6).toFixed(1)} MB to download`), info);
+  assert.match(info, /made for 16×16 · fits the CPU path/);
+  // Only the headers were read: no weight file was kept in the cache (the
+  // fp16 variants the folder lacks are remembered as 404s).
+  const kept = await page.evaluate(async () => {
+    const cache = await caches.open('ldw-models-v1');
+    const urls = [];
+    for (const r of await cache.keys()) {
+      if (r.url.includes('/tiny-random/') && r.url.endsWith('.safetensors') && (await cache.match(r)).status !== 404) urls.push(r.url);
+    }
+    return urls;
+  });
+  assert.deepEqual(kept, []);
+  // A folder that is not there is named before any Generate.
+  await page.fill('#model', 'models/does-not-exist/');
+  await page.dispatchEvent('#model', 'change');
+  await page.waitForFunction(() => /cannot be used/.test(document.getElementById('model-info').textContent));
+  assert.match(await page.textContent('#model-info'), /does-not-exist\/unet\/config\.json: HTTP 404/);
+  // The public presets carry their settings, licence and model card.
+  const presets = await page.$$eval('#preset option', (os) => os.map((o) => [o.value, o.dataset.steps, o.dataset.card]));
+  for (const name of ['stabilityai/sd-turbo', 'IDKiro/sdxs-512-dreamshaper', 'nota-ai/bk-sdm-tiny']) {
+    const p = presets.find(([v]) => v === `https://huggingface.co/${name}/resolve/main/`);
+    assert.ok(p && p[1] && p[2] === `https://huggingface.co/${name}`, `preset ${name}: ${p}`);
+  }
+  await page.selectOption('#preset', 'models/emoji-4step/');
+  await page.waitForFunction(() => /to download/.test(document.getElementById('model-info').textContent));
+  assert.equal(await run({ model: 'models/tiny-random/', steps: 2 }), 'done');
+});
+
 test('a corrupted safetensors download shows an error and the page stays usable', async () => {
   assert.equal(await run({ model: 'models/corrupt/', steps: 2 }), 'error');
   assert.match(await page.textContent('#error'), /not a valid safetensors file.*truncated/);
