@@ -102,6 +102,28 @@ test('cancel stops a run and the next generate works', async () => {
   assert.equal(await run({ steps: 2 }), 'done');
 });
 
+test('cancel during one long step replaces the worker, and the next run works', async () => {
+  // 1024×1024 on the CPU path: one step of the shipped model takes far longer
+  // than the 3 s the page waits for a step to end after Cancel.
+  await page.evaluate(() => { document.querySelector('details').open = true; });
+  await page.selectOption('#preset', 'models/emoji-4step/');
+  await page.selectOption('#backend', 'cpu');
+  await page.evaluate(() => { document.getElementById('backend-info').textContent = ''; });
+  for (const [id, v] of Object.entries({ width: 1024, height: 1024, steps: 4 })) await page.fill(`#${id}`, String(v));
+  await page.click('#generate');
+  await page.waitForFunction(() => /^Running on CPU/.test(document.getElementById('backend-info').textContent),
+    null, { timeout: 120_000 });
+  const clicked = Date.now();
+  await page.click('#cancel');
+  await page.waitForFunction(() => document.body.dataset.state === 'cancelled', null, { timeout: 30_000 });
+  assert.match(await page.textContent('#status'), /restarted to stop a long step/);
+  assert.ok(Date.now() - clicked < 30_000);
+  await page.fill('#width', '');
+  await page.fill('#height', '');
+  assert.equal(await run({ steps: 2 }), 'done', await page.textContent('#error'));
+  await page.selectOption('#backend', 'auto');
+});
+
 test('a bad model URL shows an error and the page stays usable', async () => {
   assert.equal(await run({ model: 'models/does-not-exist/', steps: 2 }), 'error');
   assert.match(await page.textContent('#error'), /does-not-exist\/unet\/config\.json: HTTP 404/);
