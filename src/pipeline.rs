@@ -263,28 +263,29 @@ impl PipelineConfig {
     }
 
     fn footprint(&self) -> Footprint {
-        let around = |c: &[usize], i: usize| {
-            let lo = i.saturating_sub(1);
-            c[lo..(i + 2).min(c.len())]
-                .iter()
-                .copied()
-                .max()
-                .unwrap_or(0)
-        };
-        let vae = match &self.vae {
-            VaeConfig::Kl(c) => (0..c.block_out_channels.len())
-                .map(|i| around(&c.block_out_channels, i))
-                .collect(),
+        let (vae_encoder, vae_decoder) = match &self.vae {
+            VaeConfig::Kl(c) => {
+                let b = &c.block_out_channels;
+                let pair = |i: usize, j: usize| b[i].max(b[j.min(b.len() - 1)]);
+                (
+                    // Level i holds block i's channels and what the block
+                    // before it hands down (encoder), or what the block below
+                    // hands up (decoder).
+                    (0..b.len()).map(|i| pair(i.saturating_sub(1), i)).collect(),
+                    (0..b.len()).map(|i| pair(i, i + 1)).collect(),
+                )
+            }
             VaeConfig::Tiny(c) => {
                 let all = c.encoder_block_out_channels.iter();
-                vec![
-                    all.chain(&c.decoder_block_out_channels)
-                        .copied()
-                        .max()
-                        .unwrap_or(0),
-                ]
+                let most = all
+                    .chain(&c.decoder_block_out_channels)
+                    .copied()
+                    .max()
+                    .unwrap_or(0);
+                (vec![most], vec![most])
             }
         };
+        let tiled_decoder = matches!(self.vae, VaeConfig::Kl(_));
         let b = &self.unet.block_out_channels;
         let unet = (0..b.len())
             .map(|i| {
@@ -293,7 +294,12 @@ impl PipelineConfig {
                 if attends { skip.max(8 * b[i]) } else { skip }
             })
             .collect();
-        Footprint { vae, unet }
+        Footprint {
+            vae_encoder,
+            vae_decoder,
+            tiled_decoder,
+            unet,
+        }
     }
 
     fn check_consistency(&self) -> Result<()> {
@@ -441,9 +447,16 @@ impl Vae {
 
     /// Latents scaled as the UNet sees them → an image in [-1, 1].
     pub fn decode_scaled(&self, latents: Tensor<4>) -> Tensor<4> {
-        match self {
-            Self::Kl(v) => v.decode(v.unscale_latents(latents)),
-            Self::Tiny(v) => v.decode(v.unscale_latents(latents)),
+        self.decode_scaled_tiled(latents, None)
+    }
+
+    /// [`Self::decode_scaled`], in `tile` × `tile`-latent tiles when given
+    /// (the KL decoder; see [`AutoencoderKL::tiled_decode`]).
+    pub fn decode_scaled_tiled(&self, latents: Tensor<4>, tile: Option<usize>) -> Tensor<4> {
+        match (self, tile) {
+            (Self::Kl(v), Some(t)) => v.tiled_decode(v.unscale_latents(latents), t),
+            (Self::Kl(v), None) => v.decode(v.unscale_latents(latents)),
+            (Self::Tiny(v), _) => v.decode(v.unscale_latents(latents)),
         }
     }
 }
@@ -481,27 +494,59 @@ pub const NATIVE_MAX_BUFFER_BYTES: u64 = 4 << 30;
 /// activation of each model: what a size costs, known from the configs.
 #[derive(Debug, Clone)]
 struct Footprint {
-    /// VAE: most channels alive at each pixel level (encoder or decoder).
-    vae: Vec<usize>,
+    /// VAE encoder and decoder: most channels alive at each pixel level.
+    vae_encoder: Vec<usize>,
+    vae_decoder: Vec<usize>,
+    /// Whether the decoder can decode in tiles (the KL VAE can).
+    tiled_decoder: bool,
     /// UNet: most channels alive at each latent level (skip concatenation,
     /// or the GEGLU feed-forward's 8× projection where the block attends).
     unet: Vec<usize>,
 }
 
+/// Decoder tiles (in latents) tried when a whole decode would not fit one
+/// buffer, largest first; 64 is diffusers' for Stable Diffusion's VAE.
+const DECODE_TILES: [usize; 6] = [64, 48, 32, 24, 16, 8];
+
 impl Footprint {
-    /// `(bytes, where)` of the largest f32 activation for an image of
-    /// `w × h` pixels with `batch` UNet rows (2 with guidance).
-    fn largest(&self, w: usize, h: usize, scale: usize, batch: usize) -> (u64, &'static str) {
+    fn levels(c: &[usize], w: usize, h: usize) -> u64 {
         let level = |size: usize, i: usize| (size >> i).max(1) as u64;
-        let vae = (self.vae.iter().enumerate())
+        (c.iter().enumerate())
             .map(|(i, &c)| c as u64 * level(h, i) * level(w, i) * 4)
             .max()
-            .unwrap_or(0);
+            .unwrap_or(0)
+    }
+
+    /// The decoder's tile side in latents for a `w × h` image, when the whole
+    /// decode would not fit `limit` bytes and a tile does.
+    fn decode_tile(&self, w: usize, h: usize, scale: usize, limit: u64) -> Option<usize> {
+        if !self.tiled_decoder || Self::levels(&self.vae_decoder, w, h) <= limit {
+            return None;
+        }
+        DECODE_TILES.into_iter().find(|&t| {
+            let px = t * scale;
+            (t * scale < w.max(h)) && Self::levels(&self.vae_decoder, px.min(w), px.min(h)) <= limit
+        })
+    }
+
+    /// `(bytes, where)` of the largest f32 activation for an image of
+    /// `w × h` pixels with `batch` UNet rows (2 with guidance), the decoder
+    /// tiled when that is what fits `limit`.
+    fn largest(
+        &self,
+        w: usize,
+        h: usize,
+        scale: usize,
+        batch: usize,
+        limit: u64,
+    ) -> (u64, &'static str) {
+        let decoder = match self.decode_tile(w, h, scale, limit) {
+            Some(t) => Self::levels(&self.vae_decoder, (t * scale).min(w), (t * scale).min(h)),
+            None => Self::levels(&self.vae_decoder, w, h),
+        };
+        let vae = decoder.max(Self::levels(&self.vae_encoder, w, h));
         let (lh, lw) = (h / scale.max(1), w / scale.max(1));
-        let unet = (self.unet.iter().enumerate())
-            .map(|(i, &c)| batch as u64 * c as u64 * level(lh, i) * level(lw, i) * 4)
-            .max()
-            .unwrap_or(0);
+        let unet = batch as u64 * Self::levels(&self.unet, lw, lh);
         if vae >= unet {
             (vae, "the VAE")
         } else {
@@ -565,7 +610,25 @@ impl StableDiffusion {
     /// image of `w × h` pixels.
     pub fn largest_activation(&self, w: usize, h: usize, guidance: bool) -> (u64, &'static str) {
         let batch = if guidance { 2 } else { 1 };
-        self.footprint.largest(w, h, self.vae_scale_factor, batch)
+        let limit = self.max_buffer_bytes();
+        self.footprint
+            .largest(w, h, self.vae_scale_factor, batch, limit)
+    }
+
+    /// The decoder tile (in latents) an image of `w × h` pixels is decoded in
+    /// on this device: `None` when the whole decode fits one buffer.
+    pub fn decode_tile(&self, w: usize, h: usize) -> Option<usize> {
+        let f = self.vae_scale_factor;
+        self.footprint.decode_tile(w, h, f, self.max_buffer_bytes())
+    }
+
+    /// Latents → an image in [-1, 1], in tiles when a whole decode would not
+    /// fit one of this device's buffers.
+    pub fn decode_latents(&self, latents: Tensor<4>) -> Tensor<4> {
+        let [_, _, lh, lw] = latents.dims();
+        let f = self.vae_scale_factor;
+        let tile = self.decode_tile(lw * f, lh * f);
+        self.vae.decode_scaled_tiled(latents, tile)
     }
 
     /// The largest square side (a multiple of the VAE's scale factor, at most
@@ -1184,7 +1247,7 @@ impl Sampling {
 
     /// The current latents decoded to an image in [-1, 1] (a preview mid-run).
     pub fn decode(&self) -> Tensor<4> {
-        self.sd.vae.decode_scaled(self.latents.clone())
+        self.sd.decode_latents(self.latents.clone())
     }
 
     /// The result: the decoded image, and for inpainting the original's

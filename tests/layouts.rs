@@ -73,6 +73,24 @@ fn check(name: &str) {
     let sd = StableDiffusion::load(config, files.try_into().ok().unwrap(), &device).unwrap();
     let want = common::f32_tensors(dir.join("expected.safetensors"));
 
+    // WebGPU's default 128 MiB binding: 512×512 with guidance fits, the KL
+    // decoder in tiles (its whole decode needs a 256 MiB buffer).
+    sd.set_max_buffer_bytes(128 << 20);
+    let tile = sd.decode_tile(512, 512);
+    println!(
+        "{name}: at 128 MiB per buffer: 512×512 decoded in tiles of {tile:?} latents; largest \
+         square {}",
+        sd.max_side(sd.classifier_free(2.0))
+    );
+    sd.check_size(512, 512, sd.classifier_free(2.0)).unwrap();
+    assert_eq!(
+        tile.is_some(),
+        name != "sdxs-512-dreamshaper",
+        "{name}: TAESD is not tiled"
+    );
+    sd.set_max_buffer_bytes(4 << 30);
+    assert_eq!(sd.decode_tile(512, 512), None);
+
     let ids = sd.tokenizer.encode(PROMPT);
     let want_ids: Vec<u32> = want["input_ids"].1.iter().map(|&v| v as u32).collect();
     assert_eq!(ids, want_ids, "{name}: token ids");

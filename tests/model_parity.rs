@@ -114,6 +114,16 @@ fn vae_kl(device: &Device) {
         vae.decode(t4(&io, "latents", device)),
         &io["decoded"],
     );
+    // diffusers' tiled decode (4×4-latent tiles over 13×10 latents, uneven
+    // edges); it differs from the whole decode by 1.5 here, so this checks
+    // the tiling and the blending themselves.
+    let tiled = common::f32_tensors(format!("{}/tiled.safetensors", dir("vae_kl_tiny")));
+    let tile = tiled["tile"].1[0] as usize;
+    assert_close(
+        "vae_kl tiled decode",
+        vae.tiled_decode(t4(&tiled, "latents", device), tile),
+        &tiled["tiled"],
+    );
 }
 
 fn vae_tiny(device: &Device) {

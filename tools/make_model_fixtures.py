@@ -7,6 +7,7 @@ conversion while the outputs stay exact f32 references. Run from the repo root:
 
     python tools/make_model_fixtures.py                 # every fixture
     python tools/make_model_fixtures.py unet_lcm_tiny   # just that one
+    python tools/make_model_fixtures.py vae_kl_tiled    # tiled decode on vae_kl_tiny
 """
 
 import json
@@ -88,9 +89,29 @@ def lcm_case():
     ), (2, 4, 8, 8), (2, 7, 32), [999.0, 259.0], guidance_w=[7.5, 0.0])
 
 
+def tiled_case():
+    """diffusers' tiled decode on the committed vae_kl_tiny weights: 4×4-latent
+    tiles over 13×10 latents (uneven edges), written beside its io."""
+    d = os.path.join(OUT, "vae_kl_tiny")
+    vae = AutoencoderKL.from_pretrained(d).eval()
+    vae.enable_tiling()
+    vae.tile_latent_min_size = 4
+    vae.tile_sample_min_size = 4 * 2
+    g = torch.Generator().manual_seed(11)
+    latents = torch.randn((1, 4, 13, 10), generator=g)
+    with torch.no_grad():
+        tiled = vae.decode(latents).sample
+        whole = vae.tiled_decode.__self__.decoder(vae.post_quant_conv(latents))
+    out = {"latents": latents, "tiled": tiled, "tile": torch.tensor([4.0])}
+    save_file({k: v.float().contiguous() for k, v in out.items()}, os.path.join(d, "tiled.safetensors"))
+    print("vae_kl_tiny tiled: max |tiled - whole| =", float((tiled - whole).abs().max()))
+
+
 def main():
     if sys.argv[1:] == ["unet_lcm_tiny"]:
         return lcm_case()
+    if sys.argv[1:] == ["vae_kl_tiled"]:
+        return tiled_case()
     lcm_case()
     # SD 1.x layout: conv projections, heads from attention_head_dim, class labels.
     unet_case("unet_sd1_tiny", 1, dict(
@@ -126,6 +147,7 @@ def main():
         return {"image": image, "mean": mean, "latents": latents, "decoded": decoded}
 
     save("vae_kl_tiny", vae, "config.json", "diffusion_pytorch_model.safetensors", torch.bfloat16, vae_io)
+    tiled_case()
 
     torch.manual_seed(5)
     taesd = randomize(AutoencoderTiny(

@@ -3,8 +3,8 @@
 
 use burn::nn::GroupNorm;
 use burn::nn::conv::Conv2d;
-use burn::tensor::Tensor;
 use burn::tensor::activation::silu;
+use burn::tensor::{Tensor, TensorData};
 use serde::Deserialize;
 
 use super::attention::Attention;
@@ -402,6 +402,58 @@ impl AutoencoderKL {
         self.decoder.forward(z)
     }
 
+    /// diffusers' `tiled_decode`: the latents decoded in overlapping tiles of
+    /// `tile` × `tile` latents, each blended into its upper and left
+    /// neighbours over a quarter of a tile, so that no activation is larger
+    /// than one tile's. The seams are not invisible (group norms see one tile)
+    /// but they are diffusers' seams, to the pixel.
+    pub fn tiled_decode(&self, z: Tensor<4>, tile: usize) -> Tensor<4> {
+        let [_, _, h, w] = z.dims();
+        let tile = tile.max(1);
+        let scale = self.decoder_scale();
+        let sample_tile = tile * scale;
+        // diffusers' int() truncations, in the same order.
+        let overlap = ((tile as f64 * 0.75) as usize).max(1);
+        let blend = (sample_tile as f64 * 0.25) as usize;
+        let keep = sample_tile - blend;
+        let mut rows: Vec<Vec<Tensor<4>>> = Vec::new();
+        for i in (0..h).step_by(overlap) {
+            let mut row: Vec<Tensor<4>> = Vec::new();
+            for j in (0..w).step_by(overlap) {
+                let part = z.clone().slice([
+                    0..z.dims()[0],
+                    0..z.dims()[1],
+                    i..(i + tile).min(h),
+                    j..(j + tile).min(w),
+                ]);
+                let mut t = self.decode(part);
+                if let Some(above) = rows.last() {
+                    t = blend_v(&above[row.len()], t, blend);
+                }
+                if let Some(left) = row.last() {
+                    t = blend_h(left, t, blend);
+                }
+                row.push(t);
+            }
+            rows.push(row);
+        }
+        let crop = |t: &Tensor<4>| {
+            let [b, c, th, tw] = t.dims();
+            t.clone()
+                .slice([0..b, 0..c, 0..th.min(keep), 0..tw.min(keep)])
+        };
+        let rows: Vec<Tensor<4>> = rows
+            .iter()
+            .map(|row| Tensor::cat(row.iter().map(crop).collect(), 3))
+            .collect();
+        Tensor::cat(rows, 2)
+    }
+
+    /// Pixels per latent of the decoder (2^(up blocks − 1)).
+    pub fn decoder_scale(&self) -> usize {
+        1 << self.decoder.up_blocks.len().saturating_sub(1)
+    }
+
     /// `(z − shift_factor) · scaling_factor`: what the UNet was trained on.
     pub fn scale_latents(&self, z: Tensor<4>) -> Tensor<4> {
         z.sub_scalar(self.shift_factor as f32)
@@ -412,5 +464,35 @@ impl AutoencoderKL {
     pub fn unscale_latents(&self, z: Tensor<4>) -> Tensor<4> {
         z.div_scalar(self.scaling_factor as f32)
             .add_scalar(self.shift_factor as f32)
+    }
+}
+
+/// `b`'s first `extent` rows faded in from `a`'s last ones (diffusers' `blend_v`).
+fn blend_v(a: &Tensor<4>, b: Tensor<4>, extent: usize) -> Tensor<4> {
+    blend(a, b, extent, 2)
+}
+
+/// `b`'s first `extent` columns faded in from `a`'s last ones (`blend_h`).
+fn blend_h(a: &Tensor<4>, b: Tensor<4>, extent: usize) -> Tensor<4> {
+    blend(a, b, extent, 3)
+}
+
+fn blend(a: &Tensor<4>, b: Tensor<4>, extent: usize, dim: usize) -> Tensor<4> {
+    let e = extent.min(a.dims()[dim]).min(b.dims()[dim]);
+    if e == 0 {
+        return b;
+    }
+    let (la, lb) = (a.dims()[dim], b.dims()[dim]);
+    let weights: Vec<f32> = (0..e).map(|y| y as f32 / e as f32).collect();
+    let mut shape = [1usize; 4];
+    shape[dim] = e;
+    let ramp = Tensor::<4>::from_data(TensorData::new(weights, shape), &b.device());
+    let tail = a.clone().narrow(dim, la - e, e);
+    let head = b.clone().narrow(dim, 0, e);
+    let mixed = tail * ramp.clone().neg().add_scalar(1.0) + head * ramp;
+    if e == lb {
+        mixed
+    } else {
+        Tensor::cat(vec![mixed, b.narrow(dim, e, lb - e)], dim)
     }
 }
