@@ -113,6 +113,15 @@ pub const WEIGHT_FILES: [&str; 3] = [
     "vae/diffusion_pytorch_model.safetensors",
 ];
 
+/// Where a pipeline file is found in a separate VAE folder, for a VAE swapped
+/// in from elsewhere (TAESD, `madebyollin/taesd`, as a fast decoder for any
+/// model with SD's 4-channel latents): `vae/config.json` → `config.json`,
+/// `vae/diffusion_pytorch_model.safetensors` → `diffusion_pytorch_model.safetensors`.
+/// `None` for the files that stay in the model folder.
+pub fn swapped_vae_path(path: &str) -> Option<&str> {
+    path.strip_prefix("vae/")
+}
+
 /// A weight file's half-precision variant (`unet/diffusion_pytorch_model.fp16.safetensors`),
 /// which Hub repos offer beside the f32 file or instead of it. It is read first
 /// when present: half the download, and the same values once on the device.
@@ -194,7 +203,10 @@ impl PipelineConfig {
         let unet = UNet2DConditionConfig::from_json(&unet)?;
         let vae_json = vae;
         let kind: VaeKind = crate::config::parse_config(&vae_json, "vae/config.json")?;
+        // A config saved without its class name is TAESD's when it has TAESD's keys.
+        let tiny_keys = kind.decoder_block_out_channels.is_some();
         let vae = match kind.class_name.as_deref() {
+            None if tiny_keys => VaeConfig::Tiny(AutoencoderTinyConfig::from_json(&vae_json)?),
             Some("AutoencoderTiny") => {
                 VaeConfig::Tiny(AutoencoderTinyConfig::from_json(&vae_json)?)
             }
@@ -224,8 +236,27 @@ impl PipelineConfig {
     /// Reads the text files of a diffusers folder on disk.
     #[cfg(not(target_family = "wasm"))]
     pub fn read_dir(dir: &std::path::Path) -> Result<Self> {
+        Self::read_dir_with_vae(dir, None)
+    }
+
+    /// [`Self::read_dir`], with the VAE's config read from another folder
+    /// when given (see [`swapped_vae_path`]).
+    #[cfg(not(target_family = "wasm"))]
+    pub fn read_dir_with_vae(dir: &std::path::Path, vae: Option<&std::path::Path>) -> Result<Self> {
         Self::from_lookup(&format!("{}/", dir.display()), |p| {
-            let path = dir.join(p);
+            let path = match (vae, swapped_vae_path(p)) {
+                (Some(v), Some(rest)) => {
+                    let path = v.join(rest);
+                    if !path.is_file() {
+                        return Err(Error::Weights(format!(
+                            "{} is missing from the VAE folder",
+                            path.display()
+                        )));
+                    }
+                    path
+                }
+                _ => dir.join(p),
+            };
             match std::fs::metadata(&path) {
                 Ok(m) if m.len() > MAX_TEXT_FILE_BYTES => Err(Error::Config(format!(
                     "{} is {} bytes, more than a config or tokenizer file can be",
@@ -465,6 +496,8 @@ impl Vae {
 struct VaeKind {
     #[serde(rename = "_class_name", default)]
     class_name: Option<String>,
+    #[serde(default)]
+    decoder_block_out_channels: Option<serde_json::Value>,
 }
 
 /// A loaded text-to-image pipeline (Stable Diffusion layout).
@@ -669,9 +702,24 @@ impl StableDiffusion {
     /// Loads a diffusers folder from disk, reading each weight file in pieces.
     #[cfg(not(target_family = "wasm"))]
     pub fn load_dir(dir: &std::path::Path, device: &Device) -> Result<Self> {
-        let config = PipelineConfig::read_dir(dir)?;
+        Self::load_dir_with_vae(dir, None, device)
+    }
+
+    /// [`Self::load_dir`] with the VAE from another folder when given (e.g.
+    /// TAESD as a fast decoder; see [`swapped_vae_path`]).
+    #[cfg(not(target_family = "wasm"))]
+    pub fn load_dir_with_vae(
+        dir: &std::path::Path,
+        vae: Option<&std::path::Path>,
+        device: &Device,
+    ) -> Result<Self> {
+        let config = PipelineConfig::read_dir_with_vae(dir, vae)?;
         let read = |i: usize| {
             let p = WEIGHT_FILES[i];
+            let (dir, p) = match (vae, swapped_vae_path(p)) {
+                (Some(v), Some(rest)) => (v, rest),
+                _ => (dir, p),
+            };
             let half = fp16_variant(p);
             let p = if dir.join(&half).is_file() { &half } else { p };
             WeightFile::read(&dir.join(p), p, device, PipelineConfig::on_host(i))
@@ -1243,6 +1291,11 @@ impl Sampling {
         let sums = (self.probes().into_data().try_to_vec::<f32>())
             .map_err(|e| Error::Device(format!("reading the stage sums back: {e:?}")))?;
         self.check_probes(&sums)
+    }
+
+    /// The current latents (`[1, C, H/f, W/f]`, as the UNet sees them).
+    pub fn latents(&self) -> Tensor<4> {
+        self.latents.clone()
     }
 
     /// The current latents decoded to an image in [-1, 1] (a preview mid-run).

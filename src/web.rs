@@ -12,7 +12,8 @@ use crate::models::attention::set_attention_max_bytes;
 use crate::models::clip::ClipTokenizer;
 use crate::pipeline::{
     GenerateOptions, OPTIONAL_FILES, OptionsInput, PipelineConfig, Sampling, StableDiffusion,
-    TEXT_FILES, WEIGHT_FILES, check_model_index, fp16_variant, largest_tensor, weight_bytes,
+    TEXT_FILES, WEIGHT_FILES, check_model_index, fp16_variant, largest_tensor, swapped_vae_path,
+    weight_bytes,
 };
 use crate::weights::{Header, WeightReader};
 use crate::{DDIMScheduler, NoiseGenerator};
@@ -281,14 +282,22 @@ pub struct Generator {
 }
 
 /// How `fromUrl` downloads: `{ signal?: AbortSignal, cache?: string | false,
-/// stallTimeoutMs?: number }`.
+/// stallTimeoutMs?: number, vae?: string }`.
 #[derive(serde::Deserialize, Default)]
 #[serde(rename_all = "camelCase", default)]
 struct LoadOptions {
+    /// A VAE folder's URL used instead of the model's `vae/` (its
+    /// `config.json` and weights at its root, as `madebyollin/taesd`).
+    vae: Option<String>,
     /// The Cache API cache weights are kept in (`false`: none).
     cache: Option<serde_json::Value>,
     /// Give up when no byte arrives for this long (default 30 s).
     stall_timeout_ms: Option<f64>,
+}
+
+impl LoadOptions {
+    /// The names a load options object may have.
+    const FIELDS: [&str; 4] = ["signal", "cache", "stallTimeoutMs", "vae"];
 }
 
 #[wasm_bindgen]
@@ -346,11 +355,11 @@ impl Generator {
         on_progress: Option<js_sys::Function>,
         options: JsValue,
     ) -> Result<Generator, JsError> {
-        let net = Self::open_net(&base, on_progress, options).await?;
-        let result = Self::download(&net, backend).await;
+        let folder = Self::open_folder(&base, on_progress, options).await?;
+        let result = Self::download(&folder, backend).await;
         if result.is_err() {
             // Never keep files of a failed load: the next attempt fetches them again.
-            net.forget_all().await;
+            folder.forget_all().await;
         }
         result
     }
@@ -363,17 +372,17 @@ impl Generator {
     /// cpuFits, defaultSize, guidanceDistilled, schedulerNote }` (sizes in
     /// bytes, as the headers describe the files). `options` as for `fromUrl`.
     pub async fn inspect(base: String, options: JsValue) -> Result<JsValue, JsError> {
-        let net = Self::open_net(&base, None, options).await?;
-        let result = Self::inspect_net(&net).await;
+        let folder = Self::open_folder(&base, None, options).await?;
+        let result = Self::inspect_folder(&folder).await;
         if result.is_err() {
-            net.forget_all().await;
+            folder.forget_all().await;
         }
         result
     }
 
-    async fn inspect_net(net: &fetch::Net) -> Result<JsValue, JsError> {
-        let config = Self::read_config(net).await?;
-        let mut sources = Self::open_weights(net).await?;
+    async fn inspect_folder(folder: &Folder) -> Result<JsValue, JsError> {
+        let config = Self::read_config(folder).await?;
+        let mut sources = Self::open_weights(folder).await?;
         let read = Self::read_headers(&mut sources).await;
         for s in &mut sources {
             s.abandon();
@@ -406,18 +415,19 @@ impl Generator {
             .map_err(|e| JsError::new(&e.to_string()))
     }
 
-    /// The folder's fetcher, from `fromUrl`'s options.
-    async fn open_net(
+    /// The folder's fetchers, from `fromUrl`'s options.
+    async fn open_folder(
         base: &str,
         on_progress: Option<js_sys::Function>,
         options: JsValue,
-    ) -> Result<fetch::Net, JsError> {
+    ) -> Result<Folder, JsError> {
         let signal = js_sys::Reflect::get(&options, &JsValue::from_str("signal"))
             .ok()
             .filter(|s| !s.is_undefined() && !s.is_null());
         let o: LoadOptions = if options.is_undefined() || options.is_null() {
             LoadOptions::default()
         } else {
+            check_keys(&options, "bad load options", &LoadOptions::FIELDS)?;
             let plain = js_sys::Object::assign(&js_sys::Object::new(), options.unchecked_ref());
             let _ = js_sys::Reflect::delete_property(&plain, &JsValue::from_str("signal"));
             serde_wasm_bindgen::from_value(plain.into())
@@ -439,21 +449,29 @@ impl Generator {
                 "bad load options: stallTimeoutMs = {stall} must be a positive number of milliseconds"
             )));
         }
-        fetch::Net::new(base, cache, signal, stall, on_progress).await
+        let vae = match o.vae.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(v) => Some(
+                fetch::Net::new(v, cache.clone(), signal.clone(), stall, on_progress.clone())
+                    .await?,
+            ),
+        };
+        let net = fetch::Net::new(base, cache, signal, stall, on_progress).await?;
+        Ok(Folder { net, vae })
     }
 
-    async fn download(net: &fetch::Net, backend: Option<String>) -> Result<Generator, JsError> {
-        let config = Self::read_config(net).await?;
-        let sources = Self::open_weights(net).await?;
+    async fn download(folder: &Folder, backend: Option<String>) -> Result<Generator, JsError> {
+        let config = Self::read_config(folder).await?;
+        let sources = Self::open_weights(folder).await?;
         Self::build(config, sources, backend).await
     }
 
     /// The folder's configs and tokenizer, parsed and checked.
-    async fn read_config(net: &fetch::Net) -> Result<PipelineConfig, JsError> {
+    async fn read_config(folder: &Folder) -> Result<PipelineConfig, JsError> {
         let mut texts = std::collections::HashMap::new();
         // model_index.json first: a folder of another kind is named at once.
         for path in OPTIONAL_FILES {
-            let text = net.text(path, true).await?;
+            let text = folder.net.text(path, true).await?;
             if path == OPTIONAL_FILES[0]
                 && let Some(t) = &text
                 && !t.trim_ascii_start().starts_with(b"<")
@@ -463,19 +481,22 @@ impl Generator {
             texts.insert(path, text);
         }
         for path in TEXT_FILES {
-            texts.insert(path, net.text(path, false).await?);
+            let (net, at) = folder.route(path);
+            texts.insert(path, net.text(at, false).await?);
         }
-        PipelineConfig::from_lookup(&net.base, |p| Ok(texts.remove(p).flatten())).map_err(to_js)
+        PipelineConfig::from_lookup(&folder.net.base, |p| Ok(texts.remove(p).flatten()))
+            .map_err(to_js)
     }
 
     /// The weight files, opened in [`WEIGHT_FILES`] order: the fp16 variant
     /// where the folder has one (half the download).
-    async fn open_weights(net: &fetch::Net) -> Result<Vec<fetch::Source>, JsError> {
+    async fn open_weights(folder: &Folder) -> Result<Vec<fetch::Source>, JsError> {
         let mut sources = Vec::new();
         for path in WEIGHT_FILES {
-            let download = match net.open_any(&fp16_variant(path), true).await? {
+            let (net, at) = folder.route(path);
+            let download = match net.open_any(&fp16_variant(at), true).await? {
                 Some(d) => d,
-                None => net.open(path).await?,
+                None => net.open(at).await?,
             };
             sources.push(fetch::Source::Net(download));
         }
@@ -636,19 +657,7 @@ impl Generator {
         let input: OptionsInput = if options.is_undefined() || options.is_null() {
             OptionsInput::default()
         } else {
-            // serde_wasm_bindgen reads only the fields it knows: a misspelt
-            // one would be ignored without a word.
-            if options.is_object() {
-                let keys = js_sys::Object::keys(options.unchecked_ref::<js_sys::Object>());
-                for k in keys.iter().filter_map(|k| k.as_string()) {
-                    if !OptionsInput::FIELDS.contains(&k.as_str()) {
-                        return Err(JsError::new(&format!(
-                            "invalid argument: unknown option `{k}`; the options are {}",
-                            OptionsInput::FIELDS.join(", ")
-                        )));
-                    }
-                }
-            }
+            check_keys(&options, "invalid argument", &OptionsInput::FIELDS)?;
             serde_wasm_bindgen::from_value(options)
                 .map_err(|e| JsError::new(&format!("invalid argument: options: {e}")))?
         };
@@ -777,6 +786,59 @@ async fn to_rgba(c: Checked) -> Result<Vec<u8>, JsError> {
     tensor_values_to_rgba(&values, w, h).map_err(to_js)
 }
 
+/// A JS object's own keys that are not among `allowed`, as an error naming
+/// the first (serde_wasm_bindgen reads only the fields it knows, so a
+/// misspelt one would otherwise be ignored without a word).
+fn check_keys(value: &JsValue, what: &str, allowed: &[&str]) -> Result<(), JsError> {
+    if !value.is_object() {
+        return Ok(());
+    }
+    let keys = js_sys::Object::keys(value.unchecked_ref::<js_sys::Object>());
+    match keys
+        .iter()
+        .filter_map(|k| k.as_string())
+        .find(|k| !allowed.contains(&k.as_str()))
+    {
+        Some(k) => Err(JsError::new(&format!(
+            "{what}: unknown option `{k}`; the options are {}",
+            allowed.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// A model folder and, when the VAE is swapped in from elsewhere (TAESD as a
+/// fast decoder), the VAE's folder: every file is fetched through [`Folder::route`].
+struct Folder {
+    net: fetch::Net,
+    vae: Option<fetch::Net>,
+}
+
+impl Folder {
+    /// Which folder holds a pipeline file, and its path there.
+    fn route<'a>(&'a self, path: &'a str) -> (&'a fetch::Net, &'a str) {
+        match (&self.vae, swapped_vae_path(path)) {
+            (Some(v), Some(rest)) => (v, rest),
+            _ => (&self.net, path),
+        }
+    }
+
+    /// Deletes every file of the pipeline from the cache.
+    async fn forget_all(&self) {
+        let variants = WEIGHT_FILES.map(fp16_variant);
+        let names = (TEXT_FILES
+            .iter()
+            .chain(&OPTIONAL_FILES)
+            .chain(&WEIGHT_FILES))
+        .copied()
+        .chain(variants.iter().map(String::as_str));
+        for p in names {
+            let (net, at) = self.route(p);
+            net.forget(at).await;
+        }
+    }
+}
+
 /// What `Generator.inspect` reports about a model folder.
 #[derive(serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -807,9 +869,7 @@ mod fetch {
     use wasm_bindgen::prelude::*;
     use wasm_bindgen_futures::JsFuture;
 
-    use crate::pipeline::{
-        MAX_TEXT_FILE_BYTES, OPTIONAL_FILES, TEXT_FILES, WEIGHT_FILES, fp16_variant,
-    };
+    use crate::pipeline::MAX_TEXT_FILE_BYTES;
 
     /// The cache weights are kept in unless the caller names another.
     pub const DEFAULT_CACHE: &str = "ldw-models-v1";
@@ -1029,20 +1089,11 @@ mod fetch {
             })
         }
 
-        /// Deletes every file of the folder from the cache.
-        pub async fn forget_all(&self) {
+        /// Deletes `path` of the folder from the cache.
+        pub async fn forget(&self, path: &str) {
             let Some(c) = &self.cache else { return };
-            let variants = WEIGHT_FILES.map(fp16_variant);
-            let names = (TEXT_FILES
-                .iter()
-                .chain(&OPTIONAL_FILES)
-                .chain(&WEIGHT_FILES))
-            .copied()
-            .chain(variants.iter().map(String::as_str));
-            for p in names {
-                if let Ok(p) = call(c, "delete", &[&JsValue::from_str(&self.url(p))]) {
-                    let _ = wait(p).await;
-                }
+            if let Ok(p) = call(c, "delete", &[&JsValue::from_str(&self.url(path))]) {
+                let _ = wait(p).await;
             }
         }
     }

@@ -156,3 +156,55 @@ fn non_finite_image_is_an_error() {
         .to_string();
     assert!(e.contains("10 values"), "{e}");
 }
+
+/// A VAE swapped in from its own folder (TAESD as a fast decoder): the same
+/// latents as with the model's VAE, decoded by the swapped one; a VAE folder
+/// without its config is an error naming that folder.
+#[test]
+fn swapped_vae_decodes_the_same_latents() {
+    use latent_diffusion_web::pipeline::Vae;
+    let device = Device::flex();
+    let model = path("tests/fixtures/pipelines/tiny");
+    let taesd = path("tests/fixtures/models/vae_tiny");
+    let opts = GenerateOptions {
+        prompt: "a red heart".into(),
+        seed: 3,
+        steps: 2,
+        guidance_scale: 1.0,
+        ..Default::default()
+    };
+    let run = |vae: Option<&std::path::Path>| {
+        let sd =
+            std::rc::Rc::new(StableDiffusion::load_dir_with_vae(&model, vae, &device).unwrap());
+        let mut run = sd.start(&opts, None, None).unwrap();
+        while run.step().unwrap() {}
+        let latents: Vec<f32> = run.latents().to_data().try_to_vec().unwrap();
+        let image: Vec<f32> = run.decode().to_data().try_to_vec().unwrap();
+        (sd, run.latents(), latents, image)
+    };
+    let (_, _, kl_latents, kl_image) = run(None);
+    let (sd, latents, tiny_latents, tiny_image) = run(Some(&taesd));
+    assert!(matches!(sd.vae, Vae::Tiny(_)), "the swapped VAE is TAESD");
+    assert_eq!(
+        kl_latents, tiny_latents,
+        "the VAE does not change the latents"
+    );
+    assert_ne!(kl_image, tiny_image);
+    let direct: Vec<f32> = sd
+        .vae
+        .decode_scaled(latents)
+        .to_data()
+        .try_to_vec()
+        .unwrap();
+    assert_eq!(tiny_image, direct);
+
+    let e =
+        StableDiffusion::load_dir_with_vae(&model, Some(&path("tests/fixtures/models")), &device)
+            .err()
+            .expect("no config.json there")
+            .to_string();
+    assert!(
+        e.contains("models/config.json is missing from the VAE folder"),
+        "{e}"
+    );
+}

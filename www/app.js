@@ -43,6 +43,9 @@ function draw(rgba, w, h) {
   $('out').getContext('2d').putImageData(new ImageData(new Uint8ClampedArray(rgba), w, h), 0, 0);
 }
 
+// The fast decoder offered for any SD-family model (4-channel latents).
+const TAESD = 'https://huggingface.co/madebyollin/taesd/resolve/main/';
+
 // Presets fill in the model URL and the settings that suit that model.
 $('preset').addEventListener('change', () => {
   const o = $('preset').selectedOptions[0];
@@ -56,6 +59,7 @@ $('model').addEventListener('input', () => {
   $('preset').value = match ? match.value : '';
 });
 $('model').addEventListener('change', () => inspect());
+$('taesd').addEventListener('change', () => inspect());
 
 // What the chosen model needs, read from its configs and weight headers
 // before anything large is downloaded (Generator.inspect in the worker).
@@ -63,7 +67,7 @@ let inspections = 0;
 function inspect() {
   const base = $('model').value.trim();
   $('model-info').textContent = base ? 'Checking what this model needs…' : '';
-  if (base) worker.postMessage({ type: 'inspect', id: ++inspections, base });
+  if (base) worker.postMessage({ type: 'inspect', id: ++inspections, base, vae: $('taesd').checked ? TAESD : null });
 }
 const gb = (b) => (b >= 1e9 ? `${(b / 1e9).toFixed(2)} GB` : `${(b / 1e6).toFixed(1)} MB`);
 function showInspection(m) {
@@ -216,6 +220,7 @@ $('controls').addEventListener('submit', (e) => {
   }
   worker.postMessage({
     type: 'generate', base: $('model').value, backend: $('backend').value, preview: true, options, image, mask,
+    vae: $('taesd').checked ? TAESD : null,
   });
 });
 // Cancel stops between steps; a step that does not finish within 3 s (a huge

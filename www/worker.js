@@ -1,8 +1,8 @@
 // Runs the pipeline off the main thread so the page never freezes. Downloads,
 // the Cache API, the model file list and the step loop live in the wasm module
 // (Generator.fromUrl, Generator.generate): this file only relays messages.
-// In:  {type: 'generate', base, backend, options, preview, image?, mask?} | {type: 'cancel'}
-//      {type: 'inspect', id, base} (what a folder needs, read before downloading it)
+// In:  {type: 'generate', base, backend, options, preview, image?, mask?, vae?} | {type: 'cancel'}
+//      {type: 'inspect', id, base, vae?} (what a folder needs, read before downloading it)
 //      {type: 'debug-trap'} (a deliberate panic, for the recovery test)
 // Out: {type: 'download', file, loaded, total} | {type: 'loaded', backend, notice, maxSize}
 //      {type: 'step', done, total, rgba?, width, height} | {type: 'result', rgba, width, height}
@@ -14,8 +14,8 @@ import init, { Generator, debugPanic, lastPanic } from './pkg/latent_diffusion_w
 const ready = init();
 let generator = null, loadedKey = null, cancelled = false, download = null;
 
-async function load(base, backend) {
-  const key = `${backend} ${base}`;
+async function load(base, backend, vae) {
+  const key = `${backend} ${base} ${vae ?? ''}`;
   if (generator && loadedKey === key) return;
   generator?.free();
   generator = null;
@@ -24,7 +24,7 @@ async function load(base, backend) {
   try {
     generator = await Generator.fromUrl(base, backend,
       (file, loaded, total) => postMessage({ type: 'download', file, loaded, total }),
-      { signal: download.signal });
+      vae ? { signal: download.signal, vae } : { signal: download.signal });
   } finally {
     download = null;
   }
@@ -32,10 +32,10 @@ async function load(base, backend) {
   postMessage({ type: 'loaded', backend: generator.backend, notice: generator.notice, maxSize: generator.maxSize });
 }
 
-async function generate({ base, backend, options, preview, image, mask }) {
+async function generate({ base, backend, options, preview, image, mask, vae }) {
   cancelled = false;
   await ready;
-  await load(base, backend ?? 'auto');
+  await load(base, backend ?? 'auto', vae);
   if (cancelled) throw new Error('cancelled');
   const width = options.width ?? generator.defaultSize, height = options.height ?? generator.defaultSize;
   const rgba = await generator.generate(options, image ?? null, mask ?? null, (done, total, preview) => {
@@ -73,7 +73,7 @@ onmessage = async ({ data }) => {
   if (data.type === 'inspect') {
     try {
       await ready;
-      const info = await Generator.inspect(data.base, {});
+      const info = await Generator.inspect(data.base, data.vae ? { vae: data.vae } : {});
       postMessage({ type: 'inspected', id: data.id, base: data.base, info });
     } catch (e) {
       if (fatal(e)) postMessage({ type: 'error', fatal: true, message: crash(e) });

@@ -19,6 +19,10 @@ struct Args {
     /// Model folder in the diffusers layout (unet/, vae/, text_encoder/, tokenizer/, scheduler/)
     #[arg(long, value_name = "DIR")]
     model: PathBuf,
+    /// A VAE folder used instead of the model's vae/ (config.json and
+    /// diffusion_pytorch_model.safetensors at its root), e.g. TAESD as a fast decoder
+    #[arg(long, value_name = "DIR")]
+    vae: Option<PathBuf>,
     /// Where to write the image
     #[arg(long, value_name = "OUT.png")]
     out: PathBuf,
@@ -131,7 +135,8 @@ fn run(a: Args) -> Result<(), String> {
         Backend::Flex => Device::flex(),
         Backend::Wgpu => Device::wgpu(DeviceKind::DefaultDevice),
     };
-    let sd = Rc::new(StableDiffusion::load_dir(&a.model, &device).map_err(|e| e.to_string())?);
+    let sd = StableDiffusion::load_dir_with_vae(&a.model, a.vae.as_deref(), &device);
+    let sd = Rc::new(sd.map_err(|e| e.to_string())?);
     if let Some(note) = sd.scheduler_note() {
         eprintln!("note: {note}");
     }

@@ -139,3 +139,29 @@ test('fromUrl: two generate() at once is an error, a stalled body times out, an 
   assert.match(got.stalled, /no data arrived for 1 s after 100 bytes; the server stalled/);
   assert.match(got.noSlash, /CPU/);
 });
+
+test('fromUrl with the VAE from its own folder (TAESD as a fast decoder); a misspelt option is an error', async () => {
+  const got = await page.evaluate(async ([base, taesd]) => {
+    const m = await import('./pkg/latent_diffusion_web.js');
+    const options = { prompt: 'a red heart', steps: 2, guidanceScale: 1, seed: 3 };
+    const kl = await (await m.Generator.fromUrl(base, 'cpu', null, { cache: false })).generate(options);
+    const swapped = await m.Generator.fromUrl(base, 'cpu', null, { cache: false, vae: taesd });
+    const tiny = await swapped.generate(options);
+    const info = await m.Generator.inspect(base, { cache: false, vae: taesd });
+    let missing, typo;
+    try { await m.Generator.fromUrl(base, 'cpu', null, { cache: false, vae: '/no/such/vae/' }); } catch (e) { missing = e.message; }
+    try { await m.Generator.fromUrl(base, 'cpu', null, { stallTimeout: 5 }); } catch (e) { typo = e.message; }
+    return {
+      sizes: [kl.length, tiny.length], missing, typo,
+      vaeBytes: info.files.find((f) => f.path.startsWith('vae/')).bytes,
+    };
+  }, [`/${MODEL}`, '/tests/fixtures/models/vae_tiny/']);
+  // The test TAESD upsamples 4× (three blocks), the tiny KL VAE 2×: 8×8 latents
+  // give 32×32 and 16×16 images (both are 8× for real SD models and TAESD).
+  assert.deepEqual(got.sizes, [16 * 16 * 4, 32 * 32 * 4]);
+  const { stat } = await import('node:fs/promises');
+  const want = (await stat(new URL('../fixtures/models/vae_tiny/diffusion_pytorch_model.safetensors', import.meta.url))).size;
+  assert.equal(got.vaeBytes, want, 'inspect sizes the swapped VAE');
+  assert.match(got.missing, /\/no\/such\/vae\/config\.json: HTTP 404/);
+  assert.match(got.typo, /bad load options: unknown option `stallTimeout`/);
+});
