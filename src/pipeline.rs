@@ -113,6 +113,119 @@ pub const WEIGHT_FILES: [&str; 3] = [
     "vae/diffusion_pytorch_model.safetensors",
 ];
 
+/// The index of a sharded weight file (`unet/diffusion_pytorch_model.safetensors`
+/// → `unet/diffusion_pytorch_model.safetensors.index.json`), or of its fp16
+/// variant (`….safetensors.index.fp16.json`), as diffusers names them.
+pub fn shard_index_path(path: &str, fp16: bool) -> String {
+    if fp16 {
+        format!("{path}.index.fp16.json")
+    } else {
+        format!("{path}.index.json")
+    }
+}
+
+/// The most shards an index may name (real SD-family checkpoints have 1–3).
+pub const MAX_SHARDS: usize = 256;
+
+/// A sharded checkpoint's `*.safetensors.index.json`: which shard holds each key.
+#[derive(Debug, Clone)]
+pub struct ShardIndex {
+    /// The index's path, for messages.
+    pub path: String,
+    /// The shards' paths in the model folder, in the order first named.
+    pub shards: Vec<String>,
+    weight_map: std::collections::BTreeMap<String, String>,
+}
+
+impl ShardIndex {
+    /// Parses the index at `path` (shard names are relative to its folder).
+    pub fn parse(path: &str, text: &str) -> Result<Self> {
+        #[derive(Deserialize)]
+        struct Raw {
+            weight_map: std::collections::BTreeMap<String, String>,
+        }
+        let raw: Raw = crate::config::parse_config(text, path)?;
+        let folder = path.rsplit_once('/').map(|(f, _)| f).unwrap_or("");
+        let mut shards: Vec<String> = Vec::new();
+        let mut weight_map = std::collections::BTreeMap::new();
+        for (key, file) in raw.weight_map {
+            let plain = !file.is_empty()
+                && !file.contains(['/', '\\'])
+                && file != ".."
+                && file.ends_with(".safetensors");
+            if !plain {
+                return Err(Error::Weights(format!(
+                    "{path}: shard {file:?} (for {key}) is not a .safetensors file name in the \
+                     index's folder"
+                )));
+            }
+            let shard = if folder.is_empty() {
+                file
+            } else {
+                format!("{folder}/{file}")
+            };
+            if !shards.contains(&shard) {
+                if shards.len() == MAX_SHARDS {
+                    return Err(Error::Weights(format!(
+                        "{path} names more than {MAX_SHARDS} shards"
+                    )));
+                }
+                shards.push(shard.clone());
+            }
+            weight_map.insert(key, shard);
+        }
+        if shards.is_empty() {
+            return Err(Error::Weights(format!("{path}: weight_map names no shard")));
+        }
+        Ok(Self {
+            path: path.to_string(),
+            shards,
+            weight_map,
+        })
+    }
+
+    /// Checks the shards' headers (in [`Self::shards`] order) against the
+    /// index: each key in the shard the index names, none missing or extra.
+    pub fn check(&self, headers: &[Header]) -> Result<()> {
+        let mut seen = 0usize;
+        for (shard, h) in self.shards.iter().zip(headers) {
+            for key in h.tensors.keys() {
+                match self.weight_map.get(key) {
+                    Some(s) if s == shard => seen += 1,
+                    Some(s) => {
+                        return Err(Error::Weights(format!(
+                            "{shard} holds {key}, which {} puts in {s}",
+                            self.path
+                        )));
+                    }
+                    None => {
+                        return Err(Error::Weights(format!(
+                            "{shard} holds {key}, which {} does not name",
+                            self.path
+                        )));
+                    }
+                }
+            }
+        }
+        if seen != self.weight_map.len() {
+            let missing = (self.weight_map.iter())
+                .find(|(k, s)| {
+                    let i = self.shards.iter().position(|x| x == *s);
+                    !i.and_then(|i| headers.get(i))
+                        .is_some_and(|h| h.tensors.contains_key(*k))
+                })
+                .map(|(k, s)| format!("{k} (in {s})"))
+                .unwrap_or_default();
+            return Err(Error::Weights(format!(
+                "{}: {} keys are named but the shards hold {seen}; missing: {missing}",
+                self.path,
+                self.weight_map.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Where a pipeline file is found in a separate VAE folder, for a VAE swapped
 /// in from elsewhere (TAESD, `madebyollin/taesd`, as a fast decoder for any
 /// model with SD's 4-channel latents): `vae/config.json` → `config.json`,
@@ -720,9 +833,47 @@ impl StableDiffusion {
                 (Some(v), Some(rest)) => (v, rest),
                 _ => (dir, p),
             };
+            let on_host = PipelineConfig::on_host(i);
+            // The fp16 variant, the file, then a sharded checkpoint's index.
             let half = fp16_variant(p);
-            let p = if dir.join(&half).is_file() { &half } else { p };
-            WeightFile::read(&dir.join(p), p, device, PipelineConfig::on_host(i))
+            for f in [half.as_str(), p] {
+                if dir.join(f).is_file() {
+                    return WeightFile::read(&dir.join(f), f, device, on_host);
+                }
+            }
+            for index in [shard_index_path(p, true), shard_index_path(p, false)] {
+                let path = dir.join(&index);
+                if !path.is_file() {
+                    continue;
+                }
+                let text = std::fs::read(&path)
+                    .map_err(|e| Error::Weights(format!("{}: {e}", path.display())))?;
+                if text.len() as u64 > MAX_TEXT_FILE_BYTES {
+                    return Err(Error::Weights(format!("{} is too large", path.display())));
+                }
+                let index = ShardIndex::parse(&index, &String::from_utf8_lossy(&text))?;
+                let mut headers = Vec::new();
+                for s in &index.shards {
+                    if !dir.join(s).is_file() {
+                        return Err(Error::Weights(format!(
+                            "{} is missing from the model folder ({} names it)",
+                            dir.join(s).display(),
+                            index.path
+                        )));
+                    }
+                    headers.push(Header::read(&dir.join(s), s)?);
+                }
+                index.check(&headers)?;
+                let shards = (index.shards.iter())
+                    .map(|s| WeightFile::read(&dir.join(s), s, device, on_host))
+                    .collect::<Result<Vec<_>>>()?;
+                return WeightFile::merge(p, shards);
+            }
+            Err(Error::Weights(format!(
+                "{} is missing from the model folder (nor is there an fp16 variant or a \
+                 sharded index)",
+                dir.join(p).display()
+            )))
         };
         Self::load(config, [read(0)?, read(1)?, read(2)?], device)
     }

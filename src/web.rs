@@ -11,11 +11,11 @@ use crate::image::tensor_values_to_rgba;
 use crate::models::attention::set_attention_max_bytes;
 use crate::models::clip::ClipTokenizer;
 use crate::pipeline::{
-    GenerateOptions, OPTIONAL_FILES, OptionsInput, PipelineConfig, Sampling, StableDiffusion,
-    TEXT_FILES, WEIGHT_FILES, check_model_index, fp16_variant, largest_tensor, swapped_vae_path,
-    weight_bytes,
+    GenerateOptions, OPTIONAL_FILES, OptionsInput, PipelineConfig, Sampling, ShardIndex,
+    StableDiffusion, TEXT_FILES, WEIGHT_FILES, check_model_index, fp16_variant, largest_tensor,
+    shard_index_path, swapped_vae_path, weight_bytes,
 };
-use crate::weights::{Header, WeightReader};
+use crate::weights::{Header, WeightFile, WeightReader};
 use crate::{DDIMScheduler, NoiseGenerator};
 
 /// The message of the last panic, for the page to show after a trap.
@@ -334,7 +334,11 @@ impl Generator {
                     JsError::new(&format!("{path} is missing from the model folder"))
                 })?,
             };
-            sources.push(fetch::Source::Bytes(bytes, 0));
+            sources.push(Weights {
+                name: path,
+                shards: vec![(path.to_string(), fetch::Source::Bytes(bytes, 0))],
+                index: None,
+            });
         }
         Self::build(config, sources, backend).await
     }
@@ -382,12 +386,21 @@ impl Generator {
 
     async fn inspect_folder(folder: &Folder) -> Result<JsValue, JsError> {
         let config = Self::read_config(folder).await?;
-        let mut sources = Self::open_weights(folder).await?;
-        let read = Self::read_headers(&mut sources).await;
-        for s in &mut sources {
-            s.abandon();
+        let mut weights = Self::open_weights(folder).await?;
+        let read = Self::read_headers(&mut weights).await;
+        for w in &mut weights {
+            for (_, s) in &mut w.shards {
+                s.abandon();
+            }
         }
-        let (_, headers) = read?;
+        let (_, shard_headers) = read?;
+        let files: Vec<FileInfo> = (shard_headers.iter().flatten())
+            .map(|h| FileInfo {
+                path: h.name.clone(),
+                bytes: h.file_len(),
+            })
+            .collect();
+        let headers = Self::component_headers(&weights, &shard_headers)?;
         config
             .check([&headers[0], &headers[1], &headers[2]])
             .map_err(to_js)?;
@@ -395,13 +408,8 @@ impl Generator {
         let (largest, largest_bytes) = largest_tensor(&refs);
         let weights = weight_bytes(&refs);
         let info = ModelInfo {
-            files: (headers.iter())
-                .map(|h| FileInfo {
-                    path: h.name.clone(),
-                    bytes: h.file_len(),
-                })
-                .collect(),
-            download_bytes: headers.iter().map(Header::file_len).sum(),
+            download_bytes: files.iter().map(|f| f.bytes).sum(),
+            files,
             weight_bytes_f32: weights,
             largest_tensor: largest,
             largest_tensor_bytes: largest_bytes,
@@ -489,56 +497,112 @@ impl Generator {
     }
 
     /// The weight files, opened in [`WEIGHT_FILES`] order: the fp16 variant
-    /// where the folder has one (half the download).
-    async fn open_weights(folder: &Folder) -> Result<Vec<fetch::Source>, JsError> {
-        let mut sources = Vec::new();
+    /// where the folder has one (half the download), else the file, else the
+    /// shards of a sharded checkpoint's index (fp16 first).
+    async fn open_weights(folder: &Folder) -> Result<Vec<Weights>, JsError> {
+        let mut all = Vec::new();
         for path in WEIGHT_FILES {
             let (net, at) = folder.route(path);
-            let download = match net.open_any(&fp16_variant(at), true).await? {
-                Some(d) => d,
-                None => net.open(at).await?,
+            let single = match net.open_any(&fp16_variant(at), true).await? {
+                Some(d) => Some(d),
+                None => net.open_any(at, true).await?,
             };
-            sources.push(fetch::Source::Net(download));
+            if let Some(d) = single {
+                all.push(Weights {
+                    name: path,
+                    shards: vec![(path.to_string(), fetch::Source::Net(d))],
+                    index: None,
+                });
+                continue;
+            }
+            let mut found = None;
+            for index in [shard_index_path(at, true), shard_index_path(at, false)] {
+                if let Some(text) = net.text(&index, true).await? {
+                    let index = ShardIndex::parse(&index, &String::from_utf8_lossy(&text))
+                        .map_err(to_js)?;
+                    let mut shards = Vec::new();
+                    for shard in &index.shards {
+                        // A shard the index names must be there.
+                        shards.push((shard.clone(), fetch::Source::Net(net.open(shard).await?)));
+                    }
+                    found = Some(Weights {
+                        name: path,
+                        shards,
+                        index: Some(index),
+                    });
+                    break;
+                }
+            }
+            all.push(found.ok_or_else(|| {
+                JsError::new(&format!(
+                    "{}{at} is missing from the model folder (nor is there an fp16 variant or a \
+                     sharded index): is the folder URL right?",
+                    net.base
+                ))
+            })?);
         }
-        Ok(sources)
+        Ok(all)
     }
 
-    /// Each source's header (a few hundred kB whatever the model's size), and
-    /// the bytes read to get it.
+    /// Each file's header (a few hundred kB whatever the model's size), and
+    /// the bytes read to get it, per component and shard.
     async fn read_headers(
-        sources: &mut [fetch::Source],
-    ) -> Result<(Vec<Vec<u8>>, Vec<Header>), JsError> {
+        weights: &mut [Weights],
+    ) -> Result<(Vec<Vec<Vec<u8>>>, Vec<Vec<Header>>), JsError> {
         let mut prefixes = Vec::new();
         let mut headers = Vec::new();
-        for (path, source) in WEIGHT_FILES.iter().zip(sources) {
-            let mut prefix = Vec::new();
-            let header = loop {
-                if let Some(h) = Header::parse(path, &prefix, source.len()).map_err(to_js)? {
-                    break h;
-                }
-                match source.next().await? {
-                    Some(chunk) => {
-                        prefix.extend_from_slice(&chunk.to_vec());
-                        source.keep(chunk).await?;
+        for w in weights {
+            let (mut p, mut h) = (Vec::new(), Vec::new());
+            for (name, source) in &mut w.shards {
+                let mut prefix = Vec::new();
+                let header = loop {
+                    if let Some(h) = Header::parse(name, &prefix, source.len()).map_err(to_js)? {
+                        break h;
                     }
-                    None => return Err(to_js(Header::incomplete(path, prefix.len() as u64))),
-                }
-            };
-            prefixes.push(prefix);
-            headers.push(header);
+                    match source.next().await? {
+                        Some(chunk) => {
+                            prefix.extend_from_slice(&chunk.to_vec());
+                            source.keep(chunk).await?;
+                        }
+                        None => return Err(to_js(Header::incomplete(name, prefix.len() as u64))),
+                    }
+                };
+                p.push(prefix);
+                h.push(header);
+            }
+            prefixes.push(p);
+            headers.push(h);
         }
         Ok((prefixes, headers))
+    }
+
+    /// One header per component: a sharded checkpoint's shards checked
+    /// against its index and merged.
+    fn component_headers(
+        weights: &[Weights],
+        shard_headers: &[Vec<Header>],
+    ) -> Result<Vec<Header>, JsError> {
+        (weights.iter().zip(shard_headers))
+            .map(|(w, h)| match &w.index {
+                None => Ok(h[0].clone()),
+                Some(index) => {
+                    index.check(h).map_err(to_js)?;
+                    Header::merge(w.name, h).map_err(to_js)
+                }
+            })
+            .collect()
     }
 
     /// Reads each weight file's header, chooses the device, checks the
     /// configs against the headers, then streams every tensor onto the device.
     async fn build(
         config: PipelineConfig,
-        mut sources: Vec<fetch::Source>,
+        mut weights: Vec<Weights>,
         backend: Option<String>,
     ) -> Result<Generator, JsError> {
         // Headers first: a few hundred kB each, whatever the model's size.
-        let (prefixes, headers) = Self::read_headers(&mut sources).await?;
+        let (prefixes, shard_headers) = Self::read_headers(&mut weights).await?;
+        let headers = Self::component_headers(&weights, &shard_headers)?;
         // The configs against the headers, key by key, before any data is read.
         config
             .check([&headers[0], &headers[1], &headers[2]])
@@ -551,31 +615,40 @@ impl Generator {
         )
         .await?;
         let mut files = Vec::new();
-        for ((mut source, prefix), header) in sources.into_iter().zip(prefixes).zip(headers) {
-            // The header was read above: go on from the bytes after it.
-            let start = header.data_start as usize;
-            let mut reader = WeightReader::after_header(header, &device, source.len())
-                .keep_on_host(PipelineConfig::on_host(files.len()));
-            reader.push(&prefix[start..]).map_err(to_js)?;
-            drop(prefix);
-            loop {
-                lost()?;
-                match source.next().await? {
-                    Some(chunk) => {
-                        if let Err(e) = reader.push(&chunk.to_vec()) {
-                            source.abandon();
-                            return Err(to_js(e));
+        let parts = weights.into_iter().zip(prefixes).zip(shard_headers);
+        for (i, ((w, prefixes), headers)) in parts.enumerate() {
+            let mut shards = Vec::new();
+            for (((_, mut source), prefix), header) in
+                w.shards.into_iter().zip(prefixes).zip(headers)
+            {
+                // The header was read above: go on from the bytes after it.
+                let start = header.data_start as usize;
+                let mut reader = WeightReader::after_header(header, &device, source.len())
+                    .keep_on_host(PipelineConfig::on_host(i));
+                reader.push(&prefix[start..]).map_err(to_js)?;
+                drop(prefix);
+                loop {
+                    lost()?;
+                    match source.next().await? {
+                        Some(chunk) => {
+                            if let Err(e) = reader.push(&chunk.to_vec()) {
+                                source.abandon();
+                                return Err(to_js(e));
+                            }
+                            source.keep(chunk).await?;
                         }
-                        source.keep(chunk).await?;
+                        None => break,
                     }
-                    None => break,
                 }
+                shards.push(reader.finish().map_err(to_js)?);
+                source.commit().await?;
             }
-            let file = reader.finish().map_err(to_js)?;
-            source.commit().await?;
-            files.push(file);
+            files.push(match w.index {
+                None => shards.pop().ok_or_else(|| JsError::new("no weight file"))?,
+                Some(_) => WeightFile::merge(w.name, shards).map_err(to_js)?,
+            });
         }
-        let files: [crate::weights::WeightFile; 3] = files
+        let files: [WeightFile; 3] = files
             .try_into()
             .map_err(|_| JsError::new("three weight files"))?;
         let sd = StableDiffusion::load(config, files, &device).map_err(to_js)?;
@@ -805,6 +878,15 @@ fn check_keys(value: &JsValue, what: &str, allowed: &[&str]) -> Result<(), JsErr
         ))),
         None => Ok(()),
     }
+}
+
+/// One component's weights: a file, or a sharded checkpoint's shards and index.
+struct Weights {
+    /// The component's file in [`WEIGHT_FILES`].
+    name: &'static str,
+    /// `(path, source)` per file, in the index's order.
+    shards: Vec<(String, fetch::Source)>,
+    index: Option<ShardIndex>,
 }
 
 /// A model folder and, when the VAE is swapped in from elsewhere (TAESD as a

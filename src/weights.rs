@@ -226,6 +226,53 @@ impl Header {
         ))
     }
 
+    /// The headers of a sharded checkpoint's files as one, named `name`: every
+    /// key with its shape and dtype (byte ranges stay each shard's), and as
+    /// length the shards' total. A key in two shards is an error.
+    pub fn merge(name: &str, headers: &[Header]) -> Result<Header> {
+        let mut tensors = BTreeMap::new();
+        let mut total = 0u64;
+        for h in headers {
+            total = total.saturating_add(h.file_len());
+            for (k, t) in &h.tensors {
+                if tensors.insert(k.clone(), t.clone()).is_some() {
+                    return Err(Error::Weights(format!(
+                        "{name}: {k} is in more than one shard (again in {}); the checkpoint is \
+                         inconsistent",
+                        h.name
+                    )));
+                }
+            }
+        }
+        Ok(Header {
+            name: name.to_string(),
+            tensors,
+            data_start: 0,
+            data_len: total,
+        })
+    }
+
+    /// Reads just the header of a file on disk (in 1 MiB pieces).
+    #[cfg(not(target_family = "wasm"))]
+    pub fn read(path: &std::path::Path, name: &str) -> Result<Header> {
+        use std::io::Read;
+        let io = |e: std::io::Error| Error::Weights(format!("{}: {e}", path.display()));
+        let mut f = std::fs::File::open(path).map_err(io)?;
+        let len = f.metadata().map_err(io)?.len();
+        let mut prefix = Vec::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            if let Some(h) = Header::parse(name, &prefix, Some(len))? {
+                return Ok(h);
+            }
+            let n = f.read(&mut buf).map_err(io)?;
+            if n == 0 {
+                return Err(Header::incomplete(name, prefix.len() as u64));
+            }
+            prefix.extend_from_slice(&buf[..n]);
+        }
+    }
+
     /// Number of stored elements.
     pub fn num_elements(&self) -> u64 {
         self.tensors.values().map(TensorInfo::elements).sum()
@@ -567,6 +614,24 @@ impl WeightFile {
 
     pub fn header(&self) -> &Header {
         &self.header
+    }
+
+    /// A sharded checkpoint's files as one file named `name` (see
+    /// [`Header::merge`]).
+    pub fn merge(name: &str, files: Vec<WeightFile>) -> Result<Self> {
+        let headers: Vec<Header> = files.iter().map(|f| f.header.clone()).collect();
+        let header = Header::merge(name, &headers)?;
+        let mut device = None;
+        let mut tensors = HashMap::new();
+        for f in files {
+            device.get_or_insert(f.device);
+            tensors.extend(f.tensors);
+        }
+        Ok(Self {
+            header,
+            tensors,
+            device: device.ok_or_else(|| Error::Weights(format!("{name}: no shards")))?,
+        })
     }
 
     /// Builds a model from the file: `build` walks the keys with a

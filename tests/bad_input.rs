@@ -15,6 +15,7 @@ use burn::tensor::Device;
 use latent_diffusion_web::image::{rgba_len, tensor_values_to_rgba};
 use latent_diffusion_web::pipeline::{OptionsInput, StableDiffusion};
 use serde_json::{Map, Value};
+mod common;
 
 /// The CPU path's per-buffer limit in the browser, so a size refused there is
 /// refused here too (natively the limit is larger).
@@ -59,6 +60,15 @@ fn edit(files: &mut BTreeMap<String, Vec<u8>>, file: &str, edit: &Map<String, Va
         "rename" => {
             files.remove(file);
             files.insert(arg.as_str().unwrap().to_string(), old);
+            return;
+        }
+        "shard" => {
+            // The file becomes `n` shards and an index beside it.
+            files.remove(file);
+            let (folder, name) = file.rsplit_once('/').unwrap();
+            for (f, bytes) in common::shard(name, &old, arg.as_u64().unwrap() as usize) {
+                files.insert(format!("{folder}/{f}"), bytes);
+            }
             return;
         }
         "text" => arg.as_str().unwrap().as_bytes().to_vec(),

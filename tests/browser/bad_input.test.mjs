@@ -28,12 +28,43 @@ async function goodFiles() {
 const hex = (s) => Buffer.from(s, 'hex');
 const headerLen = (b) => Number(b.readBigUInt64LE(0));
 
+/** A safetensors file split into `n` shards by key order, with its index, as
+ * diffusers saves a large checkpoint (the same as tests/common/mod.rs). */
+function shard(path, bytes, n) {
+  const stem = path.replace(/\.safetensors$/, '');
+  const len = headerLen(bytes);
+  const header = JSON.parse(bytes.subarray(8, 8 + len).toString());
+  const data = bytes.subarray(8 + len);
+  const keys = Object.keys(header).filter((k) => k !== '__metadata__').sort();
+  const per = Math.ceil(keys.length / n);
+  const out = {}, map = {};
+  for (let i = 0; i * per < keys.length; i++) {
+    const name = `${stem.split('/').pop()}-${String(i + 1).padStart(5, '0')}-of-${String(n).padStart(5, '0')}.safetensors`;
+    const h = {}, parts = [];
+    let at = 0;
+    for (const k of keys.slice(i * per, (i + 1) * per)) {
+      const [s, e] = header[k].data_offsets;
+      parts.push(data.subarray(s, e));
+      h[k] = { ...header[k], data_offsets: [at, at + e - s] };
+      at += e - s;
+      map[k] = name;
+    }
+    const json = Buffer.from(JSON.stringify(h));
+    const size = Buffer.alloc(8);
+    size.writeBigUInt64LE(BigInt(json.length));
+    out[`${stem.slice(0, stem.lastIndexOf('/') + 1)}${name}`] = Buffer.concat([size, json, ...parts]);
+  }
+  out[`${path}.index.json`] = Buffer.from(JSON.stringify({ metadata: { total_size: bytes.length }, weight_map: map }));
+  return out;
+}
+
 /** The corpus edits (see its "about"); the same as tests/bad_input.rs. */
 function edit(files, file, e) {
   const [[op, arg]] = Object.entries(e);
   const old = files[file] ?? Buffer.alloc(0);
   let out;
   if (op === 'delete') { delete files[file]; return; }
+  if (op === 'shard') { delete files[file]; Object.assign(files, shard(file, old, arg)); return; }
   if (op === 'rename') { delete files[file]; files[arg] = old; return; }
   if (op === 'text') out = Buffer.from(arg);
   else if (op === 'hex') out = hex(arg);
