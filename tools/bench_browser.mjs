@@ -1,17 +1,18 @@
 // Times a whole generation with the shipped model in headless Debian chromium:
 // WebGPU (on this machine: SwiftShader, a software adapter) vs the wasm CPU
 // fallback (Burn flex, one thread). Median of 5 after 1 warm-up, seeds 0..5.
-// Needs ./build.sh wasm first.
-//   node tools/bench_browser.mjs
+// Needs ./build.sh wasm first. An argument picks one backend.
+//   node tools/bench_browser.mjs [webgpu|cpu]
 import { openPage } from '../tests/browser/harness.mjs';
 
 const ctx = await openPage('www', '');
 try {
-  const rows = await ctx.page.evaluate(async () => {
+  const only = process.argv[2];
+  const rows = await ctx.page.evaluate(async (backends) => {
     const m = await import('./pkg/latent_diffusion_web.js');
     await m.default();
     const out = [];
-    for (const backend of ['webgpu', 'cpu']) {
+    for (const backend of backends) {
       const t0 = performance.now();
       const g = await m.Generator.fromUrl('models/emoji-4step/', backend);
       const load = performance.now() - t0;
@@ -26,7 +27,7 @@ try {
       g.free();
     }
     return out;
-  });
+  }, only ? [only] : ['webgpu', 'cpu']);
   const cpus = (await import('node:os')).cpus();
   console.log(`machine: ${cpus.length} cores, ${cpus[0].model}; chromium headless`);
   for (const r of rows) console.log(JSON.stringify(r));

@@ -38,6 +38,12 @@ function resize(w, h) {
   $('stage').style.aspectRatio = `${w} / ${h}`;
 }
 
+/** Brings the image into view (it sits below the form on narrow screens). */
+function showStage() {
+  const r = $('stage').getBoundingClientRect();
+  if (r.top < 0 || r.bottom > innerHeight) $('stage').scrollIntoView({ block: 'nearest', behavior: 'smooth' });
+}
+
 function draw(rgba, w, h) {
   resize(w, h);
   $('out').getContext('2d').putImageData(new ImageData(new Uint8ClampedArray(rgba), w, h), 0, 0);
@@ -162,9 +168,10 @@ function onWorkerMessage({ data: m }) {
   } else if (m.type === 'step') {
     $('status').textContent = `Denoising: step ${m.done} of ${m.total}`;
     $('bar').max = m.total; $('bar').value = m.done;
-    if (m.rgba) draw(m.rgba, m.width, m.height);
+    if (m.rgba) { draw(m.rgba, m.width, m.height); if (m.done === 1) showStage(); }
   } else if (m.type === 'result') {
     draw(m.rgba, m.width, m.height);
+    showStage();
     $('status').textContent = 'Done.';
     $('out').toBlob((b) => { $('download').href = URL.createObjectURL(b); $('download').hidden = false; });
     setBusy(false);
