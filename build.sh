@@ -62,10 +62,11 @@ build_wasm() {
     "${CARGO_TARGET_DIR:-target}/$WASM_TARGET/release/$CRATE.wasm"
   if [ "${WASM_OPT:-1}" != 0 ]; then
     log "wasm-opt -Oz"
-    # The features rustc enables by default for wasm32-unknown-unknown.
+    # The features rustc enables by default for wasm32-unknown-unknown, and
+    # SIMD (.cargo/config.toml).
     node_modules/.bin/wasm-opt -Oz --enable-bulk-memory --enable-nontrapping-float-to-int \
       --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue \
-      "www/pkg/${CRATE}_bg.wasm" -o "www/pkg/${CRATE}_bg.wasm"
+      --enable-simd "www/pkg/${CRATE}_bg.wasm" -o "www/pkg/${CRATE}_bg.wasm"
   fi
   # The page's default model (www/models/emoji-4step) is committed; the
   # random-weight test pipeline is copied beside it for the tests and as a
