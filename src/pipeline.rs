@@ -54,9 +54,14 @@ const COMPONENTS: [(&str, &[&str]); 4] = [
 
 /// Checks a folder's `model_index.json` (when it has one) before anything else
 /// is read: a pipeline of another kind (SDXL, SD3, Flux, ...) or a component
-/// this app cannot run is named here, before any weight is downloaded.
+/// this app cannot run is named here, before any weight is downloaded. An
+/// HTML page in its place (a host answering every missing path with one) is
+/// a folder without the file, as for every optional file.
 pub fn check_model_index(text: &str) -> Result<()> {
     let file = "model_index.json";
+    if text.trim_start().starts_with('<') {
+        return Ok(());
+    }
     let index: serde_json::Map<String, serde_json::Value> =
         crate::config::parse_config(text, file)?;
     let class = index
@@ -235,6 +240,21 @@ pub fn swapped_vae_path(path: &str) -> Option<&str> {
     path.strip_prefix("vae/")
 }
 
+/// The folder and path a pipeline file is read from on disk: `vae` (a
+/// swapped-in VAE's folder, see [`swapped_vae_path`]) for the VAE's files
+/// when given, else the model folder.
+#[cfg(not(target_family = "wasm"))]
+fn locate<'a>(
+    dir: &'a std::path::Path,
+    vae: Option<&'a std::path::Path>,
+    path: &'a str,
+) -> (&'a std::path::Path, &'a str) {
+    match (vae, swapped_vae_path(path)) {
+        (Some(v), Some(rest)) => (v, rest),
+        _ => (dir, path),
+    }
+}
+
 /// A weight file's half-precision variant (`unet/diffusion_pytorch_model.fp16.safetensors`),
 /// which Hub repos offer beside the f32 file or instead of it. It is read first
 /// when present: half the download, and the same values once on the device.
@@ -318,8 +338,8 @@ impl PipelineConfig {
         let kind: VaeKind = crate::config::parse_config(&vae_json, "vae/config.json")?;
         // A config saved without its class name is TAESD's when it has TAESD's keys.
         let tiny_keys = kind.decoder_block_out_channels.is_some();
-        let vae = match kind.class_name.as_deref() {
-            None if tiny_keys => VaeConfig::Tiny(AutoencoderTinyConfig::from_json(&vae_json)?),
+        let class = (kind.class_name.as_deref()).or(tiny_keys.then_some("AutoencoderTiny"));
+        let vae = match class {
             Some("AutoencoderTiny") => {
                 VaeConfig::Tiny(AutoencoderTinyConfig::from_json(&vae_json)?)
             }
@@ -357,19 +377,15 @@ impl PipelineConfig {
     #[cfg(not(target_family = "wasm"))]
     pub fn read_dir_with_vae(dir: &std::path::Path, vae: Option<&std::path::Path>) -> Result<Self> {
         Self::from_lookup(&format!("{}/", dir.display()), |p| {
-            let path = match (vae, swapped_vae_path(p)) {
-                (Some(v), Some(rest)) => {
-                    let path = v.join(rest);
-                    if !path.is_file() {
-                        return Err(Error::Weights(format!(
-                            "{} is missing from the VAE folder",
-                            path.display()
-                        )));
-                    }
-                    path
-                }
-                _ => dir.join(p),
-            };
+            let (folder, at) = locate(dir, vae, p);
+            let path = folder.join(at);
+            let swapped = vae.is_some() && swapped_vae_path(p).is_some();
+            if swapped && !path.is_file() {
+                return Err(Error::Weights(format!(
+                    "{} is missing from the VAE folder",
+                    path.display()
+                )));
+            }
             match std::fs::metadata(&path) {
                 Ok(m) if m.len() > MAX_TEXT_FILE_BYTES => Err(Error::Config(format!(
                     "{} is {} bytes, more than a config or tokenizer file can be",
@@ -671,7 +687,7 @@ impl Footprint {
         }
         DECODE_TILES.into_iter().find(|&t| {
             let px = t * scale;
-            (t * scale < w.max(h)) && Self::levels(&self.vae_decoder, px.min(w), px.min(h)) <= limit
+            px < w.max(h) && Self::levels(&self.vae_decoder, px.min(w), px.min(h)) <= limit
         })
     }
 
@@ -828,11 +844,7 @@ impl StableDiffusion {
     ) -> Result<Self> {
         let config = PipelineConfig::read_dir_with_vae(dir, vae)?;
         let read = |i: usize| {
-            let p = WEIGHT_FILES[i];
-            let (dir, p) = match (vae, swapped_vae_path(p)) {
-                (Some(v), Some(rest)) => (v, rest),
-                _ => (dir, p),
-            };
+            let (dir, p) = locate(dir, vae, WEIGHT_FILES[i]);
             let on_host = PipelineConfig::on_host(i);
             // The fp16 variant, the file, then a sharded checkpoint's index.
             let half = fp16_variant(p);
@@ -843,14 +855,15 @@ impl StableDiffusion {
             }
             for index in [shard_index_path(p, true), shard_index_path(p, false)] {
                 let path = dir.join(&index);
-                if !path.is_file() {
-                    continue;
+                let io = |e: std::io::Error| Error::Weights(format!("{}: {e}", path.display()));
+                match std::fs::metadata(&path) {
+                    Ok(m) if m.is_file() && m.len() > MAX_TEXT_FILE_BYTES => {
+                        return Err(Error::Weights(format!("{} is too large", path.display())));
+                    }
+                    Ok(m) if m.is_file() => {}
+                    _ => continue,
                 }
-                let text = std::fs::read(&path)
-                    .map_err(|e| Error::Weights(format!("{}: {e}", path.display())))?;
-                if text.len() as u64 > MAX_TEXT_FILE_BYTES {
-                    return Err(Error::Weights(format!("{} is too large", path.display())));
-                }
+                let text = std::fs::read(&path).map_err(io)?;
                 let index = ShardIndex::parse(&index, &String::from_utf8_lossy(&text))?;
                 let mut headers = Vec::new();
                 for s in &index.shards {

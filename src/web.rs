@@ -482,7 +482,6 @@ impl Generator {
             let text = folder.net.text(path, true).await?;
             if path == OPTIONAL_FILES[0]
                 && let Some(t) = &text
-                && !t.trim_ascii_start().starts_with(b"<")
             {
                 check_model_index(&String::from_utf8_lossy(t)).map_err(to_js)?;
             }
@@ -905,18 +904,12 @@ impl Folder {
         }
     }
 
-    /// Deletes every file of the pipeline from the cache.
+    /// Deletes every file this load opened (shards and indexes included)
+    /// from the cache.
     async fn forget_all(&self) {
-        let variants = WEIGHT_FILES.map(fp16_variant);
-        let names = (TEXT_FILES
-            .iter()
-            .chain(&OPTIONAL_FILES)
-            .chain(&WEIGHT_FILES))
-        .copied()
-        .chain(variants.iter().map(String::as_str));
-        for p in names {
-            let (net, at) = self.route(p);
-            net.forget(at).await;
+        self.net.forget_all().await;
+        if let Some(v) = &self.vae {
+            v.forget_all().await;
         }
     }
 }
@@ -1011,6 +1004,8 @@ mod fetch {
         signal: Option<JsValue>,
         stall_ms: f64,
         on_progress: Option<Function>,
+        /// Every path opened, so that a failed load can forget exactly those.
+        opened: std::cell::RefCell<Vec<String>>,
     }
 
     impl Net {
@@ -1050,6 +1045,7 @@ mod fetch {
                 signal,
                 stall_ms,
                 on_progress,
+                opened: Default::default(),
             })
         }
 
@@ -1072,6 +1068,7 @@ mod fetch {
             optional: bool,
         ) -> Result<Option<Download>, JsError> {
             self.check_aborted()?;
+            self.opened.borrow_mut().push(path.to_string());
             let url = self.url(path);
             let cache = self.cache.clone();
             if let Some(c) = &cache
@@ -1171,11 +1168,15 @@ mod fetch {
             })
         }
 
-        /// Deletes `path` of the folder from the cache.
-        pub async fn forget(&self, path: &str) {
+        /// Deletes every file opened through this fetcher from the cache
+        /// (remembered 404s included).
+        pub async fn forget_all(&self) {
             let Some(c) = &self.cache else { return };
-            if let Ok(p) = call(c, "delete", &[&JsValue::from_str(&self.url(path))]) {
-                let _ = wait(p).await;
+            let opened = std::mem::take(&mut *self.opened.borrow_mut());
+            for path in opened {
+                if let Ok(p) = call(c, "delete", &[&JsValue::from_str(&self.url(&path))]) {
+                    let _ = wait(p).await;
+                }
             }
         }
     }

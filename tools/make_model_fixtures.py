@@ -78,15 +78,20 @@ def unet_case(name, seed, config, sample_shape, ctx_shape, timesteps, class_labe
     save(name, model, "config.json", "diffusion_pytorch_model.safetensors", dtype, io)
 
 
+# SD 1.x layout: conv projections, heads from attention_head_dim.
+SD1_TINY = dict(
+    sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64),
+    layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+    attention_head_dim=4, norm_num_groups=16,
+)
+
+
 def lcm_case():
     # LCM layout: the guidance-scale embedding through time_embedding.cond_proj
     # (no bias); an odd width checks the zero padding.
-    unet_case("unet_lcm_tiny", 7, dict(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64),
-        layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
-        attention_head_dim=4, norm_num_groups=16, time_cond_proj_dim=9,
-    ), (2, 4, 8, 8), (2, 7, 32), [999.0, 259.0], guidance_w=[7.5, 0.0])
+    unet_case("unet_lcm_tiny", 7, dict(SD1_TINY, time_cond_proj_dim=9),
+              (2, 4, 8, 8), (2, 7, 32), [999.0, 259.0], guidance_w=[7.5, 0.0])
 
 
 def tiled_case():
@@ -113,13 +118,9 @@ def main():
     if sys.argv[1:] == ["vae_kl_tiled"]:
         return tiled_case()
     lcm_case()
-    # SD 1.x layout: conv projections, heads from attention_head_dim, class labels.
-    unet_case("unet_sd1_tiny", 1, dict(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64),
-        layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
-        attention_head_dim=4, norm_num_groups=16, num_class_embeds=5,
-    ), (2, 4, 8, 8), (2, 7, 32), [999.0, 17.0], class_labels=[3, 0])
+    # SD 1.x layout with class labels.
+    unet_case("unet_sd1_tiny", 1, dict(SD1_TINY, num_class_embeds=5),
+              (2, 4, 8, 8), (2, 7, 32), [999.0, 17.0], class_labels=[3, 0])
     # SD 2.x / inpainting layout: 9 input channels, linear projections, explicit
     # head counts per block, 2 transformer layers, odd latent size.
     unet_case("unet_sd2_inpaint_tiny", 2, dict(

@@ -44,12 +44,16 @@ CASES = [
 ]
 
 
+# The tiny pipeline's UNet (tiny-lcm's adds time_cond_proj_dim).
+TINY_UNET = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+                 down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
+                 attention_head_dim=4, norm_num_groups=16)
+
+
 def build():
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64),
-                                layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
-                                attention_head_dim=4, norm_num_groups=16)
+    unet = UNet2DConditionModel(**TINY_UNET)
     vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(32, 64), layers_per_block=1,
                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
                         latent_channels=4, norm_num_groups=16, sample_size=16)
@@ -122,10 +126,7 @@ def lcm():
     """The tiny pipeline with a guidance-distilled UNet and LCMScheduler."""
     base = StableDiffusionPipeline.from_pretrained(OUT, safety_checker=None, requires_safety_checker=False)
     torch.manual_seed(8)
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64),
-                                layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
-                                attention_head_dim=4, norm_num_groups=16, time_cond_proj_dim=8)
+    unet = UNet2DConditionModel(**TINY_UNET, time_cond_proj_dim=8)
     with torch.no_grad():
         for p in unet.parameters():
             if p.dim() > 1:

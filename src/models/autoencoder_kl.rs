@@ -408,7 +408,7 @@ impl AutoencoderKL {
     /// than one tile's. The seams are not invisible (group norms see one tile)
     /// but they are diffusers' seams, to the pixel.
     pub fn tiled_decode(&self, z: Tensor<4>, tile: usize) -> Tensor<4> {
-        let [_, _, h, w] = z.dims();
+        let [b, c, h, w] = z.dims();
         let tile = tile.max(1);
         let scale = self.decoder_scale();
         let sample_tile = tile * scale;
@@ -420,12 +420,8 @@ impl AutoencoderKL {
         for i in (0..h).step_by(overlap) {
             let mut row: Vec<Tensor<4>> = Vec::new();
             for j in (0..w).step_by(overlap) {
-                let part = z.clone().slice([
-                    0..z.dims()[0],
-                    0..z.dims()[1],
-                    i..(i + tile).min(h),
-                    j..(j + tile).min(w),
-                ]);
+                let part =
+                    (z.clone()).slice([0..b, 0..c, i..(i + tile).min(h), j..(j + tile).min(w)]);
                 let mut t = self.decode(part);
                 if let Some(above) = rows.last() {
                     t = blend_v(&above[row.len()], t, blend);
@@ -439,8 +435,7 @@ impl AutoencoderKL {
         }
         let crop = |t: &Tensor<4>| {
             let [b, c, th, tw] = t.dims();
-            t.clone()
-                .slice([0..b, 0..c, 0..th.min(keep), 0..tw.min(keep)])
+            (t.clone()).slice([0..b, 0..c, 0..th.min(keep), 0..tw.min(keep)])
         };
         let rows: Vec<Tensor<4>> = rows
             .iter()

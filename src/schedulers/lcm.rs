@@ -123,11 +123,6 @@ impl LCMScheduler {
         })
     }
 
-    /// Parses `scheduler_config.json` and builds the scheduler.
-    pub fn from_json(json: &str) -> Result<Self> {
-        Self::new(LCMSchedulerConfig::from_json(json)?)
-    }
-
     /// Picks `n` timesteps out of the `original_inference_steps` the model was
     /// distilled on (`k − 1, 2k − 1, …` with `k = T / original`), evenly by
     /// index, highest first.

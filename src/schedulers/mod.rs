@@ -316,22 +316,21 @@ impl SchedulerConfig {
         else {
             return None;
         };
-        let known = ENDS_AT_CLEAN.contains(&class.as_str()) || class == "PNDMScheduler";
+        let ends_clean = ENDS_AT_CLEAN.contains(&class.as_str());
+        let unknown = if ends_clean || class == "PNDMScheduler" {
+            ""
+        } else {
+            " (not a class this app knows)"
+        };
+        let ending = if ends_clean {
+            ", ending on the clean image as it does"
+        } else {
+            ""
+        };
         Some(format!(
-            "the model folder's scheduler is {class}{}; this app samples with DDIM on the same \
-             noise schedule ({:?} timestep spacing, steps_offset {}){}",
-            if known {
-                ""
-            } else {
-                " (not a class this app knows)"
-            },
-            config.timestep_spacing,
-            config.steps_offset,
-            if ENDS_AT_CLEAN.contains(&class.as_str()) {
-                ", ending on the clean image as it does"
-            } else {
-                ""
-            }
+            "the model folder's scheduler is {class}{unknown}; this app samples with DDIM on the \
+             same noise schedule ({:?} timestep spacing, steps_offset {}){ending}",
+            config.timestep_spacing, config.steps_offset,
         ))
     }
 
@@ -347,14 +346,6 @@ impl SchedulerConfig {
             }
             Self::Lcm(c) => Scheduler::Lcm(LCMScheduler::new(c.clone())?),
         })
-    }
-
-    /// The training schedule's prediction type.
-    pub fn prediction_type(&self) -> PredictionType {
-        match self {
-            Self::Ddim { config, .. } => config.prediction_type,
-            Self::Lcm(c) => c.prediction_type,
-        }
     }
 }
 
