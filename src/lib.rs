@@ -7,6 +7,7 @@
 //! - [`models`]: `UNet2DConditionModel`, `AutoencoderKL`, `AutoencoderTiny`,
 //!   built by [`weights`] from safetensors bytes by their checkpoint key names.
 //! - [`noise`]: seeded Gaussian noise, identical on native and wasm.
+//! - [`prompts`]: a folder's `prompts.json` (emoji read as names, known words).
 //! - [`error`]: the crate's one error type; [`config`]: reading `config.json` files.
 
 pub mod config;
@@ -15,6 +16,7 @@ pub mod image;
 pub mod models;
 pub mod noise;
 pub mod pipeline;
+pub mod prompts;
 pub mod schedulers;
 pub mod weights;
 

@@ -20,6 +20,7 @@ use crate::models::clip::{CLIPTextConfig, CLIPTextModel, ClipTokenizer};
 use crate::models::embeddings::guidance_scale_embedding;
 use crate::models::unet_2d_condition::{UNet2DConditionConfig, UNet2DConditionModel};
 use crate::noise::NoiseGenerator;
+use crate::prompts::{PROMPTS_FILE, PromptCheck, PromptVocabulary};
 use crate::schedulers::{Scheduler, SchedulerConfig, TimestepSpacing};
 use crate::weights::{Header, VarBuilder, WeightFile};
 
@@ -35,10 +36,11 @@ pub const TEXT_FILES: [&str; 6] = [
 
 /// Text files read when present; `model_index.json` first, so a folder of a
 /// kind this app cannot run is named before anything else is read.
-pub const OPTIONAL_FILES: [&str; 3] = [
+pub const OPTIONAL_FILES: [&str; 4] = [
     "model_index.json",
     "tokenizer/tokenizer_config.json",
     "tokenizer/special_tokens_map.json",
+    PROMPTS_FILE,
 ];
 
 /// The component classes this app runs, per `model_index.json` entry.
@@ -281,6 +283,8 @@ pub struct PipelineConfig {
     pub unet: UNet2DConditionConfig,
     pub vae: VaeConfig,
     pub scheduler: SchedulerConfig,
+    /// The folder's `prompts.json`, when it has one.
+    pub prompts: Option<PromptVocabulary>,
 }
 
 impl PipelineConfig {
@@ -332,6 +336,9 @@ impl PipelineConfig {
         let special_tokens = text(OPTIONAL_FILES[2], false)?;
         let tokenizer_config = merge_special_tokens(tokenizer_config, special_tokens)?;
         let tokenizer = ClipTokenizer::new(&vocab, &merges, tokenizer_config.as_deref())?;
+        let prompts = text(OPTIONAL_FILES[3], false)?
+            .map(|t| PromptVocabulary::from_json(&t))
+            .transpose()?;
         let text_encoder = CLIPTextConfig::from_json(&te)?;
         let unet = UNet2DConditionConfig::from_json(&unet)?;
         let vae_json = vae;
@@ -361,6 +368,7 @@ impl PipelineConfig {
             unet,
             vae,
             scheduler,
+            prompts,
         };
         c.check_consistency()?;
         Ok(c)
@@ -632,6 +640,8 @@ struct VaeKind {
 /// A loaded text-to-image pipeline (Stable Diffusion layout).
 pub struct StableDiffusion {
     pub tokenizer: ClipTokenizer,
+    /// The folder's `prompts.json`: emoji read as names, the words it knows.
+    pub prompts: Option<PromptVocabulary>,
     pub text_encoder: CLIPTextModel,
     pub unet: UNet2DConditionModel,
     pub vae: Vae,
@@ -740,6 +750,7 @@ impl StableDiffusion {
             default_size: config.default_size(),
             scheduler_config: config.scheduler,
             tokenizer: config.tokenizer,
+            prompts: config.prompts,
             device: device.clone(),
         })
     }
@@ -893,22 +904,40 @@ impl StableDiffusion {
 
     /// `[negative; prompt]` embeddings (`[2, L, D]`), or just the prompt's
     /// (`[1, L, D]`) when guidance is off.
+    /// Emoji in the prompts are read as their names when the folder has a
+    /// `prompts.json` (see [`PromptVocabulary::read`]).
     pub fn encode_prompt(&self, prompt: &str, negative_prompt: &str, guidance: bool) -> Tensor<3> {
+        let read = |p: &str| {
+            self.prompts
+                .as_ref()
+                .map_or_else(|| p.to_string(), |v| v.read(p))
+        };
         let mut ids: Vec<i64> = Vec::new();
         if guidance {
             ids.extend(
                 self.tokenizer
-                    .encode(negative_prompt)
+                    .encode(&read(negative_prompt))
                     .iter()
                     .map(|&i| i as i64),
             );
         }
-        ids.extend(self.tokenizer.encode(prompt).iter().map(|&i| i as i64));
+        ids.extend(
+            self.tokenizer
+                .encode(&read(prompt))
+                .iter()
+                .map(|&i| i as i64),
+        );
         let l = self.tokenizer.max_length;
         let b = ids.len() / l;
         let table = self.text_encoder.token_device();
         let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, l]), &table);
         self.text_encoder.forward(ids)
+    }
+
+    /// What the text encoder will read of `prompt`: emoji as names, whether
+    /// it is cut off, words the model was not trained on.
+    pub fn check_prompt(&self, prompt: &str) -> PromptCheck {
+        PromptVocabulary::check(self.prompts.as_ref(), &self.tokenizer, prompt)
     }
 
     /// [`StableDiffusion::start`] from RGBA bytes of the options' size (the

@@ -15,6 +15,7 @@ use crate::pipeline::{
     StableDiffusion, TEXT_FILES, WEIGHT_FILES, check_model_index, fp16_variant, largest_tensor,
     shard_index_path, swapped_vae_path, weight_bytes,
 };
+use crate::prompts::{PromptCheck, PromptVocabulary};
 use crate::weights::{Header, WeightFile, WeightReader};
 use crate::{DDIMScheduler, NoiseGenerator};
 
@@ -373,7 +374,7 @@ impl Generator {
     /// named now) and each weight file's header, after which its transfer is
     /// stopped. Resolves to `{ files: [{ path, bytes }], downloadBytes,
     /// weightBytesF32, largestTensor, largestTensorBytes, cpuWeightLimit,
-    /// cpuFits, defaultSize, guidanceDistilled, schedulerNote }` (sizes in
+    /// cpuFits, defaultSize, sizeStep, guidanceDistilled, schedulerNote }` (sizes in
     /// bytes, as the headers describe the files). `options` as for `fromUrl`.
     pub async fn inspect(base: String, options: JsValue) -> Result<JsValue, JsError> {
         let folder = Self::open_folder(&base, None, options).await?;
@@ -416,11 +417,11 @@ impl Generator {
             cpu_weight_limit: CPU_WEIGHT_LIMIT,
             cpu_fits: weights <= CPU_WEIGHT_LIMIT,
             default_size: config.default_size(),
+            size_step: config.vae_scale_factor(),
             guidance_distilled: config.unet.time_cond_proj_dim.is_some(),
             scheduler_note: config.scheduler.note(),
         };
-        serde::Serialize::serialize(&info, &serde_wasm_bindgen::Serializer::json_compatible())
-            .map_err(|e| JsError::new(&e.to_string()))
+        to_json(&info)
     }
 
     /// The folder's fetchers, from `fromUrl`'s options.
@@ -679,6 +680,18 @@ impl Generator {
         self.sd.default_size
     }
 
+    /// Image sides are multiples of this (pixels per latent).
+    #[wasm_bindgen(getter, js_name = sizeStep)]
+    pub fn size_step(&self) -> usize {
+        self.sd.vae_scale_factor
+    }
+
+    /// What the text encoder will read of `prompt` (see [`Prompts::check`]).
+    #[wasm_bindgen(js_name = checkPrompt)]
+    pub fn check_prompt(&self, prompt: &str) -> Result<JsValue, JsError> {
+        to_json(&PromptReport::from(self.sd.check_prompt(prompt)))
+    }
+
     /// The largest square image side this model can make on this device (its
     /// largest activation within one buffer), with guidance on.
     #[wasm_bindgen(getter, js_name = maxSize)]
@@ -926,8 +939,93 @@ struct ModelInfo {
     cpu_weight_limit: u64,
     cpu_fits: bool,
     default_size: usize,
+    size_step: usize,
     guidance_distilled: bool,
     scheduler_note: Option<String>,
+}
+
+/// A [`PromptCheck`] for JS: `{ text, tokens, maxTokens, truncated,
+/// unknownWords, hasKnownWord, notes }`.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PromptReport {
+    truncated: bool,
+    notes: Vec<String>,
+    text: String,
+    tokens: usize,
+    max_tokens: usize,
+    unknown_words: Vec<String>,
+    has_known_word: bool,
+}
+
+impl From<PromptCheck> for PromptReport {
+    fn from(c: PromptCheck) -> Self {
+        Self {
+            truncated: c.truncated(),
+            notes: c.notes(),
+            text: c.text,
+            tokens: c.tokens,
+            max_tokens: c.max_tokens,
+            unknown_words: c.unknown_words,
+            has_known_word: c.has_known_word,
+        }
+    }
+}
+
+/// A plain JS object (maps as objects) from a serializable value.
+fn to_json<T: serde::Serialize>(value: &T) -> Result<JsValue, JsError> {
+    value
+        .serialize(&serde_wasm_bindgen::Serializer::json_compatible())
+        .map_err(|e| JsError::new(&e.to_string()))
+}
+
+/// A model's prompt reading without its weights: its tokenizer and
+/// `prompts.json` (example prompts, names to suggest, emoji read as names).
+/// For a page to say what a prompt will do before the model is downloaded.
+#[wasm_bindgen]
+pub struct Prompts {
+    tokenizer: ClipTokenizer,
+    vocabulary: Option<PromptVocabulary>,
+}
+
+#[wasm_bindgen]
+impl Prompts {
+    /// Reads the folder's configs and tokenizer (as `Generator.inspect`,
+    /// whose `options` it takes), not its weights.
+    #[wasm_bindgen(js_name = fromUrl)]
+    pub async fn from_url(base: String, options: JsValue) -> Result<Prompts, JsError> {
+        let folder = Generator::open_folder(&base, None, options).await?;
+        let config = Generator::read_config(&folder).await?;
+        Ok(Self {
+            tokenizer: config.tokenizer,
+            vocabulary: config.prompts,
+        })
+    }
+
+    /// What the text encoder will read of `prompt`: `{ text, tokens,
+    /// maxTokens, truncated, unknownWords, hasKnownWord, notes }`. `text`
+    /// has emoji replaced by names; `notes` are sentences for the user.
+    pub fn check(&self, prompt: &str) -> Result<JsValue, JsError> {
+        let c = PromptVocabulary::check(self.vocabulary.as_ref(), &self.tokenizer, prompt);
+        to_json(&PromptReport::from(c))
+    }
+
+    /// Example prompts from `prompts.json` (none without it).
+    #[wasm_bindgen(getter)]
+    pub fn examples(&self) -> Vec<String> {
+        self.vocabulary
+            .as_ref()
+            .map_or_else(Vec::new, |v| v.examples.clone())
+    }
+
+    /// What the model was trained to draw, for autocomplete (none without
+    /// `prompts.json`).
+    #[wasm_bindgen(getter)]
+    pub fn suggestions(&self) -> Vec<String> {
+        self.vocabulary
+            .as_ref()
+            .map_or_else(Vec::new, |v| v.names.clone())
+    }
 }
 
 #[derive(serde::Serialize)]

@@ -86,6 +86,49 @@ fn shipped_model_matches_diffusers_within_one_level() {
     );
 }
 
+/// The shipped model's prompts.json: an emoji is read as its name (the same
+/// image, byte for byte), and a prompt of words it never saw gets a note.
+#[test]
+fn emoji_prompts_read_as_names_and_unknown_words_are_noted() {
+    let m = Path::new(env!("CARGO_MANIFEST_DIR")).join("www/models/emoji-4step");
+    let run = |prompt: &str, name: &str| {
+        let out = tmp(name);
+        let o = cli(&[
+            "--model",
+            m.to_str().unwrap(),
+            "--prompt",
+            prompt,
+            "--steps",
+            "2",
+            "--seed",
+            "7",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{err}");
+        (read_png(&out).0, err)
+    };
+    let (by_name, err) = run("cat face", "cat-name.png");
+    assert!(!err.contains("note:"), "{err}");
+    let (by_emoji, err) = run("🐱", "cat-emoji.png");
+    assert!(
+        err.contains(r#"note: the prompt is read as "cat face""#),
+        "{err}"
+    );
+    assert!(
+        by_name == by_emoji,
+        "🐱 and \"cat face\" give different images"
+    );
+    let (other, _) = run("🐶", "dog-emoji.png");
+    assert!(other != by_emoji, "🐶 gives the cat's image");
+    let (_, err) = run("Katze und Hund", "unknown.png");
+    assert!(
+        err.contains("no word of the prompt is one this model was trained on"),
+        "{err}"
+    );
+}
+
 fn check_against_diffusers(model: &Path, fixtures: &Path, case: &str, args: &[&str], size: u32) {
     let out = tmp(&format!("{case}.png"));
     let mut all = vec!["--model", model.to_str().unwrap()];

@@ -1,8 +1,11 @@
-// The page: collects options, talks to the worker, draws progress and images.
+// The page: collects options, talks to the worker, draws progress and images,
+// keeps a history of results and makes share links.
 const $ = (id) => document.getElementById(id);
 let worker = null;
 let busy = false;
 let runs = 0; // counts submitted runs, so a late cancel timer spares the next one
+let hasImage = false; // the canvas holds a result or an upload (img2img/inpaint need one)
+let lastRun = null; // the settings of the run in progress / of the image shown
 
 /** Starts the worker that runs the model. After a trap (a Rust panic or a
  * wasm fault) its module cannot be trusted, so it is replaced by a new one. */
@@ -36,7 +39,21 @@ function resize(w, h) {
     if (c.width !== w || c.height !== h) { c.width = w; c.height = h; }
   }
   $('stage').style.aspectRatio = `${w} / ${h}`;
+  fitStage();
 }
+
+/** The image's size on screen: at most 512 px and the column's width; with
+ * sharp pixels a whole multiple of the image's width (no uneven pixels). */
+function fitStage() {
+  const stage = $('stage'), w = $('out').width;
+  const room = Math.min(stage.parentElement.clientWidth, Math.max(512, w));
+  const sharp = $('display').value === 'pixelated';
+  document.body.classList.toggle('smooth', !sharp);
+  stage.style.width = sharp && w < room ? `${Math.floor(room / w) * w}px` : '';
+}
+addEventListener('resize', fitStage);
+$('display').value = localStorage.getItem('ldw-display') ?? 'pixelated';
+$('display').addEventListener('change', () => { localStorage.setItem('ldw-display', $('display').value); fitStage(); });
 
 /** Brings the image into view (it sits below the form on narrow screens). */
 function showStage() {
@@ -52,16 +69,54 @@ function draw(rgba, w, h) {
 // The fast decoder offered for any SD-family model (4-channel latents).
 const TAESD = 'https://huggingface.co/madebyollin/taesd/resolve/main/';
 
+// ---- Fields: an empty or malformed number is shown as invalid, never replaced.
+
+const NUMBERS = { seed: 'Seed', steps: 'Steps', guidance: 'Guidance', eta: 'Eta', strength: 'Strength', width: 'Width', height: 'Height' };
+/** Why a field's value cannot be used, or '' when it can. */
+function fieldProblem(id) {
+  const el = $(id), name = NUMBERS[id], v = el.value.trim();
+  if (el.closest('[hidden]')) return '';
+  if (el.validity.badInput || !Number.isFinite(Number(v))) return `${name} is not a number.`;
+  if (v === '') {
+    if (id === 'width' || id === 'height') return ''; // the model's size
+    return `${name} is empty: enter a number.`;
+  }
+  const n = Number(v), min = Number(el.min), max = Number(el.max);
+  if (el.step !== 'any' && !Number.isInteger(n / Number(el.step))) {
+    return el.step === '1' ? `${name} must be a whole number.` : `${name} must be a multiple of ${el.step} (this model's pixels per latent).`;
+  }
+  // (The size fields' max assumes guidance; a run past what the device holds
+  // gets the generator's own message, which knows the settings.)
+  if (n < min || (n > max && id !== 'width' && id !== 'height')) return `${name} must be between ${min} and ${max}.`;
+  return '';
+}
+function markField(id) {
+  const problem = fieldProblem(id);
+  $(id).setAttribute('aria-invalid', problem ? 'true' : 'false');
+  $(id).title = problem;
+  if (id === 'width' || id === 'height') showSizeNote();
+  return problem;
+}
+for (const id of Object.keys(NUMBERS)) $(id).addEventListener('input', () => markField(id));
+
+// ---- The model: presets, what it needs, its sizes, prompts and guidance.
+
+// What is known of the chosen model: its inspection, then (after a run) what
+// the loaded generator says about this device.
+let model = { base: '', vae: false, info: null, loaded: null };
+
 // Presets fill in the model URL and the settings that suit that model.
 $('preset').addEventListener('change', () => {
   const o = $('preset').selectedOptions[0];
   if (!o.value) { $('model').focus(); return; }
   $('model').value = o.value;
   for (const k of ['steps', 'guidance', 'prompt']) if (o.dataset[k]) $(k).value = o.dataset[k];
+  for (const id of ['steps', 'guidance']) markField(id);
   inspect();
 });
+const presetOf = (base) => [...$('preset').options].find((o) => o.value && o.value === base);
 $('model').addEventListener('input', () => {
-  const match = [...$('preset').options].find((o) => o.value && o.value === $('model').value);
+  const match = presetOf($('model').value);
   $('preset').value = match ? match.value : '';
 });
 $('model').addEventListener('change', () => inspect());
@@ -72,6 +127,10 @@ $('taesd').addEventListener('change', () => inspect());
 let inspections = 0;
 function inspect() {
   const base = $('model').value.trim();
+  model = { base, vae: $('taesd').checked, info: null, loaded: null };
+  showSizes();
+  showGuidance();
+  showExamples([], []);
   $('model-info').textContent = base ? 'Checking what this model needs…' : '';
   if (base) worker.postMessage({ type: 'inspect', id: ++inspections, base, vae: $('taesd').checked ? TAESD : null });
 }
@@ -85,6 +144,11 @@ function showInspection(m) {
     return;
   }
   const i = m.info;
+  model.info = i;
+  showSizes();
+  showGuidance();
+  showExamples(m.examples ?? [], m.suggestions ?? []);
+  checkPrompt();
   const parts = [
     `${gb(i.downloadBytes)} to download (once; then cached)`,
     `${gb(i.weightBytesF32)} of weights once loaded (f32)`,
@@ -94,13 +158,96 @@ function showInspection(m) {
   if (i.guidanceDistilled) parts.push('guidance is distilled into this model (no second pass)');
   el.append(parts.join(' · ') + '.');
   if (i.schedulerNote) el.append(` Note: ${i.schedulerNote}.`);
-  const o = $('preset').selectedOptions[0];
-  if (o?.value && o.value === $('model').value && o.dataset.card) {
+  const o = presetOf($('model').value);
+  if (o?.dataset.card) {
     const a = document.createElement('a');
     a.href = o.dataset.card; a.target = '_blank'; a.rel = 'noopener'; a.textContent = 'model card';
     el.append(` Licence: ${o.dataset.license} (`, a, ').');
   }
+  startShared();
 }
+
+/** Width/height: multiples of the model's pixels per latent, up to what the
+ * device holds (known once loaded), its trained size suggested. */
+function showSizes() {
+  const step = model.loaded?.sizeStep ?? model.info?.sizeStep ?? 8;
+  const trained = model.loaded?.defaultSize ?? model.info?.defaultSize;
+  const max = model.loaded?.maxSize ?? 2048;
+  const sizes = $('sizes');
+  sizes.replaceChildren();
+  for (const id of ['width', 'height']) {
+    Object.assign($(id), { step, min: step, max: Math.max(step, max - (max % step)) });
+    $(id).placeholder = trained ? String(trained) : "model's";
+    if ($(id).value) markField(id);
+  }
+  if (trained) {
+    for (const f of [0.5, 0.75, 1, 1.5, 2]) {
+      const s = Math.round((trained * f) / step) * step;
+      if (s >= step && s <= max && ![...sizes.options].some((o) => o.value === String(s))) {
+        sizes.append(new Option(f === 1 ? `${s} (trained size)` : String(s), s));
+      }
+    }
+  }
+  showSizeNote();
+}
+function showSizeNote() {
+  const trained = model.loaded?.defaultSize ?? model.info?.defaultSize;
+  const w = Number($('width').value || trained), h = Number($('height').value || trained);
+  let note = '';
+  if (model.loaded) note = `At most ${model.loaded.maxSize}×${model.loaded.maxSize} with this model on this device. `;
+  if (trained && (w !== trained || h !== trained)) {
+    note += `This model was trained at ${trained}×${trained}; ${w}×${h} is outside that and usually gives poorer images.`;
+  }
+  $('size-info').textContent = note.trim();
+}
+
+/** Says what guidance does for this model: distilled models have it baked in. */
+function showGuidance() {
+  const o = presetOf($('model').value);
+  let note = '';
+  if (model.info?.guidanceDistilled) {
+    note = 'This model takes the guidance scale as an input (LCM): it still runs one pass per step.';
+  } else if (o?.dataset.baked) {
+    note = `Guidance is baked into this model (${o.dataset.baked}): keep ${o.dataset.guidance}. Above 1, each step runs twice and the image washes out.`;
+  } else if (model.info) {
+    note = 'Guidance above 1 runs each step twice (with and without the prompt) and follows the prompt more closely.';
+  }
+  $('guidance-info').textContent = note;
+}
+
+/** Example chips and autocomplete: the model folder's prompts.json, else the preset's. */
+function showExamples(examples, suggestions) {
+  const o = presetOf($('model').value);
+  if (!examples.length && o?.dataset.examples) examples = o.dataset.examples.split('|');
+  $('examples').replaceChildren(...examples.map((e) => {
+    const b = document.createElement('button');
+    b.type = 'button'; b.textContent = e;
+    b.addEventListener('click', () => { $('prompt').value = e; checkPrompt(); });
+    return b;
+  }));
+  $('suggestions').replaceChildren(...suggestions.map((n) => new Option(n)));
+}
+
+// What the model will read of the prompt (emoji as names, cut at 77 tokens,
+// words it never saw), asked of the worker as the visitor types.
+let promptChecks = 0, promptTimer = 0;
+function checkPrompt() {
+  clearTimeout(promptTimer);
+  promptTimer = setTimeout(() => {
+    if (model.info) worker.postMessage({ type: 'check-prompt', id: ++promptChecks, base: model.base, prompt: $('prompt').value });
+  }, 150);
+}
+$('prompt').addEventListener('input', checkPrompt);
+function showPromptCheck(m) {
+  if (m.id !== promptChecks) return;
+  const c = m.check, parts = [];
+  if (c.text !== $('prompt').value) parts.push(`Read as "${c.text}".`);
+  for (const n of c.notes) parts.push(`${n[0].toUpperCase()}${n.slice(1)}.`);
+  if (c.hasKnownWord && c.unknownWords.length) parts.push(`Words this model never saw: ${c.unknownWords.slice(0, 8).join(', ')}${c.unknownWords.length > 8 ? ', …' : ''}.`);
+  $('prompt-info').textContent = parts.join(' ');
+}
+
+// ---- Image modes: inpainting mask, uploads, the image they start from.
 
 // Inpainting mask: painted in red on a canvas over the image; white = repaint.
 const maskCtx = () => $('mask').getContext('2d');
@@ -118,12 +265,19 @@ $('mask').addEventListener('pointerdown', (e) => { painting = true; $('mask').se
 $('mask').addEventListener('pointermove', (e) => painting && paint(e));
 $('mask').addEventListener('pointerup', () => { painting = false; });
 $('clear').addEventListener('click', () => maskCtx().clearRect(0, 0, $('mask').width, $('mask').height));
+function showModeInfo() {
+  const mode = $('mode').value;
+  $('mode-info').textContent = mode === 'generate' ? ''
+    : hasImage ? (mode === 'inpaint' ? 'Paint over the part of the image to redo.' : 'Starts from the image shown; lower strength keeps more of it.')
+      : 'Upload an image (or generate one first): this mode reworks an existing picture.';
+}
 $('mode').addEventListener('change', () => {
   const mode = $('mode').value;
   document.body.classList.toggle('inpaint', mode === 'inpaint');
   $('image-tools').hidden = mode === 'generate';
   $('strength').value = mode === 'img2img' ? '0.6' : '1';
   $('generate').textContent = { generate: 'Generate', img2img: 'Redo image', inpaint: 'Inpaint' }[mode];
+  showModeInfo();
 });
 $('upload').addEventListener('change', async () => {
   const file = $('upload').files[0];
@@ -139,6 +293,8 @@ $('upload').addEventListener('change', async () => {
   const { width: w, height: h } = $('out');
   $('out').getContext('2d').drawImage(bmp, 0, 0, w, h);
   maskCtx().clearRect(0, 0, w, h);
+  hasImage = true;
+  showModeInfo();
 });
 
 /** The current image and the mask as RGBA bytes for the worker. */
@@ -156,32 +312,185 @@ function imageInputs() {
   return { w, h, image: new Uint8Array(image), mask, painted };
 }
 
+// ---- Settings as one object: for runs, the history and share links.
+
+const SETTINGS = ['model', 'prompt', 'negative', 'seed', 'steps', 'guidance', 'eta', 'width', 'height', 'spacing'];
+function currentSettings() {
+  const s = Object.fromEntries(SETTINGS.map((id) => [id, $(id).value.trim()]));
+  if ($('taesd').checked) s.vae = 'taesd';
+  return s;
+}
+function applySettings(s) {
+  for (const id of SETTINGS) $(id).value = s[id] ?? '';
+  $('taesd').checked = s.vae === 'taesd';
+  const match = presetOf($('model').value);
+  $('preset').value = match ? match.value : '';
+  for (const id of Object.keys(NUMBERS)) markField(id);
+  if ($('model').value.trim() !== model.base || $('taesd').checked !== model.vae) inspect();
+  checkPrompt();
+}
+
+/** "red heart", 42 → "red-heart-seed42.png" */
+function fileName(s) {
+  const slug = s.prompt.toLowerCase().replace(/[^\p{L}\p{N}]+/gu, '-').replace(/^-|-$/g, '').slice(0, 60) || 'image';
+  return `${slug}-seed${s.seed}.png`;
+}
+
+// Share links carry the settings in the fragment (never sent to a server).
+function shareUrl(s) {
+  const q = new URLSearchParams(Object.entries(s).filter(([, v]) => v !== ''));
+  return `${location.origin}${location.pathname}#${q}`;
+}
+$('share').addEventListener('click', async () => {
+  const url = shareUrl(lastRun.saved);
+  $('share-url').value = url;
+  $('share-url').hidden = false;
+  $('share-url').select();
+  try {
+    await navigator.clipboard.writeText(url);
+    $('status').textContent = 'Share link copied.';
+  } catch {
+    $('status').textContent = 'Share link below: copy it.';
+  }
+});
+/** Settings from a share link, applied at start; the image is made at once
+ * when the model is served with this page (a download elsewhere waits for
+ * the visitor to press Generate). */
+let shared = null;
+function readShared() {
+  if (!location.hash.includes('=')) return;
+  const s = Object.fromEntries(new URLSearchParams(location.hash.slice(1)));
+  if (!s.model || !s.prompt) return;
+  shared = s;
+  applySettings(s);
+  $('mode').value = 'generate';
+  $('status').textContent = 'Settings from a shared link.';
+}
+function startShared() {
+  if (!shared || shared.model !== $('model').value) return;
+  const local = new URL(shared.model, location.href).origin === location.origin;
+  shared = null;
+  if (local) $('controls').requestSubmit();
+  else $('status').textContent = 'Settings from a shared link: press Generate to download the model and make the image.';
+}
+
+// ---- History: results kept in IndexedDB, newest first, each restoring its settings.
+
+const HISTORY_MAX = 60;
+function historyDb() {
+  return new Promise((ok, err) => {
+    const r = indexedDB.open('ldw-history', 1);
+    r.onupgradeneeded = () => r.result.createObjectStore('images', { keyPath: 'id', autoIncrement: true });
+    r.onsuccess = () => ok(r.result);
+    r.onerror = () => err(r.error);
+  });
+}
+async function historyDo(mode, f) {
+  const db = await historyDb();
+  try {
+    return await new Promise((ok, err) => {
+      const tx = db.transaction('images', mode);
+      const out = f(tx.objectStore('images'));
+      tx.oncomplete = () => ok(out?.result);
+      tx.onerror = () => err(tx.error);
+    });
+  } finally {
+    db.close();
+  }
+}
+async function addToHistory(blob, settings) {
+  try {
+    await historyDo('readwrite', (st) => st.add({ blob, settings, time: Date.now() }));
+    const keys = await historyDo('readonly', (st) => st.getAllKeys());
+    if (keys.length > HISTORY_MAX) {
+      await historyDo('readwrite', (st) => st.delete(IDBKeyRange.upperBound(keys[keys.length - HISTORY_MAX - 1])));
+    }
+    await showHistory();
+  } catch (e) {
+    console.warn('history not kept:', e);
+  }
+}
+async function showHistory() {
+  let items = [];
+  try { items = await historyDo('readonly', (st) => st.getAll()); } catch { /* private mode */ }
+  const strip = $('history');
+  for (const img of strip.querySelectorAll('img')) URL.revokeObjectURL(img.src);
+  strip.replaceChildren(...items.reverse().map((it) => {
+    const b = document.createElement('button');
+    b.type = 'button';
+    b.title = `${it.settings.prompt} · seed ${it.settings.seed} · ${it.settings.steps} steps`;
+    const img = document.createElement('img');
+    img.src = URL.createObjectURL(it.blob);
+    img.alt = it.settings.prompt;
+    b.append(img);
+    b.addEventListener('click', () => restore(it));
+    return b;
+  }));
+  $('history-empty').hidden = items.length > 0;
+  $('clear-history').hidden = items.length === 0;
+}
+async function restore(item) {
+  applySettings(item.settings);
+  $('mode').value = 'generate';
+  $('mode').dispatchEvent(new Event('change'));
+  const bmp = await createImageBitmap(item.blob);
+  resize(bmp.width, bmp.height);
+  $('out').getContext('2d').drawImage(bmp, 0, 0);
+  hasImage = true;
+  lastRun = { ...item.settings, mode: 'generate', saved: item.settings };
+  showResultLinks(item.blob);
+  $('status').textContent = 'Restored from the history.';
+}
+$('clear-history').addEventListener('click', async () => {
+  try { await historyDo('readwrite', (st) => st.clear()); } catch { /* nothing kept */ }
+  await showHistory();
+});
+
+function showResultLinks(blob) {
+  const a = $('download');
+  if (a.href) URL.revokeObjectURL(a.href);
+  a.href = URL.createObjectURL(blob);
+  a.download = fileName(lastRun);
+  a.hidden = false;
+  $('share').hidden = false;
+  $('share-url').hidden = true;
+}
+
+// ---- The worker's messages.
+
 function onWorkerMessage({ data: m }) {
   if (m.type === 'download') {
     $('status').textContent = `Downloading ${m.file}: ${(m.loaded / 1e6).toFixed(1)}${m.total ? ` / ${(m.total / 1e6).toFixed(1)}` : ''} MB`;
     $('bar').max = m.total || 1; $('bar').value = m.total ? m.loaded : 0;
   } else if (m.type === 'loaded') {
     $('backend-info').textContent = `Running on ${m.backend}.${m.notice ? ` ${m.notice}` : ''}`;
-    // The largest size this model can make on this device.
-    for (const id of ['width', 'height']) $(id).max = m.maxSize;
-    $('width').title = $('height').title = `at most ${m.maxSize} with this model on this device`;
+    if (m.base === model.base) model.loaded = m;
+    showSizes();
   } else if (m.type === 'step') {
     $('status').textContent = `Denoising: step ${m.done} of ${m.total}`;
     $('bar').max = m.total; $('bar').value = m.done;
     if (m.rgba) { draw(m.rgba, m.width, m.height); if (m.done === 1) showStage(); }
   } else if (m.type === 'result') {
     draw(m.rgba, m.width, m.height);
+    hasImage = true;
+    showModeInfo();
     showStage();
     $('status').textContent = 'Done.';
-    $('out').toBlob((b) => { $('download').href = URL.createObjectURL(b); $('download').hidden = false; });
-    setBusy(false);
-    document.body.dataset.state = 'done';
+    const settings = lastRun;
+    $('out').toBlob((b) => {
+      showResultLinks(b);
+      if (settings.mode === 'generate') addToHistory(b, settings.saved);
+      setBusy(false);
+      document.body.dataset.state = 'done';
+    });
   } else if (m.type === 'cancelled') {
     $('status').textContent = 'Cancelled.';
     setBusy(false);
     document.body.dataset.state = 'cancelled';
   } else if (m.type === 'inspected') {
     showInspection(m);
+  } else if (m.type === 'prompt-checked') {
+    showPromptCheck(m);
   } else if (m.type === 'error') {
     fail(m.message);
     if (m.fatal) startWorker();
@@ -197,13 +506,14 @@ $('controls').addEventListener('submit', (e) => {
   runs++;
   $('error').textContent = '';
   $('download').hidden = true;
+  $('share').hidden = true;
+  $('share-url').hidden = true;
   document.body.dataset.state = 'running';
   setBusy(true);
   // An empty or unreadable number field is an error, never a silent 0.
-  const names = { seed: 'Seed', steps: 'Steps', guidance: 'Guidance', eta: 'Eta', strength: 'Strength' };
-  const empty = Object.keys(names).find((id) => $(id).value.trim() === '' && !(id === 'strength' && $('mode').value === 'generate'));
-  if (empty) {
-    fail(`${names[empty]} is empty or not a number: enter a number.`);
+  const problems = Object.keys(NUMBERS).map(markField).filter(Boolean);
+  if (problems.length) {
+    fail(problems.join(' '));
     return;
   }
   const num = (id) => Number($(id).value);
@@ -216,6 +526,10 @@ $('controls').addEventListener('submit', (e) => {
   let image = null, mask = null;
   const mode = $('mode').value;
   if (mode !== 'generate') {
+    if (!hasImage) {
+      fail('There is no image to start from: upload one (Image) or generate one first.');
+      return;
+    }
     const inp = imageInputs();
     if (mode === 'inpaint' && !inp.painted) {
       fail('Paint over the part of the image to redo first.');
@@ -225,14 +539,17 @@ $('controls').addEventListener('submit', (e) => {
     image = inp.image;
     if (mode === 'inpaint') mask = inp.mask;
   }
+  const saved = currentSettings();
+  lastRun = { ...saved, mode, saved };
   worker.postMessage({
-    type: 'generate', base: $('model').value, backend: $('backend').value, preview: true, options, image, mask,
+    type: 'generate', base: $('model').value.trim(), backend: $('backend').value, preview: true, options, image, mask,
     vae: $('taesd').checked ? TAESD : null,
   });
 });
 // Cancel stops between steps; a step that does not finish within 3 s (a huge
 // size on the CPU, say) is stopped by replacing the worker.
-$('cancel').addEventListener('click', () => {
+function cancel() {
+  if (!busy) return;
   worker.postMessage({ type: 'cancel' });
   const run = runs;
   setTimeout(() => {
@@ -242,8 +559,13 @@ $('cancel').addEventListener('click', () => {
     setBusy(false);
     document.body.dataset.state = 'cancelled';
   }, 3000);
+}
+$('cancel').addEventListener('click', cancel);
+addEventListener('keydown', (e) => { if (e.key === 'Escape') cancel(); });
+$('dice').addEventListener('click', () => {
+  $('seed').value = crypto.getRandomValues(new Uint32Array(1))[0];
+  markField('seed');
 });
-$('dice').addEventListener('click', () => { $('seed').value = Math.floor(Math.random() * 2 ** 32); });
 
 if (!navigator.gpu) {
   $('backend-info').textContent = 'This browser does not offer WebGPU, so images will be made on the CPU. '
@@ -252,6 +574,9 @@ if (!navigator.gpu) {
 if ('serviceWorker' in navigator) {
   navigator.serviceWorker.register('sw.js').catch((e) => console.warn('no offline support:', e));
 }
-inspect();
-$('status').textContent = 'Ready.';
+readShared();
+if (!model.base) inspect();
+fitStage();
+showHistory();
+if (!shared) $('status').textContent = 'Ready.';
 document.body.dataset.ready = 'true';

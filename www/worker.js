@@ -4,15 +4,19 @@
 // In:  {type: 'generate', base, backend, options, preview, image?, mask?, vae?} | {type: 'cancel'}
 //      {type: 'inspect', id, base, vae?} (what a folder needs, read before downloading it)
 //      {type: 'debug-trap'} (a deliberate panic, for the recovery test)
-// Out: {type: 'download', file, loaded, total} | {type: 'loaded', backend, notice, maxSize}
+//      {type: 'check-prompt', id, base, prompt} (what the model will read of a prompt)
+// Out: {type: 'download', file, loaded, total}
+//      {type: 'loaded', base, backend, notice, maxSize, defaultSize, sizeStep}
 //      {type: 'step', done, total, rgba?, width, height} | {type: 'result', rgba, width, height}
 //      {type: 'cancelled'} | {type: 'error', message, fatal}
-//      {type: 'inspected', id, base, info} | {type: 'inspected', id, base, error}
+//      {type: 'inspected', id, base, info, examples, suggestions} | {type: 'inspected', id, base, error}
+//      {type: 'prompt-checked', id, check}
 // `fatal`: the wasm instance trapped and cannot be trusted; the page replaces this worker.
-import init, { Generator, debugPanic, lastPanic } from './pkg/latent_diffusion_web.js';
+import init, { Generator, Prompts, debugPanic, lastPanic } from './pkg/latent_diffusion_web.js';
 
 const ready = init();
 let generator = null, loadedKey = null, cancelled = false, download = null;
+let prompts = null, promptsBase = null; // the inspected model's prompt reading
 
 async function load(base, backend, vae) {
   const key = `${backend} ${base} ${vae ?? ''}`;
@@ -29,7 +33,10 @@ async function load(base, backend, vae) {
     download = null;
   }
   loadedKey = key;
-  postMessage({ type: 'loaded', backend: generator.backend, notice: generator.notice, maxSize: generator.maxSize });
+  postMessage({
+    type: 'loaded', base, backend: generator.backend, notice: generator.notice, maxSize: generator.maxSize,
+    defaultSize: generator.defaultSize, sizeStep: generator.sizeStep,
+  });
 }
 
 async function generate({ base, backend, options, preview, image, mask, vae }) {
@@ -74,10 +81,29 @@ onmessage = async ({ data }) => {
     try {
       await ready;
       const info = await Generator.inspect(data.base, data.vae ? { vae: data.vae } : {});
-      postMessage({ type: 'inspected', id: data.id, base: data.base, info });
+      if (promptsBase !== data.base) {
+        prompts?.free();
+        prompts = null;
+        prompts = await Prompts.fromUrl(data.base, {});
+        promptsBase = data.base;
+      }
+      postMessage({
+        type: 'inspected', id: data.id, base: data.base, info,
+        examples: prompts.examples, suggestions: prompts.suggestions,
+      });
     } catch (e) {
       if (fatal(e)) postMessage({ type: 'error', fatal: true, message: crash(e) });
       else postMessage({ type: 'inspected', id: data.id, base: data.base, error: e?.message ?? String(e) });
+    }
+    return;
+  }
+  if (data.type === 'check-prompt') {
+    if (prompts && promptsBase === data.base) {
+      try {
+        postMessage({ type: 'prompt-checked', id: data.id, check: prompts.check(data.prompt) });
+      } catch (e) {
+        if (fatal(e)) postMessage({ type: 'error', fatal: true, message: crash(e) });
+      }
     }
     return;
   }

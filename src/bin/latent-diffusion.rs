@@ -140,6 +140,13 @@ fn run(a: Args) -> Result<(), String> {
     if let Some(note) = sd.scheduler_note() {
         eprintln!("note: {note}");
     }
+    let read = sd.check_prompt(&opts.prompt);
+    if read.text != opts.prompt {
+        eprintln!("note: the prompt is read as {:?}", read.text);
+    }
+    for note in read.notes() {
+        eprintln!("note: {note}");
+    }
     let mut run = sd
         .start_rgba(
             &opts,

@@ -74,7 +74,6 @@ test('on a phone-sized screen everything fits in one column', async () => {
     const box = await page.locator(`#${id}`).boundingBox();
     assert.ok(box.x >= 0 && box.x + box.width <= 390, `#${id} sticks out: ${JSON.stringify(box)}`);
   }
-  await page.screenshot({ path: `${ROOT}docs/screenshot-phone.png`, fullPage: true });
   await page.setViewportSize({ width: 1280, height: 1000 });
 });
 

@@ -1,0 +1,62 @@
+"""Writes the model folder's prompts.json: what the page suggests and how emoji
+characters are read, from the same metadata and split the training used.
+
+    python tools/train/make_prompts.py WORK www/models/emoji-4step/prompts.json
+
+WORK is prepare_data.py's work folder (the npm packages are fetched there once).
+prompts.json holds:
+  examples  prompts shown as chips (the model card's grid prompts)
+  names     the names and short names of the emoji the model was trained on (not
+            held out), for autocomplete; skin-tone variants are left out
+  words     every word of every training prompt, lower case: a prompt with none
+            of them is one the model cannot follow
+  emoji     every emoji character in the metadata (variation selector U+FE0F
+            removed) -> its name, so "🐱" is read as "cat face"
+"""
+import hashlib
+import json
+import os
+import re
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+from prepare_data import caption, fetch, metadata, norm  # noqa: E402
+from tokenize_captions import variants  # noqa: E402
+
+EXAMPLES = ["red heart", "cat face", "pizza", "grinning face", "rocket", "sun", "thumbs up", "frog",
+            "crying face", "four leaf clover", "hot beverage", "ghost"]
+
+
+def char(code):
+    return "".join(chr(int(p, 16)) for p in code.split("-"))
+
+
+def main():
+    work, out = sys.argv[1], sys.argv[2]
+    dirs = fetch(work)
+    table = metadata(dirs["meta"])
+    assets = os.path.join(dirs["fluent"], "assets")
+    trained = []
+    for f in sorted(os.listdir(assets)):
+        code = norm(f[:-5]) if f.endswith(".webp") else None
+        if code in table and int(hashlib.sha256(code.encode()).hexdigest(), 16) % 10 != 0:
+            trained.append(code)
+    words, names = set(), set()
+    for code in trained:
+        info = table[code]
+        for prompt in variants(caption(info), info[3]):
+            words.update(re.findall(r"[a-z0-9]+", prompt.lower()))
+        if "skin tone" not in info[0]:
+            names.update([info[0]] + [s for s in info[1] if re.fullmatch(r"[a-z][a-z ]+", s)])
+    emoji = {char(code): info[0] for code, info in sorted(table.items())}
+    data = {"examples": EXAMPLES, "names": sorted(names), "words": sorted(words), "emoji": emoji}
+    unknown = [e for e in EXAMPLES if not set(e.split()) <= words]
+    assert not unknown, unknown
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump(data, f, ensure_ascii=False, separators=(",", ":"))
+        f.write("\n")
+    print(f"{len(trained)} trained emoji, {len(names)} names, {len(words)} words, {len(emoji)} emoji -> {out}")
+
+
+if __name__ == "__main__":
+    main()
