@@ -11,6 +11,15 @@ pub fn rgba_to_tensor(
     height: usize,
     device: &Device,
 ) -> Result<Tensor<4>> {
+    let v = rgba_to_values(rgba, width, height)?;
+    Ok(Tensor::from_data(
+        TensorData::new(v, [1, 3, height, width]),
+        device,
+    ))
+}
+
+/// RGBA bytes → CHW values in [-1, 1].
+fn rgba_to_values(rgba: &[u8], width: usize, height: usize) -> Result<Vec<f32>> {
     check_len("image", rgba, width, height)?;
     let plane = width * height;
     let mut v = vec![0f32; 3 * plane];
@@ -19,10 +28,7 @@ pub fn rgba_to_tensor(
             v[c * plane + i] = rgba[i * 4 + c] as f32 / 127.5 - 1.0;
         }
     }
-    Ok(Tensor::from_data(
-        TensorData::new(v, [1, 3, height, width]),
-        device,
-    ))
+    Ok(v)
 }
 
 /// RGBA bytes of a mask → `[1, 1, H, W]` in [0, 1]: 1 where the red channel is
@@ -39,6 +45,22 @@ pub fn mask_to_tensor(
         TensorData::new(v, [1, 1, height, width]),
         device,
     ))
+}
+
+/// The forward process on an RGBA image in pixel space: x₀ in [-1, 1],
+/// `x_t = √ᾱ_t x₀ + √(1−ᾱ_t) ε` (ε the seeded stream over the CHW values),
+/// back to RGBA (clamped).
+pub fn add_noise_rgba(
+    schedule: &crate::NoiseSchedule,
+    rgba: &[u8],
+    width: usize,
+    height: usize,
+    timestep: usize,
+    seed: u64,
+) -> Result<Vec<u8>> {
+    let x0 = rgba_to_values(rgba, width, height)?;
+    let x_t = schedule.add_noise_seeded(&x0, timestep, seed)?;
+    tensor_values_to_rgba(&x_t, width, height)
 }
 
 /// `[1, 3, H, W]` values in about [-1, 1] (CHW, as read back) → RGBA bytes,

@@ -21,6 +21,7 @@ use crate::models::embeddings::guidance_scale_embedding;
 use crate::models::unet_2d_condition::{UNet2DConditionConfig, UNet2DConditionModel};
 use crate::noise::NoiseGenerator;
 use crate::prompts::{PROMPTS_FILE, PromptCheck, PromptVocabulary};
+use crate::schedulers::DdimCoefficients;
 use crate::schedulers::{Scheduler, SchedulerConfig, TimestepSpacing};
 use crate::weights::{Header, VarBuilder, WeightFile};
 
@@ -795,6 +796,50 @@ impl StableDiffusion {
         self.footprint.decode_tile(w, h, f, self.max_buffer_bytes())
     }
 
+    /// An RGBA image → its scaled latents `[1, C, h, w]` (the VAE's mean, as
+    /// img2img starts from), for views that show the latent space. The size
+    /// is checked as a run's would be.
+    pub fn encode_rgba(&self, rgba: &[u8], width: usize, height: usize) -> Result<Tensor<4>> {
+        let o = GenerateOptions {
+            width: Some(width),
+            height: Some(height),
+            guidance_scale: 1.0,
+            ..GenerateOptions::default()
+        };
+        o.check_inputs(self)?;
+        let image = rgba_to_tensor(rgba, width, height, &self.device)?;
+        Ok(self.vae.encode_scaled(image))
+    }
+
+    /// Latent values (`[C, h, w]` flattened, scaled as the UNet sees them) →
+    /// an image in [-1, 1]; `C` must be the model's latent channels and the
+    /// size one it can decode.
+    pub fn decode_values(&self, values: &[f32], shape: [usize; 3]) -> Result<Tensor<4>> {
+        let [c, h, w] = shape;
+        let f = self.vae_scale_factor;
+        if c != self.latent_channels {
+            return Err(Error::arg(format!(
+                "latents have {c} channels; this model's have {}",
+                self.latent_channels
+            )));
+        }
+        let o = GenerateOptions {
+            width: Some(w.saturating_mul(f)),
+            height: Some(h.saturating_mul(f)),
+            guidance_scale: 1.0,
+            ..GenerateOptions::default()
+        };
+        o.check_inputs(self)?;
+        if values.len() != c * h * w {
+            return Err(Error::Shape(format!(
+                "{} latent values given for a {c}×{h}×{w} latent",
+                values.len()
+            )));
+        }
+        let z = Tensor::from_data(TensorData::new(values.to_vec(), [1, c, h, w]), &self.device);
+        Ok(self.decode_latents(z))
+    }
+
     /// Latents → an image in [-1, 1], in tiles when a whole decode would not
     /// fit one of this device's buffers.
     pub fn decode_latents(&self, latents: Tensor<4>) -> Tensor<4> {
@@ -1041,6 +1086,8 @@ impl StableDiffusion {
             latent_mask,
             masked_image_latents,
             composite,
+            tracing: false,
+            last_step: None,
         })
     }
 }
@@ -1357,6 +1404,29 @@ impl GenerateOptions {
 
 /// A run in progress: call [`Sampling::step`] until it returns `false`,
 /// then [`Sampling::decode`].
+/// One denoising step laid open, for views that teach what a step does
+/// (see [`Sampling::trace`]). Tensors are latents, `[1, C, h, w]`.
+#[derive(Debug, Clone)]
+pub struct StepTrace {
+    /// The step's number (0 = first) and its timestep t.
+    pub index: usize,
+    pub timestep: usize,
+    /// ᾱ_t, and ᾱ of the timestep the step lands on.
+    pub alpha_prod_t: f64,
+    pub alpha_prod_prev: f64,
+    /// DDIM's update `x_{t−1} = √ᾱ_prev·x̂₀ + direction·ε̂ + σ·z` with this
+    /// step's numbers (none for LCM, whose update is another formula).
+    pub ddim: Option<DdimCoefficients>,
+    /// x_t: the step's input.
+    pub sample: Tensor<4>,
+    /// x̂₀: the model's estimate of the clean latents.
+    pub pred_original: Tensor<4>,
+    /// ε̂: the noise the model sees in x_t.
+    pub pred_noise: Tensor<4>,
+    /// x_{t−1}: the step's output (after inpainting's blend, if any).
+    pub prev_sample: Tensor<4>,
+}
+
 pub struct Sampling {
     sd: Rc<StableDiffusion>,
     scheduler: Scheduler,
@@ -1375,6 +1445,9 @@ pub struct Sampling {
     masked_image_latents: Option<Tensor<4>>,
     /// Inpainting: the original image and the pixel mask, for the final blend.
     composite: Option<(Tensor<4>, Tensor<4>)>,
+    /// Whether each step keeps its [`StepTrace`] (see [`Sampling::trace`]).
+    tracing: bool,
+    last_step: Option<StepTrace>,
     /// One sum per stage (the prompt embeddings, then the latents after each
     /// step): NaN or infinity anywhere in a stage makes its sum non-finite.
     /// Summed on the device, read back only with the image.
@@ -1421,13 +1494,18 @@ impl Sampling {
         };
         let variance_noise = (self.scheduler.needs_noise(t, self.eta))
             .then(|| self.noise.tensor(self.latents.dims(), &sd.device));
+        let sample = self.latents.clone();
         let step = self.scheduler.step(
-            noise_pred,
+            noise_pred.clone(),
             t,
-            self.latents.clone(),
+            sample.clone(),
             self.eta,
             variance_noise,
         )?;
+        let trace = self
+            .tracing
+            .then(|| self.step_trace(t, sample, noise_pred, &step.pred_original_sample))
+            .transpose()?;
         self.latents = step.prev_sample;
         self.index += 1;
         self.probes.push(self.latents.clone().sum());
@@ -1448,7 +1526,73 @@ impl Sampling {
             let keep = m.clone().neg().add_scalar(1.0);
             self.latents = known * keep + self.latents.clone() * m.clone();
         }
+        self.last_step = trace.map(|mut trace| {
+            trace.prev_sample = self.latents.clone();
+            trace
+        });
         Ok(self.index < self.timesteps.len())
+    }
+
+    /// Keeps each step's [`StepTrace`] from now on (for a view that shows
+    /// what happens inside a step): a few tensors of the latents' size.
+    pub fn trace(&mut self, on: bool) {
+        self.tracing = on;
+        if !on {
+            self.last_step = None;
+        }
+    }
+
+    /// The last step laid open, when tracing.
+    pub fn last_step(&self) -> Option<&StepTrace> {
+        self.last_step.as_ref()
+    }
+
+    /// Inpainting: the mask in latent space (1 = repaint), `[1, 1, h, w]`.
+    pub fn latent_mask(&self) -> Option<Tensor<4>> {
+        self.latent_mask.clone()
+    }
+
+    fn step_trace(
+        &self,
+        t: usize,
+        sample: Tensor<4>,
+        model_output: Tensor<4>,
+        pred_original: &Tensor<4>,
+    ) -> Result<StepTrace> {
+        let schedule = self.scheduler.schedule();
+        let alpha_prod_t = schedule.alpha_cumprod(t)?;
+        let ddim = match &self.scheduler {
+            Scheduler::Ddim(s) => Some(s.coefficients(t, self.eta)?),
+            Scheduler::Lcm(_) => None,
+        };
+        // DDIM's own ε̂; otherwise the noise that x̂₀ implies
+        // (x_t = √ᾱ_t x̂₀ + √(1−ᾱ_t) ε̂).
+        let pred_noise = match &ddim {
+            Some(c) => {
+                sample.clone().mul_scalar(c.eps[0] as f32)
+                    + model_output.mul_scalar(c.eps[1] as f32)
+            }
+            None => (sample.clone() - pred_original.clone().mul_scalar(alpha_prod_t.sqrt() as f32))
+                .div_scalar((1.0 - alpha_prod_t).max(1e-12).sqrt() as f32),
+        };
+        let next = self.timesteps.get(self.index + 1).copied();
+        let alpha_prod_prev = match (&self.scheduler, ddim) {
+            // DDIM's step back is T / n, whatever the spacing (its final ᾱ
+            // past t = 0): the coefficients carry it as √ᾱ_prev.
+            (Scheduler::Ddim(_), Some(c)) => c.sqrt_alpha_prev * c.sqrt_alpha_prev,
+            _ => next.map_or(Ok(1.0), |n| schedule.alpha_cumprod(n))?,
+        };
+        Ok(StepTrace {
+            index: self.index,
+            timestep: t,
+            alpha_prod_t,
+            alpha_prod_prev,
+            ddim,
+            prev_sample: sample.clone(),
+            sample,
+            pred_original: pred_original.clone(),
+            pred_noise,
+        })
     }
 
     /// The stage sums so far, as one tensor to read back with the image

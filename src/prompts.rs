@@ -73,9 +73,11 @@ impl PromptCheck {
         let mut notes = Vec::new();
         if self.truncated() {
             notes.push(format!(
-                "the prompt is {} tokens long and the model reads only the first {}: \
-                 the rest is cut off",
-                self.tokens, self.max_tokens
+                "the prompt is {} tokens long and the model reads only the first {} ({} with \
+                 its start and end tokens): the rest is cut off",
+                self.tokens,
+                self.max_tokens,
+                self.max_tokens + 2
             ));
         }
         if !self.has_known_word {

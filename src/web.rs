@@ -61,6 +61,48 @@ pub fn alphas_cumprod(config_json: &str) -> Result<Vec<f64>, JsError> {
     Ok(s.schedule.alphas_cumprod)
 }
 
+/// The signal-to-noise ratio ᾱ_t / (1 − ᾱ_t) for every training timestep of
+/// a `scheduler_config.json`.
+#[wasm_bindgen(js_name = signalToNoise)]
+pub fn signal_to_noise(config_json: &str) -> Result<Vec<f64>, JsError> {
+    let s = DDIMScheduler::from_json(config_json).map_err(to_js)?;
+    Ok(s.schedule
+        .alphas_cumprod
+        .iter()
+        .map(|a| a / (1.0 - a))
+        .collect())
+}
+
+/// The forward process q(x_t | x₀) = √ᾱ_t x₀ + √(1−ᾱ_t) ε on any values
+/// (latents, say), ε the seeded noise stream, under a `scheduler_config.json`.
+#[wasm_bindgen(js_name = addNoise)]
+pub fn add_noise(
+    config_json: &str,
+    values: Vec<f32>,
+    timestep: usize,
+    seed: u64,
+) -> Result<Vec<f32>, JsError> {
+    let s = DDIMScheduler::from_json(config_json).map_err(to_js)?;
+    s.schedule
+        .add_noise_seeded(&values, timestep, seed)
+        .map_err(to_js)
+}
+
+/// [`add_noise`] on an RGBA image in pixel space (x₀ in [-1, 1]); returns
+/// x_t as RGBA (clamped to the displayable range).
+#[wasm_bindgen(js_name = addNoiseRgba)]
+pub fn add_noise_rgba(
+    config_json: &str,
+    rgba: Vec<u8>,
+    width: usize,
+    height: usize,
+    timestep: usize,
+    seed: u64,
+) -> Result<Vec<u8>, JsError> {
+    let s = DDIMScheduler::from_json(config_json).map_err(to_js)?;
+    crate::image::add_noise_rgba(&s.schedule, &rgba, width, height, timestep, seed).map_err(to_js)
+}
+
 /// The first `n` values (at most 2^26) of the seeded noise stream (see `noise.rs`).
 #[wasm_bindgen(js_name = gaussianNoise)]
 pub fn gaussian_noise(seed: u64, n: usize) -> Result<Vec<f32>, JsError> {
@@ -771,6 +813,111 @@ impl Generator {
         self.run.borrow().as_ref().map_or(0, |r| r.total_steps())
     }
 
+    /// Keeps what each step of the current run does, for `stepDetails()`
+    /// (call after `start`).
+    pub fn trace(&self, on: bool) -> Result<(), JsError> {
+        self.run
+            .borrow_mut()
+            .as_mut()
+            .ok_or_else(|| JsError::new("no run: call start first"))?
+            .trace(on);
+        Ok(())
+    }
+
+    /// The last step laid open (the run must be traced): resolves to `{
+    /// index, timestep, alphaProdT, alphaProdPrev, ddim?: { sqrtAlphaPrev,
+    /// direction, sigma }, shape: [C, h, w], sample, predOriginal,
+    /// predNoise, prevSample, latentMask? }`, the tensors as Float32Arrays
+    /// of latents (x_t, x̂₀, ε̂, x_{t−1}; the inpainting mask as `[h, w]`).
+    /// DDIM's update is `x_{t−1} = sqrtAlphaPrev·x̂₀ + direction·ε̂ + sigma·z`.
+    #[wasm_bindgen(js_name = stepDetails)]
+    pub fn step_details(&self) -> Result<js_sys::Promise, JsError> {
+        lost()?;
+        let run = self.run.borrow();
+        let run = run
+            .as_ref()
+            .ok_or_else(|| JsError::new("no run: call start first"))?;
+        let t = run.last_step().cloned().ok_or_else(|| {
+            JsError::new("no step traced: call trace(true) after start, then step")
+        })?;
+        let mask = run.latent_mask();
+        Ok(wasm_bindgen_futures::future_to_promise(async move {
+            let [_, c, h, w] = t.sample.dims();
+            let o = js_sys::Object::new();
+            let set = |k: &str, v: JsValue| js_sys::Reflect::set(&o, &JsValue::from_str(k), &v);
+            set("index", (t.index as u32).into())?;
+            set("timestep", (t.timestep as u32).into())?;
+            set("alphaProdT", t.alpha_prod_t.into())?;
+            set("alphaProdPrev", t.alpha_prod_prev.into())?;
+            if let Some(d) = t.ddim {
+                let ddim = js_sys::Object::new();
+                for (k, v) in [
+                    ("sqrtAlphaPrev", d.sqrt_alpha_prev),
+                    ("direction", d.direction),
+                    ("sigma", d.std_dev),
+                ] {
+                    js_sys::Reflect::set(&ddim, &JsValue::from_str(k), &v.into())?;
+                }
+                set("ddim", ddim.into())?;
+            }
+            let shape =
+                js_sys::Array::of3(&(c as u32).into(), &(h as u32).into(), &(w as u32).into());
+            set("shape", shape.into())?;
+            for (k, v) in [
+                ("sample", t.sample),
+                ("predOriginal", t.pred_original),
+                ("predNoise", t.pred_noise),
+                ("prevSample", t.prev_sample),
+            ] {
+                set(k, read_values(v).await?.into())?;
+            }
+            if let Some(m) = mask {
+                set("latentMask", read_values(m).await?.into())?;
+            }
+            Ok(o.into())
+        }))
+    }
+
+    /// Latents (`values`: `channels × height × width`, as `stepDetails`
+    /// gives them) decoded by the VAE: resolves to RGBA bytes of the image.
+    #[wasm_bindgen(js_name = decodeLatents)]
+    pub fn decode_latents(
+        &self,
+        values: Vec<f32>,
+        channels: usize,
+        height: usize,
+        width: usize,
+    ) -> Result<js_sys::Promise, JsError> {
+        lost()?;
+        let image = self
+            .sd
+            .decode_values(&values, [channels, height, width])
+            .map_err(to_js)?;
+        Ok(wasm_bindgen_futures::future_to_promise(async move {
+            let [_, _, h, w] = image.dims();
+            let values = read_values(image).await?;
+            let rgba = tensor_values_to_rgba(&values.to_vec(), w, h).map_err(to_js)?;
+            Ok(js_sys::Uint8Array::from(rgba.as_slice()).into())
+        }))
+    }
+
+    /// An RGBA image's latents (the VAE encoder's mean, scaled as the UNet
+    /// sees them): resolves to a Float32Array of `C × (height/f) × (width/f)`
+    /// (f = `sizeStep`).
+    #[wasm_bindgen(js_name = encodeImage)]
+    pub fn encode_image(
+        &self,
+        rgba: Vec<u8>,
+        width: usize,
+        height: usize,
+    ) -> Result<js_sys::Promise, JsError> {
+        lost()?;
+        let z = self.sd.encode_rgba(&rgba, width, height).map_err(to_js)?;
+        Ok(wasm_bindgen_futures::future_to_promise(async move {
+            Ok(read_values(z).await?.into())
+        }))
+    }
+
     /// Drops the run in progress.
     pub fn cancel(&self) {
         *self.run.borrow_mut() = None;
@@ -869,6 +1016,18 @@ async fn to_rgba(c: Checked) -> Result<Vec<u8>, JsError> {
         .try_to_vec::<f32>()
         .map_err(|e| JsError::new(&format!("{e:?}")))?;
     tensor_values_to_rgba(&values, w, h).map_err(to_js)
+}
+
+/// A tensor read back from the device as a Float32Array.
+async fn read_values<const D: usize>(t: Tensor<D>) -> Result<js_sys::Float32Array, JsValue> {
+    let data = t
+        .into_data_async()
+        .await
+        .map_err(|e| JsError::new(&format!("reading from the GPU failed: {e:?}")))?;
+    let v = data
+        .try_to_vec::<f32>()
+        .map_err(|e| JsError::new(&format!("{e:?}")))?;
+    Ok(js_sys::Float32Array::from(v.as_slice()))
 }
 
 /// A JS object's own keys that are not among `allowed`, as an error naming

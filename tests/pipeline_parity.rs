@@ -208,3 +208,140 @@ fn swapped_vae_decodes_the_same_latents() {
         "{e}"
     );
 }
+
+fn max_diff(a: burn::tensor::Tensor<4>, b: burn::tensor::Tensor<4>) -> f32 {
+    (a - b).abs().max().into_scalar()
+}
+
+/// A traced run lays each step open (what the learning view shows): one trace
+/// per step; x_t = √ᾱ_t x̂₀ + √(1−ᾱ_t) ε̂; DDIM's update x_{t−1} =
+/// √ᾱ_prev x̂₀ + direction ε̂ (η = 0) with the trace's coefficients; each
+/// step starts where the last ended, and the last ends at the run's latents.
+#[test]
+fn a_traced_run_lays_each_step_open() {
+    let device = Device::flex();
+    let dir = path("tests/fixtures/pipelines/tiny");
+    let sd = std::rc::Rc::new(StableDiffusion::load_dir(&dir, &device).unwrap());
+    let opts = GenerateOptions {
+        prompt: "a red heart".into(),
+        steps: 4,
+        guidance_scale: 3.0,
+        ..GenerateOptions::default()
+    };
+    let mut run = sd.start(&opts, None, None).unwrap();
+    run.trace(true);
+    let mut before = run.latents();
+    let mut timesteps = Vec::new();
+    loop {
+        let more = run.step().unwrap();
+        let t = run.last_step().unwrap().clone();
+        assert_eq!(t.index, timesteps.len());
+        timesteps.push(t.timestep);
+        assert!(max_diff(t.sample.clone(), before.clone()) == 0.0);
+        let a = t.alpha_prod_t;
+        let forward = t.pred_original.clone().mul_scalar(a.sqrt() as f32)
+            + t.pred_noise.clone().mul_scalar((1.0 - a).sqrt() as f32);
+        assert!(max_diff(forward, t.sample.clone()) < 1e-4);
+        let d = t.ddim.expect("DDIM coefficients");
+        assert_eq!(d.std_dev, 0.0);
+        assert!((d.sqrt_alpha_prev.powi(2) - t.alpha_prod_prev).abs() < 1e-12);
+        let update = t.pred_original.clone().mul_scalar(d.sqrt_alpha_prev as f32)
+            + t.pred_noise.clone().mul_scalar(d.direction as f32);
+        assert!(max_diff(update, t.prev_sample.clone()) < 1e-5);
+        before = t.prev_sample.clone();
+        if !more {
+            break;
+        }
+    }
+    assert_eq!(timesteps.len(), 4);
+    assert!(timesteps.windows(2).all(|w| w[0] > w[1]), "{timesteps:?}");
+    assert!(max_diff(before, run.latents()) == 0.0);
+}
+
+/// The forward process (`image::add_noise_rgba`) on the learning view's
+/// example image under four beta schedules equals the committed fixture the
+/// browser test compares the page with (`tests/fixtures/forward_process.json`,
+/// x_t as base64 RGBA; rewrite it with `UPDATE_FIXTURES=1`).
+#[test]
+fn forward_process_matches_its_fixture() {
+    use latent_diffusion_web::DDIMScheduler;
+    let file = std::fs::File::open(path("www/learn/example.png")).unwrap();
+    let mut reader = png::Decoder::new(std::io::BufReader::new(file))
+        .read_info()
+        .unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let (w, h) = (info.width as usize, info.height as usize);
+    assert_eq!(info.color_type, png::ColorType::Rgb);
+    let rgba: Vec<u8> = buf[..w * h * 3]
+        .chunks(3)
+        .flat_map(|p| [p[0], p[1], p[2], 255])
+        .collect();
+    let mut cases = Vec::new();
+    for (schedule, extra, t) in [
+        ("linear", "", 100),
+        (
+            "scaled_linear",
+            r#","beta_start":0.00085,"beta_end":0.012"#,
+            250,
+        ),
+        ("squaredcos_cap_v2", "", 500),
+        ("sigmoid", "", 900),
+    ] {
+        let config =
+            format!(r#"{{"beta_schedule":"{schedule}","num_train_timesteps":1000{extra}}}"#);
+        let s = DDIMScheduler::from_json(&config).unwrap();
+        let x_t =
+            latent_diffusion_web::image::add_noise_rgba(&s.schedule, &rgba, w, h, t, 7).unwrap();
+        // t = 100 on the linear schedule keeps most of the image; t = 900 on
+        // the sigmoid one almost none of it.
+        let close = x_t
+            .iter()
+            .zip(&rgba)
+            .filter(|(a, b)| a.abs_diff(**b) <= 32)
+            .count();
+        let share = close as f64 / rgba.len() as f64;
+        assert!(
+            if t == 100 {
+                share > 0.5
+            } else if t == 900 {
+                share < 0.5
+            } else {
+                true
+            },
+            "{schedule}: {share}"
+        );
+        cases.push(serde_json::json!({
+            "schedule": schedule, "t": t, "seed": 7, "x_t": base64(&x_t),
+        }));
+    }
+    let got = serde_json::json!({ "width": w, "height": h, "cases": cases });
+    let fixture = path("tests/fixtures/forward_process.json");
+    if std::env::var_os("UPDATE_FIXTURES").is_some() {
+        std::fs::write(&fixture, serde_json::to_string_pretty(&got).unwrap() + "\n").unwrap();
+    }
+    let want: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&fixture).unwrap()).unwrap();
+    assert!(
+        got == want,
+        "the forward process changed: rerun with UPDATE_FIXTURES=1 if meant"
+    );
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in bytes.chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            out.push(if i <= c.len() {
+                A[(n >> (18 - 6 * i) & 63) as usize] as char
+            } else {
+                '='
+            });
+        }
+    }
+    out
+}

@@ -3,6 +3,7 @@
 // Model weights are cached by worker.js in their own cache.
 const SHELL = 'ldw-shell-v1';
 const FILES = ['./', 'index.html', 'app.js', 'worker.js', 'style.css', 'schedules.html', 'schedules.js',
+  'learn.html', 'learn.js', 'learn.css', 'learn/example.png',
   'pkg/latent_diffusion_web.js', 'pkg/latent_diffusion_web_bg.wasm'];
 
 self.addEventListener('install', (e) => {

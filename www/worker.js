@@ -5,14 +5,18 @@
 //      {type: 'inspect', id, base, vae?} (what a folder needs, read before downloading it)
 //      {type: 'debug-trap'} (a deliberate panic, for the recovery test)
 //      {type: 'check-prompt', id, base, prompt} (what the model will read of a prompt)
+//      {type: 'trace', base, backend, options, image?, mask?, vae?} (a run laid open step by step)
+//      {type: 'forward', base, backend, vae?, rgba, width, height, config, t, seed} (latent forward process)
 // Out: {type: 'download', file, loaded, total}
 //      {type: 'loaded', base, backend, notice, maxSize, defaultSize, sizeStep}
 //      {type: 'step', done, total, rgba?, width, height} | {type: 'result', rgba, width, height}
 //      {type: 'cancelled'} | {type: 'error', message, fatal}
 //      {type: 'inspected', id, base, info, examples, suggestions} | {type: 'inspected', id, base, error}
 //      {type: 'prompt-checked', id, check}
+//      {type: 'trace', details, images: {sample, predOriginal, prevSample}, width, height, done, total}
+//      {type: 'forwarded', latents, noisy, decoded, shape, t}
 // `fatal`: the wasm instance trapped and cannot be trusted; the page replaces this worker.
-import init, { Generator, Prompts, debugPanic, lastPanic } from './pkg/latent_diffusion_web.js';
+import init, { Generator, Prompts, addNoise, debugPanic, lastPanic } from './pkg/latent_diffusion_web.js';
 
 const ready = init();
 let generator = null, loadedKey = null, cancelled = false, download = null;
@@ -52,6 +56,44 @@ async function generate({ base, backend, options, preview, image, mask, vae }) {
   }, preview);
   if (rgba === undefined) postMessage({ type: 'cancelled' });
   else postMessage({ type: 'result', rgba, width, height }, [rgba.buffer]);
+}
+
+/** A run laid open step by step (the learning view): after each step its
+ * numbers (Generator.stepDetails) and x_t, x̂₀ and x_{t−1} decoded by the
+ * VAE; then the result, as for `generate`. */
+async function traced({ base, backend, options, image, mask, vae }) {
+  cancelled = false;
+  await ready;
+  await load(base, backend ?? 'auto', vae);
+  if (cancelled) throw new Error('cancelled');
+  const width = options.width ?? generator.defaultSize, height = options.height ?? generator.defaultSize;
+  generator.start(options, image ?? null, mask ?? null);
+  generator.trace(true);
+  const total = generator.totalSteps();
+  for (let more = true; more;) {
+    more = generator.step();
+    const d = await generator.stepDetails();
+    const [c, h, w] = d.shape;
+    const decode = (values) => generator.decodeLatents(values, c, h, w);
+    const images = { sample: await decode(d.sample), predOriginal: await decode(d.predOriginal), prevSample: await decode(d.prevSample) };
+    postMessage({ type: 'trace', details: d, images, width, height, done: generator.stepsDone(), total });
+    await new Promise((ok) => setTimeout(ok, 0));
+    if (cancelled) { generator.cancel(); postMessage({ type: 'cancelled' }); return; }
+  }
+  const rgba = await generator.result();
+  postMessage({ type: 'result', rgba, width, height }, [rgba.buffer]);
+}
+
+/** An image's latents, their forward process at t under the model's
+ * schedule or another, and both decoded (the learning view's latent space). */
+async function forwardLatents({ base, backend, vae, rgba, width, height, config, t, seed }) {
+  await ready;
+  await load(base, backend ?? 'auto', vae);
+  const latents = await generator.encodeImage(rgba, width, height);
+  const f = generator.sizeStep, c = latents.length / ((width / f) * (height / f));
+  const noisy = addNoise(config, latents, t, BigInt(seed));
+  const decoded = await generator.decodeLatents(noisy, c, height / f, width / f);
+  postMessage({ type: 'forwarded', latents, noisy, decoded, shape: [c, height / f, width / f], t });
 }
 
 /** A trap (a Rust panic or a wasm fault) leaves the module unusable. */
@@ -107,9 +149,9 @@ onmessage = async ({ data }) => {
     }
     return;
   }
-  if (data.type === 'generate') {
+  if (data.type === 'generate' || data.type === 'trace' || data.type === 'forward') {
     try {
-      await generate(data);
+      await { generate, trace: traced, forward: forwardLatents }[data.type](data);
     } catch (e) {
       if (cancelled && !fatal(e)) postMessage({ type: 'cancelled' });
       else {

@@ -9,7 +9,7 @@ mod ddim;
 mod ddpm;
 mod lcm;
 
-pub use ddim::{DDIMScheduler, DDIMSchedulerConfig};
+pub use ddim::{DDIMScheduler, DDIMSchedulerConfig, DdimCoefficients};
 pub use ddpm::{DDPMScheduler, DDPMSchedulerConfig, VarianceType};
 pub use lcm::{LCMScheduler, LCMSchedulerConfig};
 
@@ -188,6 +188,20 @@ impl NoiseSchedule {
         let a = self.per_batch(timesteps, &original_samples, |a| a.sqrt())?;
         let s = self.per_batch(timesteps, &original_samples, |a| (1.0 - a).sqrt())?;
         Ok(original_samples * a + noise * s)
+    }
+
+    /// [`Self::add_noise`] on plain values (any shape, flattened) with ε
+    /// from the seeded stream (see [`crate::NoiseGenerator`]), on the CPU:
+    /// the forward process a teaching view shows for any t.
+    pub fn add_noise_seeded(&self, x0: &[f32], timestep: usize, seed: u64) -> Result<Vec<f32>> {
+        let device = burn::tensor::Device::flex();
+        let n = x0.len();
+        let tensor = |v: Vec<f32>| Tensor::<2>::from_data(TensorData::new(v, [1, n]), &device);
+        let noise = crate::NoiseGenerator::new(seed).sample(n);
+        let x_t = self.add_noise(tensor(x0.to_vec()), tensor(noise), &[timestep])?;
+        x_t.into_data()
+            .try_to_vec::<f32>()
+            .map_err(|e| Error::Shape(format!("{e:?}")))
     }
 
     /// The v-prediction target `√ᾱ_t ε − √(1−ᾱ_t) x₀` (Salimans & Ho 2022).

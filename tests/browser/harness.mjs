@@ -19,11 +19,16 @@ const TYPES = {
  * file cut in half, for the corrupted-download tests; /stall/<path> serves
  * <path> with weight files that stop mid-body and hang. `mounts` maps a URL
  * prefix (e.g. '/big/') to an absolute folder whose files are streamed from
- * disk (full-size models). */
-export async function serve(dir = 'www', mounts = {}) {
+ * disk (full-size models). `cors`: every response allows any origin.
+ * `requests` lists the paths asked for. */
+export async function serve(dir = 'www', mounts = {}, { cors = false } = {}) {
   const base = join(ROOT, dir);
+  const requests = [];
   const server = createServer(async (req, res) => {
     let path = normalize(decodeURIComponent(new URL(req.url, 'http://x').pathname));
+    requests.push(path);
+    // Another origin's page may load this one's files (the widget test).
+    if (cors) res.setHeader('access-control-allow-origin', '*');
     for (const [prefix, folder] of Object.entries(mounts)) {
       if (!path.startsWith(prefix)) continue;
       const file = join(folder, path.slice(prefix.length));
@@ -62,6 +67,7 @@ export async function serve(dir = 'www', mounts = {}) {
   await new Promise((ok) => server.listen(0, '127.0.0.1', ok));
   return {
     url: `http://127.0.0.1:${server.address().port}/`,
+    requests,
     close: () => { server.closeAllConnections(); server.close(); },
   };
 }

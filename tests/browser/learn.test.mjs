@@ -1,0 +1,74 @@
+// The learning view (www/learn.html) in headless chromium: the forward
+// process equals the crate's native add_noise (tests/fixtures/forward_process.json,
+// checked against native code by tests/pipeline_parity.rs) within one 8-bit
+// level; a traced generation has one strip entry per step and ends in the
+// image the generator makes for the same settings; comparisons run.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
+import { openPage, ROOT } from './harness.mjs';
+
+let ctx, page;
+
+before(async () => {
+  ctx = await openPage('www', 'learn.html');
+  page = ctx.page;
+});
+
+after(async () => ctx?.close());
+
+const canvasPixels = (selector) => page.$eval(selector, (c) =>
+  Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data));
+const worst = (a, b) => a.reduce((m, v, i) => Math.max(m, Math.abs(v - b[i])), 0);
+
+test('the forward process on the example image equals the native add_noise within one level', async () => {
+  const fixture = JSON.parse(await readFile(`${ROOT}tests/fixtures/forward_process.json`, 'utf8'));
+  for (const c of fixture.cases) {
+    await page.selectOption('#schedule', c.schedule);
+    await page.fill('#fseed', String(c.seed));
+    await page.$eval('#t', (el, t) => { el.value = String(t); el.dispatchEvent(new Event('input')); }, c.t);
+    const got = await canvasPixels('#xt');
+    const want = [...Buffer.from(c.x_t, 'base64')];
+    assert.equal(got.length, want.length);
+    assert.ok(worst(got, want) <= 1, `${c.schedule} t=${c.t}: worst ${worst(got, want)} levels`);
+    assert.match(await page.textContent('#formula'), new RegExp(`^t = ${c.t}: ᾱ_t = 0\\.\\d{4}`));
+  }
+  // The latent side: the example's latents, noised at t and decoded.
+  await page.waitForFunction(() => document.body.dataset.forward === '900', null, { timeout: 60_000 });
+  assert.equal(await page.$$eval('#channels canvas', (c) => c.length), 4);
+  assert.deepEqual(ctx.browser.errors, []);
+});
+
+test('a traced run has one strip entry per step and ends in the generator\'s image', async () => {
+  for (const [id, v] of [['prompt', 'rocket'], ['seed', '1'], ['steps', '4'], ['eta', '0']]) await page.fill(`#${id}`, v);
+  await page.click('#run');
+  await page.waitForFunction(() => ['done', 'error'].includes(document.body.dataset.trace), null, { timeout: 120_000 });
+  assert.equal(await page.textContent('#error'), '');
+  const labels = await page.$$eval('#strip button.step span', (s) => s.map((x) => x.textContent));
+  assert.equal(labels.length, 4, labels.join());
+  const ts = labels.map((l) => Number(l.match(/t = (\d+)/)[1]));
+  assert.ok(ts.every((t, i) => i === 0 || t < ts[i - 1]), ts.join());
+  assert.match(await page.textContent('#update'), /x_\{t−1\} = 1\.0000·x̂₀ \+ 0\.0000·ε̂|x_\{t−1\} = \d\.\d{4}·x̂₀/);
+  assert.equal(await page.$$eval('#noise-channels canvas', (c) => c.length), 4);
+  const traced = await canvasPixels('#result');
+  // The same settings through the plain generate path (the comparison grid's "4 steps").
+  await page.fill('#cprompt', 'rocket');
+  await page.fill('#cseed', '1');
+  await page.click('[data-compare="steps"]');
+  await page.waitForFunction(() => ['done', 'error'].includes(document.body.dataset.compare), null, { timeout: 300_000 });
+  assert.equal(await page.textContent('#error'), '');
+  const captions = await page.$$eval('#grid figcaption', (f) => f.map((x) => x.textContent));
+  assert.deepEqual(captions, ['1 step', '2 steps', '4 steps', '8 steps', '50 steps']);
+  const plain = await canvasPixels('#grid figure:nth-child(3) canvas');
+  assert.ok(worst(traced, plain) <= 1, `traced vs generated: worst ${worst(traced, plain)} levels`);
+  // Scrubbing selects a step and writes out its update.
+  await page.$eval('#scrub', (el) => { el.value = '0'; el.dispatchEvent(new Event('input')); });
+  assert.match(await page.textContent('#update'), new RegExp(`^step 1, t = ${ts[0]}:`));
+  await page.setViewportSize({ width: 1280, height: 900 });
+  await page.screenshot({ path: `${ROOT}docs/screenshot-learn.png`, fullPage: true });
+  await page.setViewportSize({ width: 390, height: 844 });
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - innerWidth);
+  assert.ok(overflow <= 0, `learning view is ${overflow}px wider than a phone`);
+  await page.screenshot({ path: `${ROOT}docs/screenshot-learn-phone.png`, fullPage: true });
+  assert.deepEqual(ctx.browser.errors, []);
+});
