@@ -214,6 +214,11 @@ function select(i) {
   $('update').textContent = text;
   $('update').style.whiteSpace = 'pre-wrap';
   drawChannels($('noise-channels') ?? addNoisePanel(), d.predNoise, d.shape, 'ε̂');
+  $('mask-figure').hidden = !d.latentMask;
+  if (d.latentMask) {
+    const [, h, w] = d.shape;
+    draw($('latent-mask'), channelImage(Array.from(d.latentMask, (m) => 4 * m - 2), 0, h, w), w, h);
+  }
 }
 function addNoisePanel() {
   const div = document.createElement('div');

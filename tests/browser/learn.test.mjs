@@ -19,6 +19,8 @@ after(async () => ctx?.close());
 
 const canvasPixels = (selector) => page.$eval(selector, (c) =>
   Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data));
+// After a resize, text is repainted a few frames later: a screenshot waits for it.
+const settle = () => page.evaluate(() => new Promise((r) => setTimeout(() => requestAnimationFrame(() => requestAnimationFrame(r)), 300)));
 const worst = (a, b) => a.reduce((m, v, i) => Math.max(m, Math.abs(v - b[i])), 0);
 
 test('the forward process on the example image equals the native add_noise within one level', async () => {
@@ -65,10 +67,38 @@ test('a traced run has one strip entry per step and ends in the generator\'s ima
   await page.$eval('#scrub', (el) => { el.value = '0'; el.dispatchEvent(new Event('input')); });
   assert.match(await page.textContent('#update'), new RegExp(`^step 1, t = ${ts[0]}:`));
   await page.setViewportSize({ width: 1280, height: 900 });
+  await settle();
   await page.screenshot({ path: `${ROOT}docs/screenshot-learn.png`, fullPage: true });
   await page.setViewportSize({ width: 390, height: 844 });
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth - innerWidth);
   assert.ok(overflow <= 0, `learning view is ${overflow}px wider than a phone`);
+  await settle();
   await page.screenshot({ path: `${ROOT}docs/screenshot-learn-phone.png`, fullPage: true });
   assert.deepEqual(ctx.browser.errors, []);
+});
+
+test('inpainting laid open: the mask in latent space, the known region kept', async () => {
+  await page.setViewportSize({ width: 1280, height: 900 });
+  await page.check('#inpaint');
+  await page.click('#run');
+  await page.waitForFunction(() => ['done', 'error'].includes(document.body.dataset.trace), null, { timeout: 120_000 });
+  assert.equal(await page.textContent('#error'), '');
+  assert.equal(await page.isVisible('#inpaint-note'), true);
+  assert.equal(await page.isVisible('#mask-figure'), true);
+  // The latent mask: the left half white (redone), the right half black.
+  const mask = await canvasPixels('#latent-mask');
+  const w = await page.$eval('#latent-mask', (c) => c.width);
+  assert.equal(w, 16);
+  for (let y = 0; y < 16; y++) {
+    assert.equal(mask[(y * 16 + 2) * 4], 255, 'left: redone');
+    assert.equal(mask[(y * 16 + 13) * 4], 0, 'right: kept');
+  }
+  // The result keeps the example's right half exactly.
+  const result = await canvasPixels('#result'), example = await canvasPixels('#x0');
+  let kept = 0;
+  for (let y = 0; y < 64; y++) {
+    for (let x = 40; x < 64; x++) kept += [0, 1, 2].every((c) => result[(y * 64 + x) * 4 + c] === example[(y * 64 + x) * 4 + c]);
+  }
+  assert.equal(kept, 64 * 24, 'unmasked pixels changed');
+  await page.uncheck('#inpaint');
 });
