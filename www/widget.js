@@ -84,7 +84,8 @@ const STYLE = `
 progress { width: 100%; }
 .status { margin: 0; color: #555; font-size: .85em; min-height: 1.2em; }
 .error { margin: 0; color: #b00020; font-size: .85em; }
-.error:empty { display: none; }
+.error:empty, .note:empty { display: none; }
+.note { margin: 0; color: #555; font-size: .8em; }
 .strip { display: flex; gap: .25rem; overflow-x: auto; }
 .strip:empty { display: none; }
 .strip figure { margin: 0; font-size: .7em; color: #555; text-align: center; }
@@ -104,7 +105,7 @@ class LatentDiffusion extends HTMLElement {
       <div class="bar"><input class="prompt" aria-label="prompt"><button class="go" type="button">Generate</button>
         <button class="stop" type="button" disabled>Cancel</button></div>
       <progress max="1" value="0" aria-label="progress"></progress>
-      <p class="status" role="status"></p><p class="error" role="alert"></p>
+      <p class="status" role="status"></p><p class="note"></p><p class="error" role="alert"></p>
       <div class="strip" aria-label="steps"></div></div>`;
     this.$ = (sel) => root.querySelector(sel);
     this.$('.go').addEventListener('click', () => this.generate().catch(() => {}));
@@ -118,7 +119,7 @@ class LatentDiffusion extends HTMLElement {
   connectedCallback() {
     this.$('.prompt').value = this.getAttribute('prompt') ?? 'red heart';
     if (!navigator.gpu && !this.getAttribute('backend')) {
-      this.$('.status').textContent = 'This browser does not offer WebGPU, so images are made on the CPU.';
+      this.$('.note').textContent = 'This browser does not offer WebGPU, so images are made on the CPU.';
     }
     if (this.hasAttribute('autostart')) this.generate().catch(() => {});
   }
@@ -204,7 +205,8 @@ class LatentDiffusion extends HTMLElement {
       this.$('progress').max = m.total || 1; this.$('progress').value = m.total ? m.loaded : 0;
       this.emit('progress', { file: m.file, loaded: m.loaded, total: m.total });
     } else if (m.type === 'loaded') {
-      if (m.notice) this.$('.status').textContent = `Running on ${m.backend}. ${m.notice}`;
+      // Where it runs and why (no WebGPU, a software adapter, a GPU too small).
+      this.$('.note').textContent = m.notice ? `Running on ${m.backend}. ${m.notice}` : '';
     } else if (m.type === 'step' || m.type === 'trace') {
       let preview = null;
       const rgba = m.type === 'trace' ? m.images.predOriginal : m.rgba;

@@ -189,9 +189,10 @@ test('a share link makes the same image, byte for byte, in a fresh browser profi
   await page.fill('#steps', '4');
 });
 
-test('Escape cancels a run', async () => {
+test('Enter in the prompt generates, Escape cancels', async () => {
   await page.fill('#steps', '500');
-  await page.click('#generate');
+  await page.focus('#prompt');
+  await page.keyboard.press('Enter');
   await page.waitForFunction(() => /step [2-9]/.test(document.getElementById('status').textContent), null,
     { timeout: 120_000 });
   await page.keyboard.press('Escape');

@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { launch, serve, runPage, ROOT } from './harness.mjs';
 
 let app, host, hostDir, browser, page;
+let redHeart; // the first widget's image (WebGPU page, 'auto')
 
 before(async () => {
   app = await serve('www', {}, { cors: true });
@@ -78,6 +79,7 @@ test('a widget on another origin makes the main page\'s image, with its events i
     document.getElementById('out').getContext('2d').getImageData(0, 0, 64, 64).data));
   await main.close();
   assert.deepEqual(a.pixels, want);
+  redHeart = a.pixels;
 });
 
 test('two widgets share one model download', async () => {
@@ -114,4 +116,26 @@ test('a widget can be cancelled, and a bad model URL is a clear error that leave
   assert.equal(ok.error, undefined);
   assert.equal(ok.events.at(-1), 'done');
   assert.deepEqual(browser.errors, []);
+});
+
+test('without WebGPU a widget says so and makes the same image on the CPU', async () => {
+  const other = await launch({ webgpu: false });
+  try {
+    const p = await other.context.newPage();
+    await p.goto(`${host.url}host/host.html`);
+    await p.waitForFunction(() => customElements.get('latent-diffusion'), null, { timeout: 30_000 });
+    const pixels = await p.evaluate(async () => {
+      const bmp = await createImageBitmap(await document.getElementById('a').generate());
+      const c = new OffscreenCanvas(bmp.width, bmp.height);
+      c.getContext('2d').drawImage(bmp, 0, 0);
+      return Array.from(c.getContext('2d').getImageData(0, 0, bmp.width, bmp.height).data);
+    });
+    assert.deepEqual(pixels, redHeart);
+    // Said as the main page says it.
+    assert.match(await p.$eval('#a', (w) => w.shadowRoot.querySelector('.note').textContent),
+      /^Running on CPU \(WebAssembly\)\. .*WebGPU/);
+    assert.deepEqual(other.errors, []);
+  } finally {
+    await other.close();
+  }
 });
