@@ -82,6 +82,13 @@ pub fn add_noise(
     timestep: usize,
     seed: u64,
 ) -> Result<Vec<f32>, JsError> {
+    const MAX: usize = 1 << 26;
+    if values.len() > MAX {
+        return Err(JsError::new(&format!(
+            "addNoise: {} values is more than the {MAX} it takes at once",
+            values.len()
+        )));
+    }
     let s = DDIMScheduler::from_json(config_json).map_err(to_js)?;
     s.schedule
         .add_noise_seeded(&values, timestep, seed)

@@ -102,3 +102,47 @@ test('inpainting laid open: the mask in latent space, the known region kept', as
   assert.equal(kept, 64 * 24, 'unmasked pixels changed');
   await page.uncheck('#inpaint');
 });
+
+test('the learning API refuses bad input with clear errors', async () => {
+  const errors = await page.evaluate(async () => {
+    const m = await import('./pkg/latent_diffusion_web.js');
+    await m.default();
+    const out = [];
+    const tryIt = async (f) => { try { await f(); out.push('no error'); } catch (e) { out.push(e.message); } };
+    const cfg = '{"beta_schedule":"linear"}';
+    await tryIt(() => m.addNoise(cfg, new Float32Array(4), 5000, 0n));
+    await tryIt(() => m.addNoise('{"beta_schedule":"nope"}', new Float32Array(4), 1, 0n));
+    await tryIt(() => m.addNoiseRgba(cfg, new Uint8Array(10), 4, 4, 1, 0n));
+    const g = await m.Generator.fromUrl('models/emoji-4step/', 'cpu');
+    await tryIt(() => g.stepDetails());
+    g.start({ prompt: 'red heart', steps: 2, guidanceScale: 1 });
+    g.step();
+    await tryIt(() => g.stepDetails());
+    await tryIt(() => g.decodeLatents(new Float32Array(3 * 16 * 16), 3, 16, 16));
+    await tryIt(() => g.decodeLatents(new Float32Array(5), 4, 16, 16));
+    await tryIt(() => g.decodeLatents(new Float32Array(4), 4, 1e6, 1e6));
+    await tryIt(() => g.encodeImage(new Uint8Array(64 * 64 * 4), 63, 64));
+    g.free();
+    return out;
+  });
+  const want = [/timestep 5000 is outside/, /nope/, /image/, /no run: call start first/, /no step traced: call trace\(true\)/,
+    /latents have 3 channels; this model's have 4/, /5 latent values given for a 4×16×16 latent/, /width = 4000000 must be a multiple of 4/, /width = 63 must be a multiple of 4/];
+  assert.equal(errors.length, want.length, errors.join('\n'));
+  errors.forEach((e, i) => assert.match(e, want[i]));
+  assert.deepEqual(ctx.browser.errors, []);
+});
+
+test('after one visit the learning view works with the server gone', async () => {
+  await page.evaluate(() => navigator.serviceWorker.ready);
+  await page.reload();
+  await page.waitForSelector('body[data-ready="true"]', { timeout: 60_000 });
+  assert.ok(await page.evaluate(() => !!navigator.serviceWorker.controller), 'controlled by the service worker');
+  ctx.server.close();
+  await page.reload();
+  await page.waitForSelector('body[data-ready="true"]', { timeout: 60_000 });
+  await page.fill('#steps', '2');
+  await page.click('#run');
+  await page.waitForFunction(() => ['done', 'error'].includes(document.body.dataset.trace), null, { timeout: 120_000 });
+  assert.equal(await page.textContent('#error'), '');
+  assert.equal(await page.$$eval('#strip button.step', (s) => s.length), 2);
+});
