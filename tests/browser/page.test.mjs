@@ -95,6 +95,8 @@ test('the result is in view after generating, at 1440×900 and at 390×844', asy
     assert.equal(r.w % 64, 0, `${width}: shown ${r.w}px wide`);
   }
   await page.screenshot({ path: `${ROOT}docs/screenshot-phone.png`, fullPage: true });
+  // Nothing veils the image: the (empty) mask layer over it is transparent.
+  assert.equal(await page.$eval('#mask', (c) => getComputedStyle(c).backgroundColor), 'rgba(0, 0, 0, 0)');
   await page.selectOption('#display', 'smooth');
   assert.equal(await page.$eval('#out', (c) => getComputedStyle(c).imageRendering), 'auto');
   await page.selectOption('#display', 'pixelated');
