@@ -800,13 +800,7 @@ impl StableDiffusion {
     /// img2img starts from), for views that show the latent space. The size
     /// is checked as a run's would be.
     pub fn encode_rgba(&self, rgba: &[u8], width: usize, height: usize) -> Result<Tensor<4>> {
-        let o = GenerateOptions {
-            width: Some(width),
-            height: Some(height),
-            guidance_scale: 1.0,
-            ..GenerateOptions::default()
-        };
-        o.check_inputs(self)?;
+        self.check_image_size(width, height)?;
         let image = rgba_to_tensor(rgba, width, height, &self.device)?;
         Ok(self.vae.encode_scaled(image))
     }
@@ -823,13 +817,7 @@ impl StableDiffusion {
                 self.latent_channels
             )));
         }
-        let o = GenerateOptions {
-            width: Some(w.saturating_mul(f)),
-            height: Some(h.saturating_mul(f)),
-            guidance_scale: 1.0,
-            ..GenerateOptions::default()
-        };
-        o.check_inputs(self)?;
+        self.check_image_size(w.saturating_mul(f), h.saturating_mul(f))?;
         if values.len() != c * h * w {
             return Err(Error::Shape(format!(
                 "{} latent values given for a {c}×{h}×{w} latent",
@@ -863,6 +851,26 @@ impl StableDiffusion {
 
     /// Refuses a size whose largest activation would not fit one device
     /// buffer, naming what the device can make instead.
+    /// An image side: a multiple of the pixels per latent, at most
+    /// [`MAX_IMAGE_SIDE`].
+    fn check_side(&self, name: &str, v: usize) -> Result<()> {
+        let f = self.vae_scale_factor;
+        if v == 0 || !v.is_multiple_of(f) || v > MAX_IMAGE_SIDE {
+            return Err(Error::arg(format!(
+                "{name} = {v} must be a multiple of {f} between {f} and {MAX_IMAGE_SIDE}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// A `w × h` image without guidance: sides as [`Self::check_side`] and
+    /// within this device's buffers (see [`Self::check_size`]).
+    fn check_image_size(&self, w: usize, h: usize) -> Result<()> {
+        self.check_side("width", w)?;
+        self.check_side("height", h)?;
+        self.check_size(w, h, false)
+    }
+
     pub fn check_size(&self, w: usize, h: usize, guidance: bool) -> Result<()> {
         let (need, model) = self.largest_activation(w, h, guidance);
         let limit = self.max_buffer_bytes();
@@ -952,11 +960,7 @@ impl StableDiffusion {
     /// Emoji in the prompts are read as their names when the folder has a
     /// `prompts.json` (see [`PromptVocabulary::read`]).
     pub fn encode_prompt(&self, prompt: &str, negative_prompt: &str, guidance: bool) -> Tensor<3> {
-        let read = |p: &str| {
-            self.prompts
-                .as_ref()
-                .map_or_else(|| p.to_string(), |v| v.read(p))
-        };
+        let read = |p: &str| PromptVocabulary::read_or_typed(self.prompts.as_ref(), p);
         let mut ids: Vec<i64> = Vec::new();
         if guidance {
             ids.extend(
@@ -1355,14 +1359,9 @@ impl GenerateOptions {
     /// Every value in range for this model, and the size within the device's
     /// buffers (as diffusers' `check_inputs`; `StableDiffusion::start` calls it).
     pub fn check_inputs(&self, sd: &StableDiffusion) -> Result<()> {
-        let f = sd.vae_scale_factor;
         for (name, v) in [("width", self.width), ("height", self.height)] {
-            if let Some(v) = v
-                && (v == 0 || !v.is_multiple_of(f) || v > MAX_IMAGE_SIDE)
-            {
-                return Err(Error::arg(format!(
-                    "{name} = {v} must be a multiple of {f} between {f} and {MAX_IMAGE_SIDE}"
-                )));
+            if let Some(v) = v {
+                sd.check_side(name, v)?;
             }
         }
         if !(1..=MAX_STEPS as usize).contains(&self.steps) {
@@ -1402,8 +1401,6 @@ impl GenerateOptions {
     }
 }
 
-/// A run in progress: call [`Sampling::step`] until it returns `false`,
-/// then [`Sampling::decode`].
 /// One denoising step laid open, for views that teach what a step does
 /// (see [`Sampling::trace`]). Tensors are latents, `[1, C, h, w]`.
 #[derive(Debug, Clone)]
@@ -1427,6 +1424,8 @@ pub struct StepTrace {
     pub prev_sample: Tensor<4>,
 }
 
+/// A run in progress: call [`Sampling::step`] until it returns `false`,
+/// then [`Sampling::decode`].
 pub struct Sampling {
     sd: Rc<StableDiffusion>,
     scheduler: Scheduler,
@@ -1502,10 +1501,6 @@ impl Sampling {
             self.eta,
             variance_noise,
         )?;
-        let trace = self
-            .tracing
-            .then(|| self.step_trace(t, sample, noise_pred, &step.pred_original_sample))
-            .transpose()?;
         self.latents = step.prev_sample;
         self.index += 1;
         self.probes.push(self.latents.clone().sum());
@@ -1526,10 +1521,11 @@ impl Sampling {
             let keep = m.clone().neg().add_scalar(1.0);
             self.latents = known * keep + self.latents.clone() * m.clone();
         }
-        self.last_step = trace.map(|mut trace| {
-            trace.prev_sample = self.latents.clone();
-            trace
-        });
+        self.last_step = if self.tracing {
+            Some(self.step_trace(t, sample, noise_pred, step.pred_original_sample)?)
+        } else {
+            None
+        };
         Ok(self.index < self.timesteps.len())
     }
 
@@ -1552,12 +1548,13 @@ impl Sampling {
         self.latent_mask.clone()
     }
 
+    /// The step just run at `t` laid open (its output is the current latents).
     fn step_trace(
         &self,
         t: usize,
         sample: Tensor<4>,
         model_output: Tensor<4>,
-        pred_original: &Tensor<4>,
+        pred_original: Tensor<4>,
     ) -> Result<StepTrace> {
         let schedule = self.scheduler.schedule();
         let alpha_prod_t = schedule.alpha_cumprod(t)?;
@@ -1575,22 +1572,24 @@ impl Sampling {
             None => (sample.clone() - pred_original.clone().mul_scalar(alpha_prod_t.sqrt() as f32))
                 .div_scalar((1.0 - alpha_prod_t).max(1e-12).sqrt() as f32),
         };
-        let next = self.timesteps.get(self.index + 1).copied();
-        let alpha_prod_prev = match (&self.scheduler, ddim) {
+        let alpha_prod_prev = match ddim {
             // DDIM's step back is T / n, whatever the spacing (its final ᾱ
             // past t = 0): the coefficients carry it as √ᾱ_prev.
-            (Scheduler::Ddim(_), Some(c)) => c.sqrt_alpha_prev * c.sqrt_alpha_prev,
-            _ => next.map_or(Ok(1.0), |n| schedule.alpha_cumprod(n))?,
+            Some(c) => c.sqrt_alpha_prev * c.sqrt_alpha_prev,
+            None => match self.timesteps.get(self.index) {
+                Some(&next) => schedule.alpha_cumprod(next)?,
+                None => 1.0,
+            },
         };
         Ok(StepTrace {
-            index: self.index,
+            index: self.index - 1,
             timestep: t,
             alpha_prod_t,
             alpha_prod_prev,
             ddim,
-            prev_sample: sample.clone(),
             sample,
-            pred_original: pred_original.clone(),
+            pred_original,
+            prev_sample: self.latents.clone(),
             pred_noise,
         })
     }

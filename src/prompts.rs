@@ -198,6 +198,11 @@ impl PromptVocabulary {
         out
     }
 
+    /// The prompt as a model with this vocabulary (or none) reads it.
+    pub fn read_or_typed(vocabulary: Option<&Self>, prompt: &str) -> String {
+        vocabulary.map_or_else(|| prompt.to_string(), |v| v.read(prompt))
+    }
+
     /// Words of `text` (already [`Self::read`]) not in the training prompts,
     /// and whether any word is. Without a word list, nothing is unknown.
     fn known(&self, text: &str) -> (Vec<String>, bool) {
@@ -239,7 +244,7 @@ impl PromptVocabulary {
         count: impl Fn(&str) -> usize,
         max_tokens: usize,
     ) -> PromptCheck {
-        let text = vocabulary.map_or_else(|| prompt.to_string(), |v| v.read(prompt));
+        let text = Self::read_or_typed(vocabulary, prompt);
         let (unknown_words, has_known_word) =
             vocabulary.map_or((Vec::new(), true), |v| v.known(&text));
         PromptCheck {

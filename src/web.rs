@@ -61,6 +61,9 @@ pub fn alphas_cumprod(config_json: &str) -> Result<Vec<f64>, JsError> {
     Ok(s.schedule.alphas_cumprod)
 }
 
+/// The most values `gaussianNoise` and `addNoise` handle in one call.
+const MAX_VALUES: usize = 1 << 26;
+
 /// The signal-to-noise ratio ᾱ_t / (1 − ᾱ_t) for every training timestep of
 /// a `scheduler_config.json`.
 #[wasm_bindgen(js_name = signalToNoise)]
@@ -82,10 +85,9 @@ pub fn add_noise(
     timestep: usize,
     seed: u64,
 ) -> Result<Vec<f32>, JsError> {
-    const MAX: usize = 1 << 26;
-    if values.len() > MAX {
+    if values.len() > MAX_VALUES {
         return Err(JsError::new(&format!(
-            "addNoise: {} values is more than the {MAX} it takes at once",
+            "addNoise: {} values is more than the {MAX_VALUES} it takes at once",
             values.len()
         )));
     }
@@ -113,10 +115,9 @@ pub fn add_noise_rgba(
 /// The first `n` values (at most 2^26) of the seeded noise stream (see `noise.rs`).
 #[wasm_bindgen(js_name = gaussianNoise)]
 pub fn gaussian_noise(seed: u64, n: usize) -> Result<Vec<f32>, JsError> {
-    const MAX: usize = 1 << 26;
-    if n > MAX {
+    if n > MAX_VALUES {
         return Err(JsError::new(&format!(
-            "gaussianNoise: n = {n} is more than the {MAX} values it returns at once"
+            "gaussianNoise: n = {n} is more than the {MAX_VALUES} values it returns at once"
         )));
     }
     Ok(NoiseGenerator::new(seed).sample(n))
@@ -902,8 +903,8 @@ impl Generator {
             .map_err(to_js)?;
         Ok(wasm_bindgen_futures::future_to_promise(async move {
             let [_, _, h, w] = image.dims();
-            let values = read_values(image).await?;
-            let rgba = tensor_values_to_rgba(&values.to_vec(), w, h).map_err(to_js)?;
+            let values = read_vec(image).await?;
+            let rgba = tensor_values_to_rgba(&values, w, h).map_err(to_js)?;
             Ok(js_sys::Uint8Array::from(rgba.as_slice()).into())
         }))
     }
@@ -1011,30 +1012,26 @@ struct Checked {
 /// Reads an image back from the device as RGBA bytes, after checking the
 /// run's stage sums: NaN or infinity is an error naming the stage.
 async fn to_rgba(c: Checked) -> Result<Vec<u8>, JsError> {
-    let read = |e| JsError::new(&format!("reading the image from the GPU failed: {e:?}"));
-    let sums = c.probes.into_data_async().await.map_err(read)?;
-    let sums = sums
-        .try_to_vec::<f32>()
-        .map_err(|e| JsError::new(&format!("{e:?}")))?;
+    let sums = read_vec(c.probes).await?;
     Sampling::check_probe_sums(&sums, c.total_steps).map_err(to_js)?;
     let [_, _, h, w] = c.image.dims();
-    let data = c.image.into_data_async().await.map_err(read)?;
-    let values = data
-        .try_to_vec::<f32>()
-        .map_err(|e| JsError::new(&format!("{e:?}")))?;
+    let values = read_vec(c.image).await?;
     tensor_values_to_rgba(&values, w, h).map_err(to_js)
 }
 
-/// A tensor read back from the device as a Float32Array.
-async fn read_values<const D: usize>(t: Tensor<D>) -> Result<js_sys::Float32Array, JsValue> {
+/// A tensor's values read back from the device.
+async fn read_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, JsError> {
     let data = t
         .into_data_async()
         .await
         .map_err(|e| JsError::new(&format!("reading from the GPU failed: {e:?}")))?;
-    let v = data
-        .try_to_vec::<f32>()
-        .map_err(|e| JsError::new(&format!("{e:?}")))?;
-    Ok(js_sys::Float32Array::from(v.as_slice()))
+    data.try_to_vec::<f32>()
+        .map_err(|e| JsError::new(&format!("{e:?}")))
+}
+
+/// A tensor read back from the device as a Float32Array.
+async fn read_values<const D: usize>(t: Tensor<D>) -> Result<js_sys::Float32Array, JsValue> {
+    Ok(js_sys::Float32Array::from(read_vec(t).await?.as_slice()))
 }
 
 /// A JS object's own keys that are not among `allowed`, as an error naming

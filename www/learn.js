@@ -48,6 +48,17 @@ function draw(canvas, rgba, w, h) {
   canvas.getContext('2d').putImageData(new ImageData(new Uint8ClampedArray(rgba), w, h), 0, 0);
 }
 
+/** A figure of an RGBA image with a caption. */
+function figure(rgba, w, h, caption) {
+  const f = document.createElement('figure');
+  const cv = document.createElement('canvas');
+  draw(cv, rgba, w, h);
+  const cap = document.createElement('figcaption');
+  cap.textContent = caption;
+  f.append(cv, cap);
+  return f;
+}
+
 /** One latent channel as a grey image: 0 is mid-grey, ±2 black/white. */
 function channelImage(values, ch, h, w) {
   const out = new Uint8ClampedArray(h * w * 4);
@@ -58,15 +69,8 @@ function channelImage(values, ch, h, w) {
   return out;
 }
 function drawChannels(container, values, [c, h, w], label) {
-  container.replaceChildren(...Array.from({ length: c }, (_, ch) => {
-    const f = document.createElement('figure');
-    const cv = document.createElement('canvas');
-    draw(cv, channelImage(values, ch, h, w), w, h);
-    const cap = document.createElement('figcaption');
-    cap.textContent = `${label} channel ${ch}`;
-    f.append(cv, cap);
-    return f;
-  }));
+  container.replaceChildren(...Array.from({ length: c },
+    (_, ch) => figure(channelImage(values, ch, h, w), w, h, `${label} channel ${ch}`)));
 }
 
 // ---- 1. The forward process.
@@ -184,6 +188,26 @@ function setRunning(b) {
 }
 $('cancel').addEventListener('click', () => worker.postMessage({ type: 'cancel' }));
 
+/** Runs `body` as the page's one long task: buttons disabled meanwhile,
+ * errors shown, `document.body.dataset[kind]` = running, then what `body`
+ * resolves to ('done' or 'cancelled') or 'error'. */
+async function exclusive(kind, body) {
+  if (running) return;
+  show(null);
+  setRunning(true);
+  document.body.dataset[kind] = 'running';
+  try {
+    const ended = await body();
+    $('status').textContent = ended === 'cancelled' ? 'Cancelled.' : 'Done.';
+    document.body.dataset[kind] = ended;
+  } catch (e) {
+    show(e);
+    document.body.dataset[kind] = 'error';
+  } finally {
+    setRunning(false);
+  }
+}
+
 function stepTile(entry, i) {
   const b = document.createElement('button');
   b.type = 'button'; b.className = 'step';
@@ -228,32 +252,28 @@ function addNoisePanel() {
 }
 $('scrub').addEventListener('input', () => select(Number($('scrub').value)));
 
-$('rform').addEventListener('submit', async (ev) => {
+$('rform').addEventListener('submit', (ev) => {
   ev.preventDefault();
-  if (running) return;
-  show(null);
-  trace = [];
-  $('strip').replaceChildren();
-  $('scrub-label').hidden = true;
-  document.body.dataset.trace = 'running';
-  const options = {
-    prompt: $('prompt').value, seed: Number($('seed').value), steps: Number($('steps').value),
-    eta: Number($('eta').value), guidanceScale: 1,
-  };
-  let image = null, mask = null;
-  const inpaint = $('inpaint').checked;
-  $('inpaint-note').hidden = !inpaint;
-  if (inpaint) {
-    const ex = await imageFrom('example');
-    const g = new OffscreenCanvas(SIZE, SIZE).getContext('2d');
-    g.drawImage(ex, 0, 0, SIZE, SIZE);
-    image = new Uint8Array(g.getImageData(0, 0, SIZE, SIZE).data);
-    mask = new Uint8Array(SIZE * SIZE * 4);
-    for (let i = 0; i < SIZE * SIZE; i++) { const v = i % SIZE < SIZE / 2 ? 255 : 0; mask.set([v, v, v, 255], i * 4); }
-    options.strength = 1;
-  }
-  setRunning(true);
-  try {
+  exclusive('trace', async () => {
+    trace = [];
+    $('strip').replaceChildren();
+    $('scrub-label').hidden = true;
+    const options = {
+      prompt: $('prompt').value, seed: Number($('seed').value), steps: Number($('steps').value),
+      eta: Number($('eta').value), guidanceScale: 1,
+    };
+    let image = null, mask = null;
+    const inpaint = $('inpaint').checked;
+    $('inpaint-note').hidden = !inpaint;
+    if (inpaint) {
+      const ex = await imageFrom('example');
+      const g = new OffscreenCanvas(SIZE, SIZE).getContext('2d');
+      g.drawImage(ex, 0, 0, SIZE, SIZE);
+      image = new Uint8Array(g.getImageData(0, 0, SIZE, SIZE).data);
+      mask = new Uint8Array(SIZE * SIZE * 4);
+      for (let i = 0; i < SIZE * SIZE; i++) { const v = i % SIZE < SIZE / 2 ? 255 : 0; mask.set([v, v, v, 255], i * 4); }
+      options.strength = 1;
+    }
     const m = await job({ type: 'trace', options, image, mask }, (t) => {
       if (t.type !== 'trace') return;
       trace.push(t);
@@ -263,28 +283,13 @@ $('rform').addEventListener('submit', async (ev) => {
       select(trace.length - 1);
       $('status').textContent = `Step ${t.done} of ${t.total}`;
     });
-    if (m.type === 'result') {
-      const tile = document.createElement('figure');
-      tile.className = 'step';
-      const cv = document.createElement('canvas');
-      cv.id = 'result';
-      draw(cv, m.rgba, m.width, m.height);
-      const cap = document.createElement('span');
-      cap.textContent = 'result';
-      tile.append(cap, cv);
-      $('strip').append(tile);
-      $('status').textContent = 'Done.';
-      document.body.dataset.trace = 'done';
-    } else {
-      $('status').textContent = 'Cancelled.';
-      document.body.dataset.trace = 'cancelled';
-    }
-  } catch (e) {
-    show(e);
-    document.body.dataset.trace = 'error';
-  } finally {
-    setRunning(false);
-  }
+    if (m.type !== 'result') return 'cancelled';
+    const tile = figure(m.rgba, m.width, m.height, 'result');
+    tile.className = 'step';
+    tile.querySelector('canvas').id = 'result';
+    $('strip').append(tile);
+    return 'done';
+  });
 });
 
 // ---- 3. Comparisons.
@@ -296,35 +301,17 @@ const COMPARE = {
   spacing: ['trailing', 'leading', 'linspace'].map((s) => [`${s} spacing`, { timestepSpacing: s }]),
 };
 for (const b of document.querySelectorAll('[data-compare]')) {
-  b.addEventListener('click', async () => {
-    if (running) return;
-    show(null);
-    setRunning(true);
-    document.body.dataset.compare = 'running';
+  b.addEventListener('click', () => exclusive('compare', async () => {
     $('grid').replaceChildren();
     const base = { prompt: $('cprompt').value, seed: Number($('cseed').value), steps: 4, eta: 0, guidanceScale: 1 };
-    try {
-      for (const [label, change] of COMPARE[b.dataset.compare]) {
-        $('status').textContent = `Running: ${label}`;
-        const m = await job({ type: 'generate', options: { ...base, ...change } });
-        if (m.type !== 'result') break;
-        const f = document.createElement('figure');
-        const cv = document.createElement('canvas');
-        draw(cv, m.rgba, m.width, m.height);
-        const cap = document.createElement('figcaption');
-        cap.textContent = label;
-        f.append(cv, cap);
-        $('grid').append(f);
-      }
-      $('status').textContent = 'Done.';
-      document.body.dataset.compare = 'done';
-    } catch (e) {
-      show(e);
-      document.body.dataset.compare = 'error';
-    } finally {
-      setRunning(false);
+    for (const [label, change] of COMPARE[b.dataset.compare]) {
+      $('status').textContent = `Running: ${label}`;
+      const m = await job({ type: 'generate', options: { ...base, ...change } });
+      if (m.type !== 'result') return 'cancelled';
+      $('grid').append(figure(m.rgba, m.width, m.height, label));
     }
-  });
+    return 'done';
+  }));
 }
 
 // ---- Start.

@@ -43,12 +43,18 @@ async function load(base, backend, vae) {
   });
 }
 
-async function generate({ base, backend, options, preview, image, mask, vae }) {
+/** Loads the run's model (unless loaded); resolves to the run's image size. */
+async function prepare({ base, backend, options, vae }) {
   cancelled = false;
   await ready;
   await load(base, backend ?? 'auto', vae);
   if (cancelled) throw new Error('cancelled');
-  const width = options.width ?? generator.defaultSize, height = options.height ?? generator.defaultSize;
+  return { width: options.width ?? generator.defaultSize, height: options.height ?? generator.defaultSize };
+}
+
+async function generate(data) {
+  const { options, preview, image, mask } = data;
+  const { width, height } = await prepare(data);
   const rgba = await generator.generate(options, image ?? null, mask ?? null, (done, total, preview) => {
     const msg = { type: 'step', done, total, width, height };
     if (preview) msg.rgba = preview;
@@ -61,12 +67,9 @@ async function generate({ base, backend, options, preview, image, mask, vae }) {
 /** A run laid open step by step (the learning view): after each step its
  * numbers (Generator.stepDetails) and x_t, x̂₀ and x_{t−1} decoded by the
  * VAE; then the result, as for `generate`. */
-async function traced({ base, backend, options, image, mask, vae }) {
-  cancelled = false;
-  await ready;
-  await load(base, backend ?? 'auto', vae);
-  if (cancelled) throw new Error('cancelled');
-  const width = options.width ?? generator.defaultSize, height = options.height ?? generator.defaultSize;
+async function traced(data) {
+  const { options, image, mask } = data;
+  const { width, height } = await prepare(data);
   generator.start(options, image ?? null, mask ?? null);
   generator.trace(true);
   const total = generator.totalSteps();
