@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use burn::tensor::{Device, DeviceKind, Tensor};
+use burn::tensor::{DType, Device, DeviceKind, Tensor};
 use latent_diffusion_web::NoiseGenerator;
 use latent_diffusion_web::models::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
 use latent_diffusion_web::models::unet_2d_condition::{
@@ -48,7 +48,7 @@ fn load_file(dir: &str, sub: &str, device: &Device) -> (String, WeightFile) {
     let path = format!("{dir}/{sub}/diffusion_pytorch_model.safetensors");
     (
         config,
-        WeightFile::read(path.as_ref(), sub, device, |_| false).unwrap(),
+        WeightFile::read(path.as_ref(), sub, device, |_| false, DType::F32).unwrap(),
     )
 }
 

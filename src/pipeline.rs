@@ -9,7 +9,7 @@
 
 use std::rc::Rc;
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
@@ -23,7 +23,7 @@ use crate::noise::NoiseGenerator;
 use crate::prompts::{PROMPTS_FILE, PromptCheck, PromptVocabulary};
 use crate::schedulers::DdimCoefficients;
 use crate::schedulers::{Scheduler, SchedulerConfig, TimestepSpacing};
-use crate::weights::{Header, VarBuilder, WeightFile};
+use crate::weights::{Header, VarBuilder, WeightFile, parameter_bytes};
 
 /// The text files of a diffusers folder the pipeline reads: configs and the tokenizer.
 pub const TEXT_FILES: [&str; 6] = [
@@ -454,7 +454,7 @@ impl PipelineConfig {
                 (vec![most], vec![most])
             }
         };
-        let tiled_decoder = matches!(self.vae, VaeConfig::Kl(_));
+        let tiled_vae = matches!(self.vae, VaeConfig::Kl(_));
         let b = &self.unet.block_out_channels;
         let unet = (0..b.len())
             .map(|i| {
@@ -466,7 +466,7 @@ impl PipelineConfig {
         Footprint {
             vae_encoder,
             vae_decoder,
-            tiled_decoder,
+            tiled_vae,
             unet,
         }
     }
@@ -599,6 +599,58 @@ pub fn weight_bytes(headers: &[&Header]) -> u64 {
     headers.iter().map(|h| h.num_elements() * 4).sum()
 }
 
+/// The float type the networks keep their weights in and compute with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// f16 on a GPU that computes in f16 when the weights would take more
+    /// than [`AUTO_F16_WEIGHT_BYTES`] as f32 (the 512×512 Stable Diffusion
+    /// models); f32 otherwise, where images then equal diffusers' f32 ones
+    /// within one 8-bit level and the CPU path's.
+    #[default]
+    Auto,
+    F32,
+    /// Weights stored as f16 on the device (half the memory of f32) and every
+    /// network run in f16, except the softmax of attention and the statistics
+    /// of group and layer norms, which run in f32 as in diffusers and PyTorch.
+    F16,
+}
+
+/// Above this many bytes of f32 weights `Precision::Auto` picks f16 where
+/// the device has it: SD-Turbo's 5.2 GB halve to 2.6 GB.
+pub const AUTO_F16_WEIGHT_BYTES: u64 = 1 << 30;
+
+impl Precision {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "f32" => Ok(Self::F32),
+            "f16" => Ok(Self::F16),
+            _ => Err(Error::arg(format!(
+                "precision {s:?} is not one of \"auto\", \"f32\" or \"f16\""
+            ))),
+        }
+    }
+
+    /// The dtype weights get on `device` (a GPU when `gpu`) for a model
+    /// whose weights take `f32_weight_bytes` as f32. Asking for f16 on a
+    /// device without it is an error.
+    pub fn dtype(self, device: &Device, gpu: bool, f32_weight_bytes: u64) -> Result<DType> {
+        let has_f16 = device.supports_dtype(DType::F16);
+        match self {
+            Self::F32 => Ok(DType::F32),
+            Self::F16 if has_f16 => Ok(DType::F16),
+            Self::F16 => Err(Error::arg(
+                "this device cannot compute in f16 (a WebGPU adapter needs the shader-f16 \
+                 feature); use precision \"f32\" or \"auto\"",
+            )),
+            Self::Auto if gpu && has_f16 && f32_weight_bytes > AUTO_F16_WEIGHT_BYTES => {
+                Ok(DType::F16)
+            }
+            Self::Auto => Ok(DType::F32),
+        }
+    }
+}
+
 /// The autoencoder of a pipeline: a KL VAE or TAESD.
 #[derive(Debug)]
 pub enum Vae {
@@ -607,10 +659,14 @@ pub enum Vae {
 }
 
 impl Vae {
-    fn encode_scaled(&self, image: Tensor<4>) -> Tensor<4> {
-        match self {
-            Self::Kl(v) => v.scale_latents(v.encode(image)),
-            Self::Tiny(v) => v.scale_latents(v.encode(image)),
+    /// An image in [-1, 1] → latents scaled as the UNet sees them, in `tile`
+    /// × `tile`-latent tiles when given (the KL encoder; see
+    /// [`AutoencoderKL::tiled_encode`]).
+    fn encode_scaled_tiled(&self, image: Tensor<4>, tile: Option<usize>) -> Tensor<4> {
+        match (self, tile) {
+            (Self::Kl(v), Some(t)) => v.scale_latents(v.tiled_encode(image, t)),
+            (Self::Kl(v), None) => v.scale_latents(v.encode(image)),
+            (Self::Tiny(v), _) => v.scale_latents(v.encode(image)),
         }
     }
 
@@ -670,8 +726,8 @@ struct Footprint {
     /// VAE encoder and decoder: most channels alive at each pixel level.
     vae_encoder: Vec<usize>,
     vae_decoder: Vec<usize>,
-    /// Whether the decoder can decode in tiles (the KL VAE can).
-    tiled_decoder: bool,
+    /// Whether the VAE can encode and decode in tiles (the KL VAE can).
+    tiled_vae: bool,
     /// UNet: most channels alive at each latent level (skip concatenation,
     /// or the GEGLU feed-forward's 8× projection where the block attends).
     unet: Vec<usize>,
@@ -693,18 +749,36 @@ impl Footprint {
     /// The decoder's tile side in latents for a `w × h` image, when the whole
     /// decode would not fit `limit` bytes and a tile does.
     fn decode_tile(&self, w: usize, h: usize, scale: usize, limit: u64) -> Option<usize> {
-        if !self.tiled_decoder || Self::levels(&self.vae_decoder, w, h) <= limit {
+        self.vae_tile(&self.vae_decoder, w, h, scale, limit)
+    }
+
+    /// The same for the encoder (img2img and inpainting).
+    fn encode_tile(&self, w: usize, h: usize, scale: usize, limit: u64) -> Option<usize> {
+        self.vae_tile(&self.vae_encoder, w, h, scale, limit)
+    }
+
+    fn vae_tile(&self, c: &[usize], w: usize, h: usize, scale: usize, limit: u64) -> Option<usize> {
+        if !self.tiled_vae || Self::levels(c, w, h) <= limit {
             return None;
         }
         DECODE_TILES.into_iter().find(|&t| {
             let px = t * scale;
-            px < w.max(h) && Self::levels(&self.vae_decoder, px.min(w), px.min(h)) <= limit
+            px < w.max(h) && Self::levels(c, px.min(w), px.min(h)) <= limit
         })
     }
 
+    /// The largest activation of the encoder or decoder (`c`) for a `w × h`
+    /// image, in tiles of `tile` latents when given.
+    fn vae_levels(c: &[usize], w: usize, h: usize, scale: usize, tile: Option<usize>) -> u64 {
+        match tile {
+            Some(t) => Self::levels(c, (t * scale).min(w), (t * scale).min(h)),
+            None => Self::levels(c, w, h),
+        }
+    }
+
     /// `(bytes, where)` of the largest f32 activation for an image of
-    /// `w × h` pixels with `batch` UNet rows (2 with guidance), the decoder
-    /// tiled when that is what fits `limit`.
+    /// `w × h` pixels with `batch` UNet rows (2 with guidance), the encoder
+    /// and decoder tiled when that is what fits `limit`.
     fn largest(
         &self,
         w: usize,
@@ -713,11 +787,15 @@ impl Footprint {
         batch: usize,
         limit: u64,
     ) -> (u64, &'static str) {
-        let decoder = match self.decode_tile(w, h, scale, limit) {
-            Some(t) => Self::levels(&self.vae_decoder, (t * scale).min(w), (t * scale).min(h)),
-            None => Self::levels(&self.vae_decoder, w, h),
-        };
-        let vae = decoder.max(Self::levels(&self.vae_encoder, w, h));
+        let decode = self.decode_tile(w, h, scale, limit);
+        let encode = self.encode_tile(w, h, scale, limit);
+        let vae = Self::vae_levels(&self.vae_decoder, w, h, scale, decode).max(Self::vae_levels(
+            &self.vae_encoder,
+            w,
+            h,
+            scale,
+            encode,
+        ));
         let (lh, lw) = (h / scale.max(1), w / scale.max(1));
         let unet = batch as u64 * Self::levels(&self.unet, lw, lh);
         if vae >= unet {
@@ -726,6 +804,62 @@ impl Footprint {
             (unet, "the UNet")
         }
     }
+}
+
+/// A weight file of a folder on disk: its shards' paths and headers, and the
+/// component's name when they are a sharded checkpoint's (to merge).
+#[cfg(not(target_family = "wasm"))]
+type WeightShards = (Option<String>, Vec<(std::path::PathBuf, Header)>);
+
+/// Finds weight file `i` of [`WEIGHT_FILES`] under `dir` (or the swapped VAE
+/// folder): the fp16 variant, the file, then a sharded checkpoint's index,
+/// whose shards are checked against it. Only headers are read.
+#[cfg(not(target_family = "wasm"))]
+fn weight_file_shards(
+    dir: &std::path::Path,
+    vae: Option<&std::path::Path>,
+    i: usize,
+) -> Result<WeightShards> {
+    let (dir, p) = locate(dir, vae, WEIGHT_FILES[i]);
+    let half = fp16_variant(p);
+    for f in [half.as_str(), p] {
+        let path = dir.join(f);
+        if path.is_file() {
+            let header = Header::read(&path, f)?;
+            return Ok((None, vec![(path, header)]));
+        }
+    }
+    for index in [shard_index_path(p, true), shard_index_path(p, false)] {
+        let path = dir.join(&index);
+        let io = |e: std::io::Error| Error::Weights(format!("{}: {e}", path.display()));
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() && m.len() > MAX_TEXT_FILE_BYTES => {
+                return Err(Error::Weights(format!("{} is too large", path.display())));
+            }
+            Ok(m) if m.is_file() => {}
+            _ => continue,
+        }
+        let text = std::fs::read(&path).map_err(io)?;
+        let index = ShardIndex::parse(&index, &String::from_utf8_lossy(&text))?;
+        let mut shards = Vec::new();
+        for s in &index.shards {
+            if !dir.join(s).is_file() {
+                return Err(Error::Weights(format!(
+                    "{} is missing from the model folder ({} names it)",
+                    dir.join(s).display(),
+                    index.path
+                )));
+            }
+            shards.push((dir.join(s), Header::read(&dir.join(s), s)?));
+        }
+        let headers: Vec<Header> = shards.iter().map(|(_, h)| h.clone()).collect();
+        index.check(&headers)?;
+        return Ok((Some(p.to_string()), shards));
+    }
+    Err(Error::Weights(format!(
+        "{} is missing from the model folder (nor is there an fp16 variant or a sharded index)",
+        dir.join(p).display()
+    )))
 }
 
 impl StableDiffusion {
@@ -796,13 +930,28 @@ impl StableDiffusion {
         self.footprint.decode_tile(w, h, f, self.max_buffer_bytes())
     }
 
+    /// The encoder tile (in latents) an image of `w × h` pixels is encoded
+    /// in on this device: `None` when the whole encode fits one buffer.
+    pub fn encode_tile(&self, w: usize, h: usize) -> Option<usize> {
+        let f = self.vae_scale_factor;
+        self.footprint.encode_tile(w, h, f, self.max_buffer_bytes())
+    }
+
+    /// An image in [-1, 1] → its scaled latents (the VAE's mean), in tiles
+    /// when a whole encode would not fit one of this device's buffers.
+    pub fn encode_image(&self, image: Tensor<4>) -> Tensor<4> {
+        let [_, _, h, w] = image.dims();
+        let tile = self.encode_tile(w, h);
+        self.vae.encode_scaled_tiled(image, tile)
+    }
+
     /// An RGBA image → its scaled latents `[1, C, h, w]` (the VAE's mean, as
     /// img2img starts from), for views that show the latent space. The size
     /// is checked as a run's would be.
     pub fn encode_rgba(&self, rgba: &[u8], width: usize, height: usize) -> Result<Tensor<4>> {
         self.check_image_size(width, height)?;
         let image = rgba_to_tensor(rgba, width, height, &self.device)?;
-        Ok(self.vae.encode_scaled(image))
+        Ok(self.encode_image(image))
     }
 
     /// Latent values (`[C, h, w]` flattened, scaled as the UNet sees them) →
@@ -906,53 +1055,55 @@ impl StableDiffusion {
         vae: Option<&std::path::Path>,
         device: &Device,
     ) -> Result<Self> {
+        Self::load_dir_with(dir, vae, Precision::Auto, device)
+    }
+
+    /// [`Self::load_dir_with_vae`] at the given precision (see [`Precision`]):
+    /// the headers are read first, then the weights straight into that dtype.
+    #[cfg(not(target_family = "wasm"))]
+    pub fn load_dir_with(
+        dir: &std::path::Path,
+        vae: Option<&std::path::Path>,
+        precision: Precision,
+        device: &Device,
+    ) -> Result<Self> {
         let config = PipelineConfig::read_dir_with_vae(dir, vae)?;
-        let read = |i: usize| {
-            let (dir, p) = locate(dir, vae, WEIGHT_FILES[i]);
+        let files = [0, 1, 2].map(|i| weight_file_shards(dir, vae, i));
+        let [a, b, c] = files;
+        let files = [a?, b?, c?];
+        let bytes: u64 = (files.iter().flat_map(|(_, shards)| shards))
+            .map(|(_, h)| h.num_elements() * 4)
+            .sum();
+        let dtype = precision.dtype(device, *device != Device::flex(), bytes)?;
+        let read = |i: usize, (sharded, shards): WeightShards| {
             let on_host = PipelineConfig::on_host(i);
-            // The fp16 variant, the file, then a sharded checkpoint's index.
-            let half = fp16_variant(p);
-            for f in [half.as_str(), p] {
-                if dir.join(f).is_file() {
-                    return WeightFile::read(&dir.join(f), f, device, on_host);
-                }
+            let mut read = (shards.iter())
+                .map(|(path, h)| WeightFile::read(path, &h.name, device, on_host, dtype))
+                .collect::<Result<Vec<_>>>()?;
+            match sharded {
+                Some(name) => WeightFile::merge(&name, read),
+                None => read
+                    .pop()
+                    .ok_or_else(|| Error::Weights("no weight file".into())),
             }
-            for index in [shard_index_path(p, true), shard_index_path(p, false)] {
-                let path = dir.join(&index);
-                let io = |e: std::io::Error| Error::Weights(format!("{}: {e}", path.display()));
-                match std::fs::metadata(&path) {
-                    Ok(m) if m.is_file() && m.len() > MAX_TEXT_FILE_BYTES => {
-                        return Err(Error::Weights(format!("{} is too large", path.display())));
-                    }
-                    Ok(m) if m.is_file() => {}
-                    _ => continue,
-                }
-                let text = std::fs::read(&path).map_err(io)?;
-                let index = ShardIndex::parse(&index, &String::from_utf8_lossy(&text))?;
-                let mut headers = Vec::new();
-                for s in &index.shards {
-                    if !dir.join(s).is_file() {
-                        return Err(Error::Weights(format!(
-                            "{} is missing from the model folder ({} names it)",
-                            dir.join(s).display(),
-                            index.path
-                        )));
-                    }
-                    headers.push(Header::read(&dir.join(s), s)?);
-                }
-                index.check(&headers)?;
-                let shards = (index.shards.iter())
-                    .map(|s| WeightFile::read(&dir.join(s), s, device, on_host))
-                    .collect::<Result<Vec<_>>>()?;
-                return WeightFile::merge(p, shards);
-            }
-            Err(Error::Weights(format!(
-                "{} is missing from the model folder (nor is there an fp16 variant or a \
-                 sharded index)",
-                dir.join(p).display()
-            )))
         };
-        Self::load(config, [read(0)?, read(1)?, read(2)?], device)
+        let [a, b, c] = files;
+        Self::load(config, [read(0, a)?, read(1, b)?, read(2, c)?], device)
+    }
+
+    /// The dtype the networks hold their weights in and run in.
+    pub fn dtype(&self) -> DType {
+        self.unet.conv_in.weight.val().dtype()
+    }
+
+    /// Bytes the three networks' weights take as loaded (2 per f16 weight).
+    pub fn weight_bytes(&self) -> u64 {
+        parameter_bytes(&self.text_encoder)
+            + parameter_bytes(&self.unet)
+            + match &self.vae {
+                Vae::Kl(v) => parameter_bytes(v.as_ref()),
+                Vae::Tiny(v) => parameter_bytes(v),
+            }
     }
 
     /// `[negative; prompt]` embeddings (`[2, L, D]`), or just the prompt's
@@ -1038,7 +1189,7 @@ impl StableDiffusion {
         if mask.is_some() && init.is_none() {
             return Err(Error::arg("inpainting needs an image as well as a mask"));
         }
-        let image_latents = init.as_ref().map(|img| self.vae.encode_scaled(img.clone()));
+        let image_latents = init.as_ref().map(|img| self.encode_image(img.clone()));
         // img2img/inpaint start part-way: strength 1 starts from pure noise.
         let mut timesteps = scheduler.timesteps().to_vec();
         let strength = if init.is_some() { o.strength } else { 1.0 };
@@ -1067,7 +1218,7 @@ impl StableDiffusion {
             // on the latents of the image with the masked region blanked.
             (Some(img), Some(m)) if self.unet_in_channels == 9 => {
                 let keep = m.clone().lower_elem(0.5).float();
-                let z = self.vae.encode_scaled(img.clone() * keep);
+                let z = self.encode_image(img.clone() * keep);
                 (Some(resize_nearest(m, lh, lw)), Some(z))
             }
             (_, Some(m)) => (Some(feather(resize_nearest(m, lh, lw))), None),

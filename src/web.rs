@@ -11,7 +11,7 @@ use crate::image::tensor_values_to_rgba;
 use crate::models::attention::set_attention_max_bytes;
 use crate::models::clip::ClipTokenizer;
 use crate::pipeline::{
-    GenerateOptions, OPTIONAL_FILES, OptionsInput, PipelineConfig, Sampling, ShardIndex,
+    GenerateOptions, OPTIONAL_FILES, OptionsInput, PipelineConfig, Precision, Sampling, ShardIndex,
     StableDiffusion, TEXT_FILES, WEIGHT_FILES, check_model_index, fp16_variant, largest_tensor,
     shard_index_path, swapped_vae_path, weight_bytes,
 };
@@ -253,16 +253,22 @@ async fn choose_device(
     backend: &str,
     (tensor, need): (String, u64),
     weights: u64,
+    precision: Precision,
 ) -> Result<(Device, String, Option<String>, u64), JsError> {
     let mb = |b: u64| b as f64 / (1 << 20) as f64;
     let cpu = |notice: Option<String>| {
-        if weights > CPU_WEIGHT_LIMIT {
+        // The CPU path runs f32 unless f16 is asked for (half the memory).
+        let (bytes, dtype) = match precision {
+            Precision::F16 => (weights / 2, "f16"),
+            _ => (weights, "f32"),
+        };
+        if bytes > CPU_WEIGHT_LIMIT {
             return Err(JsError::new(&format!(
-                "{}This model's weights take {:.1} GB as f32, more than the CPU path can hold in \
-                 a browser's WebAssembly memory ({:.1} GB for weights, 4 GB in all); it needs \
+                "{}This model's weights take {:.1} GB as {dtype}, more than the CPU path can hold \
+                 in a browser's WebAssembly memory ({:.1} GB for weights, 4 GB in all); it needs \
                  WebGPU.",
                 notice.map(|n| format!("{n} ")).unwrap_or_default(),
-                weights as f64 / 1e9,
+                bytes as f64 / 1e9,
                 CPU_WEIGHT_LIMIT as f64 / 1e9
             )));
         }
@@ -332,8 +338,9 @@ pub struct Generator {
     notice: Option<String>,
 }
 
-/// How `fromUrl` downloads: `{ signal?: AbortSignal, cache?: string | false,
-/// stallTimeoutMs?: number, vae?: string }`.
+/// How `fromUrl` downloads and loads: `{ signal?: AbortSignal, cache?:
+/// string | false, stallTimeoutMs?: number, vae?: string, precision?:
+/// "auto" | "f32" | "f16" }`.
 #[derive(serde::Deserialize, Default)]
 #[serde(rename_all = "camelCase", default)]
 struct LoadOptions {
@@ -344,11 +351,14 @@ struct LoadOptions {
     cache: Option<serde_json::Value>,
     /// Give up when no byte arrives for this long (default 30 s).
     stall_timeout_ms: Option<f64>,
+    /// "auto" (default), "f32" or "f16": the weights' dtype on the device and
+    /// the one the networks compute in (see `pipeline::Precision`).
+    precision: Option<String>,
 }
 
 impl LoadOptions {
     /// The names a load options object may have.
-    const FIELDS: [&str; 4] = ["signal", "cache", "stallTimeoutMs", "vae"];
+    const FIELDS: [&str; 5] = ["signal", "cache", "stallTimeoutMs", "vae", "precision"];
 }
 
 #[wasm_bindgen]
@@ -391,7 +401,7 @@ impl Generator {
                 index: None,
             });
         }
-        Self::build(config, sources, backend).await
+        Self::build(config, sources, backend, Precision::Auto).await
     }
 
     /// Downloads a diffusers folder with `fetch` and builds the pipeline,
@@ -462,6 +472,7 @@ impl Generator {
             download_bytes: files.iter().map(|f| f.bytes).sum(),
             files,
             weight_bytes_f32: weights,
+            weight_bytes_f16: weights / 2,
             largest_tensor: largest,
             largest_tensor_bytes: largest_bytes,
             cpu_weight_limit: CPU_WEIGHT_LIMIT,
@@ -508,6 +519,14 @@ impl Generator {
                 "bad load options: stallTimeoutMs = {stall} must be a positive number of milliseconds"
             )));
         }
+        let precision =
+            Precision::parse(o.precision.as_deref().unwrap_or("auto")).map_err(|e| {
+                let why = match e {
+                    crate::Error::InvalidArgument(m) => m,
+                    e => e.to_string(),
+                };
+                JsError::new(&format!("bad load options: {why}"))
+            })?;
         let vae = match o.vae.as_deref().map(str::trim) {
             None | Some("") => None,
             Some(v) => Some(
@@ -516,13 +535,17 @@ impl Generator {
             ),
         };
         let net = fetch::Net::new(base, cache, signal, stall, on_progress).await?;
-        Ok(Folder { net, vae })
+        Ok(Folder {
+            net,
+            vae,
+            precision,
+        })
     }
 
     async fn download(folder: &Folder, backend: Option<String>) -> Result<Generator, JsError> {
         let config = Self::read_config(folder).await?;
         let sources = Self::open_weights(folder).await?;
-        Self::build(config, sources, backend).await
+        Self::build(config, sources, backend, folder.precision).await
     }
 
     /// The folder's configs and tokenizer, parsed and checked.
@@ -649,6 +672,7 @@ impl Generator {
         config: PipelineConfig,
         mut weights: Vec<Weights>,
         backend: Option<String>,
+        precision: Precision,
     ) -> Result<Generator, JsError> {
         // Headers first: a few hundred kB each, whatever the model's size.
         let (prefixes, shard_headers) = Self::read_headers(&mut weights).await?;
@@ -658,12 +682,16 @@ impl Generator {
             .check([&headers[0], &headers[1], &headers[2]])
             .map_err(to_js)?;
         let refs: Vec<&Header> = headers.iter().collect();
+        let weights_f32 = weight_bytes(&refs);
         let (device, backend, notice, buffer_limit) = choose_device(
             backend.as_deref().unwrap_or("auto"),
             largest_tensor(&refs),
-            weight_bytes(&refs),
+            weights_f32,
+            precision,
         )
         .await?;
+        let gpu = device != Device::flex();
+        let dtype = precision.dtype(&device, gpu, weights_f32).map_err(to_js)?;
         let mut files = Vec::new();
         let parts = weights.into_iter().zip(prefixes).zip(shard_headers);
         for (i, ((w, prefixes), headers)) in parts.enumerate() {
@@ -674,7 +702,8 @@ impl Generator {
                 // The header was read above: go on from the bytes after it.
                 let start = header.data_start as usize;
                 let mut reader = WeightReader::after_header(header, &device, source.len())
-                    .keep_on_host(PipelineConfig::on_host(i));
+                    .keep_on_host(PipelineConfig::on_host(i))
+                    .with_dtype(dtype);
                 reader.push(&prefix[start..]).map_err(to_js)?;
                 drop(prefix);
                 loop {
@@ -722,6 +751,22 @@ impl Generator {
     #[wasm_bindgen(getter)]
     pub fn notice(&self) -> Option<String> {
         self.notice.clone()
+    }
+
+    /// The dtype the weights are stored in and the networks compute in:
+    /// "f32" or "f16" (see the load option `precision`).
+    #[wasm_bindgen(getter)]
+    pub fn precision(&self) -> String {
+        match self.sd.dtype() {
+            burn::tensor::DType::F16 => "f16".into(),
+            _ => "f32".into(),
+        }
+    }
+
+    /// Bytes the loaded weights take (on the GPU, or in wasm memory on the CPU).
+    #[wasm_bindgen(getter, js_name = weightBytes)]
+    pub fn weight_bytes(&self) -> f64 {
+        self.sd.weight_bytes() as f64
     }
 
     /// The model's default image size in pixels.
@@ -1069,6 +1114,8 @@ struct Weights {
 struct Folder {
     net: fetch::Net,
     vae: Option<fetch::Net>,
+    /// The load option `precision`.
+    precision: Precision,
 }
 
 impl Folder {
@@ -1097,6 +1144,7 @@ struct ModelInfo {
     files: Vec<FileInfo>,
     download_bytes: u64,
     weight_bytes_f32: u64,
+    weight_bytes_f16: u64,
     largest_tensor: String,
     largest_tensor_bytes: u64,
     cpu_weight_limit: u64,

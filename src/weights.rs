@@ -3,9 +3,11 @@
 //! A weight file is never held whole. [`WeightReader`] takes it in chunks as
 //! they arrive (a download, a Cache API body, a file read piece by piece):
 //! the header first, checked on its own ([`Header`]), then each tensor, which
-//! is converted and put on the device as soon as its last byte is in, its
-//! bytes then dropped. Peak host memory while loading is the header plus the
-//! tensor being received (and its f32 conversion), whatever the file's size.
+//! is converted to the compute dtype ([`WeightReader::with_dtype`]: f32, or
+//! f16 where the device computes in f16) and put on the device as soon as its
+//! last byte is in, its bytes then dropped. Peak host memory while loading is
+//! the header plus one 8 MiB piece of the tensor being received (and its
+//! conversion), whatever the file's size.
 //!
 //! A [`VarBuilder`] walks the result with a key prefix, the way the module
 //! tree is nested (`down_blocks.0.resnets.1.conv1.weight`), and builds layers
@@ -39,7 +41,8 @@ const PIECE: usize = 8 << 20;
 /// The most dimensions a stored tensor may have.
 const MAX_RANK: usize = 8;
 
-/// Element types a weight file may store; all are widened to f32 on load.
+/// Element types a weight file may store; each is converted on load to the
+/// reader's dtype (f32 or f16).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dtype {
     F32,
@@ -344,6 +347,8 @@ pub struct WeightReader {
     peak_buffered: usize,
     /// Tensors kept in host memory (Burn's CPU backend) instead of `device`.
     on_host: fn(&str) -> bool,
+    /// The dtype device tensors get: F32 or F16.
+    dtype: DType,
 }
 
 impl WeightReader {
@@ -365,7 +370,19 @@ impl WeightReader {
             tensors: HashMap::new(),
             peak_buffered: 0,
             on_host: |_| false,
+            dtype: DType::F32,
         }
+    }
+
+    /// Stores the device tensors as `dtype`, F32 (the default) or F16: an f16
+    /// file's bytes then go to the device as they are, and f32 or bf16 values
+    /// are rounded to f16. Any other dtype is taken as F32.
+    pub fn with_dtype(mut self, dtype: DType) -> Self {
+        self.dtype = match dtype {
+            DType::F16 => DType::F16,
+            _ => DType::F32,
+        };
+        self
     }
 
     /// Keeps the tensors whose keys `on_host` accepts in host memory on Burn's
@@ -478,9 +495,34 @@ impl WeightReader {
         r
     }
 
-    /// Converts one piece of the current tensor to f32 and puts it on the device.
+    /// Converts one piece of the current tensor to the reader's dtype and
+    /// puts it on the device.
     fn convert_piece(&mut self, raw: &[u8]) {
         let info = &self.order[self.next].1;
+        if self.dtype == DType::F16 {
+            let bytes = match info.dtype {
+                Dtype::F16 => raw.to_vec(),
+                Dtype::F32 => raw
+                    .chunks_exact(4)
+                    .flat_map(|b| {
+                        let v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                        half::f16::from_f32(v).to_le_bytes()
+                    })
+                    .collect(),
+                Dtype::BF16 => raw
+                    .chunks_exact(2)
+                    .flat_map(|b| {
+                        let v = half::bf16::from_le_bytes([b[0], b[1]]).to_f32();
+                        half::f16::from_f32(v).to_le_bytes()
+                    })
+                    .collect(),
+            };
+            let n = bytes.len() / 2;
+            let data = TensorData::from_bytes_vec(bytes, [n], DType::F16);
+            let options = TensorCreationOptions::new(self.device.clone()).with_dtype(DType::F16);
+            self.pieces.push(Tensor::from_data(data, options));
+            return;
+        }
         let data = match info.dtype {
             Dtype::F32 => TensorData::new(
                 raw.chunks_exact(4)
@@ -530,7 +572,10 @@ impl WeightReader {
         }
         let (key, info) = &self.order[self.next];
         let t = match self.pieces.len() {
-            0 => Tensor::from_data(TensorData::new(Vec::<f32>::new(), [0]), &self.device),
+            0 => Tensor::from_data(
+                TensorData::from_bytes_vec(Vec::new(), [0], self.dtype),
+                TensorCreationOptions::new(self.device.clone()).with_dtype(self.dtype),
+            ),
             1 => self.pieces.pop().expect("one piece"),
             // Joined where the tensor lives (on a GPU: device memory).
             _ => Tensor::cat(std::mem::take(&mut self.pieces), 0),
@@ -588,19 +633,23 @@ impl WeightFile {
         r.finish()
     }
 
-    /// Reads a file from disk in 8 MiB pieces; the file is never in memory whole.
+    /// Reads a file from disk in 8 MiB pieces; the file is never in memory
+    /// whole. Device tensors are stored as `dtype` (see [`WeightReader::with_dtype`]).
     #[cfg(not(target_family = "wasm"))]
     pub fn read(
         path: &std::path::Path,
         name: &str,
         device: &Device,
         on_host: fn(&str) -> bool,
+        dtype: DType,
     ) -> Result<Self> {
         use std::io::Read;
         let io = |e: std::io::Error| Error::Weights(format!("{}: {e}", path.display()));
         let mut f = std::fs::File::open(path).map_err(io)?;
         let len = f.metadata().map_err(io)?.len();
-        let mut r = WeightReader::new(name, device, Some(len)).keep_on_host(on_host);
+        let mut r = WeightReader::new(name, device, Some(len))
+            .keep_on_host(on_host)
+            .with_dtype(dtype);
         let mut buf = vec![0u8; 8 << 20];
         loop {
             let n = f.read(&mut buf).map_err(io)?;
@@ -872,4 +921,19 @@ pub fn embedding(vb: &VarBuilder, n: usize, dim: usize) -> Embedding {
     Embedding {
         weight: vb.param("weight", [n, dim]),
     }
+}
+
+/// Bytes the float parameters of `module` take where they are stored, in
+/// their own dtypes (f16 weights count 2 bytes each).
+pub fn parameter_bytes<M: burn::module::Module>(module: &M) -> u64 {
+    struct Sum(u64);
+    impl burn::module::ModuleVisitor for Sum {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let t = param.val();
+            self.0 += (t.shape().num_elements() * t.dtype().size()) as u64;
+        }
+    }
+    let mut sum = Sum(0);
+    module.visit(&mut sum);
+    sum.0
 }

@@ -4,10 +4,14 @@
 //! pipeline and on the shipped model (www/models/emoji-4step).
 //! Tolerance: max |ours − diffusers| ≤ 1e-4 per pixel on the [0, 1] scale for
 //! the tiny pipeline, 1e-3 for the trained 64×64 model (one 8-bit level is 4e-3).
+//! With f16 weights and compute (`Precision::F16`) against the same f32
+//! references (measured 2026-11-26 in brackets): the shipped model on the CPU
+//! within 5 levels, 2e-2 (3.4 levels, 1.3e-2); the random-weight tiny
+//! pipeline on wgpu/lavapipe within 4.5e-2 (2.9e-2).
 
-use burn::tensor::Device;
+use burn::tensor::{DType, Device, DeviceKind};
 use latent_diffusion_web::pipeline::{
-    GenerateOptions, PipelineConfig, StableDiffusion, WEIGHT_FILES, largest_tensor,
+    GenerateOptions, PipelineConfig, Precision, StableDiffusion, WEIGHT_FILES, largest_tensor,
 };
 use latent_diffusion_web::schedulers::TimestepSpacing;
 use latent_diffusion_web::weights::Header;
@@ -42,14 +46,80 @@ fn shipped_model_matches_diffusers() {
     );
 }
 
+/// The shipped model with its weights as f16 (half the memory) and every
+/// network in f16, on the CPU: within 5 levels of diffusers' f32 images.
+#[test]
+fn shipped_model_in_f16_stays_near_diffusers() {
+    let sd = check_as(
+        &path("www/models/emoji-4step"),
+        &path("tests/fixtures/pipelines/emoji-4step"),
+        (4, 64),
+        5.0 / 255.0,
+        (&Device::flex(), Precision::F16),
+    );
+    assert_eq!(sd.dtype(), DType::F16);
+    // Every weight takes 2 bytes: 15.1 MB, not the 30.2 MB of f32.
+    let elements: u64 = (read_headers(&path("www/models/emoji-4step")).iter())
+        .map(|h| h.num_elements())
+        .sum();
+    assert_eq!(sd.weight_bytes(), 2 * elements);
+}
+
+/// The f16 path on Burn's wgpu backend (lavapipe natively has shader-f16).
+#[test]
+fn wgpu_f16_pipeline_stays_near_diffusers() {
+    let dir = path("tests/fixtures/pipelines/tiny");
+    let gpu = Device::wgpu(DeviceKind::DefaultDevice);
+    let sd = check_as(&dir, &dir, (2, 16), 4.5e-2, (&gpu, Precision::F16));
+    assert_eq!(sd.dtype(), DType::F16);
+}
+
+/// `Precision::Auto` keeps small models in f32 (and so exact), and `F16` on
+/// a device is honoured.
+#[test]
+fn auto_precision_keeps_small_models_in_f32() {
+    let dir = path("tests/fixtures/pipelines/tiny");
+    let gpu = Device::wgpu(DeviceKind::DefaultDevice);
+    let sd = StableDiffusion::load_dir_with(&dir, None, Precision::Auto, &gpu).unwrap();
+    assert_eq!(sd.dtype(), DType::F32);
+    assert_eq!(
+        Precision::Auto.dtype(&gpu, true, 2 << 30).unwrap(),
+        DType::F16
+    );
+    assert_eq!(
+        Precision::Auto
+            .dtype(&Device::flex(), false, 2 << 30)
+            .unwrap(),
+        DType::F32
+    );
+    let e = Precision::parse("half").unwrap_err().to_string();
+    assert!(e.contains("\"f16\""), "{e}");
+}
+
 fn check(
     model: &std::path::Path,
     fixtures: &std::path::Path,
     scale_and_size: (usize, usize),
     tolerance: f32,
 ) {
-    let device = Device::flex();
-    let sd = std::rc::Rc::new(StableDiffusion::load_dir(model, &device).unwrap());
+    check_as(
+        model,
+        fixtures,
+        scale_and_size,
+        tolerance,
+        (&Device::flex(), Precision::F32),
+    );
+}
+
+fn check_as(
+    model: &std::path::Path,
+    fixtures: &std::path::Path,
+    scale_and_size: (usize, usize),
+    tolerance: f32,
+    (device, precision): (&Device, Precision),
+) -> std::rc::Rc<StableDiffusion> {
+    let sd = StableDiffusion::load_dir_with(model, None, precision, device).unwrap();
+    let sd = std::rc::Rc::new(sd);
     assert_eq!((sd.vae_scale_factor, sd.default_size), scale_and_size);
     let cases: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixtures.join("cases.json")).unwrap())
@@ -80,9 +150,10 @@ fn check(
             .zip(want)
             .map(|(a, b)| (a - b).abs())
             .fold(0.0f32, f32::max);
-        println!("{name}: max abs diff {max:e}");
+        println!("{name} {:?}: max abs diff {max:e}", sd.dtype());
         assert!(max <= tolerance, "{name}: max abs diff {max:e}");
     }
+    sd
 }
 
 /// The headers of a folder's weight files, reading nothing after them.
@@ -344,4 +415,36 @@ fn base64(bytes: &[u8]) -> String {
         }
     }
     out
+}
+
+/// img2img and inpainting encode their image in tiles (diffusers'
+/// `tiled_encode`, checked in model_parity) when a whole encode would not fit
+/// one of the device's buffers, as the decoder decodes in tiles.
+#[test]
+fn images_are_encoded_in_tiles_when_a_whole_encode_would_not_fit() {
+    let device = Device::flex();
+    let sd = StableDiffusion::load_dir(&path("tests/fixtures/pipelines/tiny"), &device).unwrap();
+    let (w, h) = (48, 32);
+    let image: burn::tensor::Tensor<4> =
+        latent_diffusion_web::NoiseGenerator::new(5).tensor([1, 3, h, w], &device);
+    let image = image.clamp(-1.0, 1.0);
+    assert_eq!(sd.encode_tile(w, h), None);
+    let whole = sd.encode_image(image.clone());
+    // The tiny VAE's encoder holds 32 channels at full size: 196,608 bytes here.
+    sd.set_max_buffer_bytes(100_000);
+    let tile = sd.encode_tile(w, h).expect("tiles at 100 kB");
+    let tiled = sd.encode_image(image.clone());
+    assert_eq!(tiled.dims(), whole.dims());
+    let latent_diffusion_web::pipeline::Vae::Kl(vae) = &sd.vae else {
+        panic!("a KL VAE")
+    };
+    let direct = vae.scale_latents(vae.tiled_encode(image, tile));
+    assert_eq!(
+        max_diff(tiled.clone(), direct),
+        0.0,
+        "the tiled path is tiled_encode"
+    );
+    let d = max_diff(tiled, whole);
+    println!("encoded in {tile}-latent tiles: max diff from the whole encode {d:e}");
+    assert!(d > 0.0 && d.is_finite());
 }

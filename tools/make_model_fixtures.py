@@ -95,8 +95,9 @@ def lcm_case():
 
 
 def tiled_case():
-    """diffusers' tiled decode on the committed vae_kl_tiny weights: 4×4-latent
-    tiles over 13×10 latents (uneven edges), written beside its io."""
+    """diffusers' tiled decode and encode on the committed vae_kl_tiny weights:
+    4×4-latent tiles over 13×10 latents, and 8×8-pixel tiles over a 26×20
+    image (uneven edges), written beside its io."""
     d = os.path.join(OUT, "vae_kl_tiny")
     vae = AutoencoderKL.from_pretrained(d).eval()
     vae.enable_tiling()
@@ -104,12 +105,18 @@ def tiled_case():
     vae.tile_sample_min_size = 4 * 2
     g = torch.Generator().manual_seed(11)
     latents = torch.randn((1, 4, 13, 10), generator=g)
+    image = torch.rand((1, 3, 26, 20), generator=g) * 2 - 1
     with torch.no_grad():
         tiled = vae.decode(latents).sample
         whole = vae.tiled_decode.__self__.decoder(vae.post_quant_conv(latents))
-    out = {"latents": latents, "tiled": tiled, "tile": torch.tensor([4.0])}
+        tiled_mean = vae.encode(image).latent_dist.mean
+        vae.disable_tiling()
+        whole_mean = vae.encode(image).latent_dist.mean
+    out = {"latents": latents, "tiled": tiled, "tile": torch.tensor([4.0]), "image": image,
+           "tiled_mean": tiled_mean}
     save_file({k: v.float().contiguous() for k, v in out.items()}, os.path.join(d, "tiled.safetensors"))
     print("vae_kl_tiny tiled: max |tiled - whole| =", float((tiled - whole).abs().max()))
+    print("vae_kl_tiny tiled encode: max |tiled - whole| =", float((tiled_mean - whole_mean).abs().max()))
 
 
 def main():

@@ -151,7 +151,7 @@ function showInspection(m) {
   checkPrompt();
   const parts = [
     `${gb(i.downloadBytes)} to download (once; then cached)`,
-    `${gb(i.weightBytesF32)} of weights once loaded (f32)`,
+    `${gb(i.weightBytesF32)} of weights once loaded as f32, ${gb(i.weightBytesF16)} as f16`,
     `made for ${i.defaultSize}×${i.defaultSize}`,
     i.cpuFits ? 'fits the CPU path' : `too large for the CPU path (at most ${gb(i.cpuWeightLimit)} of weights): it needs WebGPU`,
   ];
@@ -463,7 +463,8 @@ function onWorkerMessage({ data: m }) {
     $('status').textContent = `Downloading ${m.file}: ${(m.loaded / 1e6).toFixed(1)}${m.total ? ` / ${(m.total / 1e6).toFixed(1)}` : ''} MB`;
     $('bar').max = m.total || 1; $('bar').value = m.total ? m.loaded : 0;
   } else if (m.type === 'loaded') {
-    $('backend-info').textContent = `Running on ${m.backend}.${m.notice ? ` ${m.notice}` : ''}`;
+    $('backend-info').textContent = `Running on ${m.backend}.${m.notice ? ` ${m.notice}` : ''}`
+      + ` Weights in ${m.precision}: ${gb(m.weightBytes)}.`;
     if (m.base === model.base) model.loaded = m;
     showSizes();
   } else if (m.type === 'step') {
@@ -543,7 +544,7 @@ $('controls').addEventListener('submit', (e) => {
   lastRun = { ...saved, mode, saved };
   worker.postMessage({
     type: 'generate', base: $('model').value.trim(), backend: $('backend').value, preview: true, options, image, mask,
-    vae: $('taesd').checked ? TAESD : null,
+    vae: $('taesd').checked ? TAESD : null, precision: $('precision').value,
   });
 });
 // Cancel stops between steps; a step that does not finish within 3 s (a huge

@@ -1,14 +1,14 @@
 // Runs the pipeline off the main thread so the page never freezes. Downloads,
 // the Cache API, the model file list and the step loop live in the wasm module
 // (Generator.fromUrl, Generator.generate): this file only relays messages.
-// In:  {type: 'generate', base, backend, options, preview, image?, mask?, vae?} | {type: 'cancel'}
+// In:  {type: 'generate', base, backend, options, preview, image?, mask?, vae?, precision?} | {type: 'cancel'}
 //      {type: 'inspect', id, base, vae?} (what a folder needs, read before downloading it)
 //      {type: 'debug-trap'} (a deliberate panic, for the recovery test)
 //      {type: 'check-prompt', id, base, prompt} (what the model will read of a prompt)
 //      {type: 'trace', base, backend, options, image?, mask?, vae?} (a run laid open step by step)
 //      {type: 'forward', base, backend, vae?, rgba, width, height, config, t, seed} (latent forward process)
 // Out: {type: 'download', file, loaded, total}
-//      {type: 'loaded', base, backend, notice, maxSize, defaultSize, sizeStep}
+//      {type: 'loaded', base, backend, notice, maxSize, defaultSize, sizeStep, precision, weightBytes}
 //      {type: 'step', done, total, rgba?, width, height} | {type: 'result', rgba, width, height}
 //      {type: 'cancelled'} | {type: 'error', message, fatal}
 //      {type: 'inspected', id, base, info, examples, suggestions} | {type: 'inspected', id, base, error}
@@ -22,8 +22,8 @@ const ready = init();
 let generator = null, loadedKey = null, cancelled = false, download = null;
 let prompts = null, promptsBase = null; // the inspected model's prompt reading
 
-async function load(base, backend, vae) {
-  const key = `${backend} ${base} ${vae ?? ''}`;
+async function load(base, backend, vae, precision) {
+  const key = `${backend} ${base} ${vae ?? ''} ${precision ?? 'auto'}`;
   if (generator && loadedKey === key) return;
   generator?.free();
   generator = null;
@@ -32,22 +32,23 @@ async function load(base, backend, vae) {
   try {
     generator = await Generator.fromUrl(base, backend,
       (file, loaded, total) => postMessage({ type: 'download', file, loaded, total }),
-      vae ? { signal: download.signal, vae } : { signal: download.signal });
+      { signal: download.signal, ...(vae ? { vae } : {}), ...(precision ? { precision } : {}) });
   } finally {
     download = null;
   }
   loadedKey = key;
   postMessage({
     type: 'loaded', base, backend: generator.backend, notice: generator.notice, maxSize: generator.maxSize,
+    precision: generator.precision, weightBytes: generator.weightBytes,
     defaultSize: generator.defaultSize, sizeStep: generator.sizeStep,
   });
 }
 
 /** Loads the run's model (unless loaded); resolves to the run's image size. */
-async function prepare({ base, backend, options, vae }) {
+async function prepare({ base, backend, options, vae, precision }) {
   cancelled = false;
   await ready;
-  await load(base, backend ?? 'auto', vae);
+  await load(base, backend ?? 'auto', vae, precision);
   if (cancelled) throw new Error('cancelled');
   return { width: options.width ?? generator.defaultSize, height: options.height ?? generator.defaultSize };
 }

@@ -5,10 +5,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::rc::Rc;
 
-use burn::tensor::{Device, DeviceKind};
+use burn::tensor::{DType, Device, DeviceKind};
 use clap::{Parser, ValueEnum};
 use latent_diffusion_web::image::{decode_png, tensor_values_to_rgba};
-use latent_diffusion_web::pipeline::{MAX_IMAGE_SIDE, Number, OptionsInput, StableDiffusion};
+use latent_diffusion_web::pipeline::{
+    MAX_IMAGE_SIDE, Number, OptionsInput, Precision, StableDiffusion,
+};
 
 /// Generates an image from a prompt with a diffusers-layout latent diffusion
 /// model; with --init it redraws an image, with --init and --mask it
@@ -65,6 +67,10 @@ struct Args {
     /// Where to run
     #[arg(long, value_enum, default_value = "flex")]
     device: Backend,
+    /// Weights and compute: auto (f16 on a GPU for models over 1 GiB of f32
+    /// weights), f32 or f16
+    #[arg(long, default_value = "auto")]
+    precision: String,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -135,8 +141,16 @@ fn run(a: Args) -> Result<(), String> {
         Backend::Flex => Device::flex(),
         Backend::Wgpu => Device::wgpu(DeviceKind::DefaultDevice),
     };
-    let sd = StableDiffusion::load_dir_with_vae(&a.model, a.vae.as_deref(), &device);
+    let precision = Precision::parse(&a.precision).map_err(|e| e.to_string())?;
+    let sd = StableDiffusion::load_dir_with(&a.model, a.vae.as_deref(), precision, &device);
     let sd = Rc::new(sd.map_err(|e| e.to_string())?);
+    if sd.dtype() != DType::F32 {
+        eprintln!(
+            "note: weights and compute in {:?} ({:.2} GB of weights)",
+            sd.dtype(),
+            sd.weight_bytes() as f64 / 1e9
+        );
+    }
     if let Some(note) = sd.scheduler_note() {
         eprintln!("note: {note}");
     }

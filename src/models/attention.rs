@@ -4,10 +4,11 @@
 
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, LayerNorm, Linear};
-use burn::tensor::Tensor;
 use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::{DType, Tensor};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::to_dtype;
 use crate::weights::{VarBuilder, conv2d, group_norm, layer_norm, linear};
 
 /// Multi-head scaled dot-product attention with diffusers' key names.
@@ -75,9 +76,12 @@ fn query_slice(b: usize, heads: usize, n: usize, m: usize) -> usize {
 }
 
 /// softmax(Q Kᵀ / √d + mask) V over `heads` heads; inputs `[B, N, H·d]`.
-/// `mask` (broadcast to `[B, H, N, M]`) is added to the scores. Queries are
-/// taken in slices whose scores fit [`set_attention_max_bytes`]; each slice's
-/// result is exact, so slicing changes nothing but the memory used.
+/// `mask` (f32, broadcast to `[B, H, N, M]`) is added to the scores. Queries
+/// are taken in slices whose scores fit [`set_attention_max_bytes`]; each
+/// slice's result is exact, so slicing changes nothing but the memory used.
+/// In f16 the queries are scaled before the product (as PyTorch's attention
+/// does, so the scores stay small) and the softmax runs in f32 (diffusers'
+/// `upcast_softmax`), its probabilities then multiplied with V in f16.
 pub fn scaled_dot_product(
     q: Tensor<3>,
     k: Tensor<3>,
@@ -92,12 +96,17 @@ pub fn scaled_dot_product(
     let (q, k, v) = (split(q, n), split(k, m), split(v, m));
     let kt = k.swap_dims(2, 3);
     let scale = (d as f64).powf(-0.5) as f32;
+    let dtype = v.dtype();
     let attend = |q: Tensor<4>, mask: Option<Tensor<4>>| {
-        let mut scores = q.matmul(kt.clone()).mul_scalar(scale);
+        let mut scores = if dtype == DType::F32 {
+            q.matmul(kt.clone()).mul_scalar(scale)
+        } else {
+            q.mul_scalar(scale).matmul(kt.clone()).cast(DType::F32)
+        };
         if let Some(mask) = mask {
             scores = scores + mask;
         }
-        softmax(scores, 3).matmul(v.clone())
+        to_dtype(softmax(scores, 3), dtype).matmul(v.clone())
     };
     let slice = query_slice(b, heads, n, m);
     let out = if slice >= n {

@@ -4,11 +4,12 @@
 use burn::nn::GroupNorm;
 use burn::nn::conv::Conv2d;
 use burn::tensor::activation::silu;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData};
 use serde::Deserialize;
 
 use super::attention::Attention;
 use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
+use super::to_dtype;
 use crate::config::parse_config;
 use crate::error::{Error, Result};
 use crate::weights::{VarBuilder, conv2d, group_norm};
@@ -386,20 +387,27 @@ impl AutoencoderKL {
 
     /// Images in [-1, 1] → the mean of q(z | x), unscaled.
     pub fn encode(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = to_dtype(x, self.dtype());
         let mut moments = self.encoder.forward(x);
         if let Some(q) = &self.quant_conv {
             moments = q.forward(moments);
         }
-        moments.narrow(1, 0, self.latent_channels)
+        to_dtype(moments.narrow(1, 0, self.latent_channels), DType::F32)
     }
 
     /// Unscaled latents → images in about [-1, 1].
     pub fn decode(&self, z: Tensor<4>) -> Tensor<4> {
+        let z = to_dtype(z, self.dtype());
         let z = match &self.post_quant_conv {
             Some(p) => p.forward(z),
             None => z,
         };
-        self.decoder.forward(z)
+        to_dtype(self.decoder.forward(z), DType::F32)
+    }
+
+    /// The dtype the weights are stored and run in (f32 or f16).
+    fn dtype(&self) -> DType {
+        self.decoder.conv_in.weight.val().dtype()
     }
 
     /// diffusers' `tiled_decode`: the latents decoded in overlapping tiles of
@@ -408,40 +416,27 @@ impl AutoencoderKL {
     /// than one tile's. The seams are not invisible (group norms see one tile)
     /// but they are diffusers' seams, to the pixel.
     pub fn tiled_decode(&self, z: Tensor<4>, tile: usize) -> Tensor<4> {
-        let [b, c, h, w] = z.dims();
         let tile = tile.max(1);
-        let scale = self.decoder_scale();
-        let sample_tile = tile * scale;
+        let sample_tile = tile * self.decoder_scale();
         // diffusers' int() truncations, in the same order.
-        let overlap = ((tile as f64 * 0.75) as usize).max(1);
+        let step = ((tile as f64 * 0.75) as usize).max(1);
         let blend = (sample_tile as f64 * 0.25) as usize;
-        let keep = sample_tile - blend;
-        let mut rows: Vec<Vec<Tensor<4>>> = Vec::new();
-        for i in (0..h).step_by(overlap) {
-            let mut row: Vec<Tensor<4>> = Vec::new();
-            for j in (0..w).step_by(overlap) {
-                let part =
-                    (z.clone()).slice([0..b, 0..c, i..(i + tile).min(h), j..(j + tile).min(w)]);
-                let mut t = self.decode(part);
-                if let Some(above) = rows.last() {
-                    t = blend_v(&above[row.len()], t, blend);
-                }
-                if let Some(left) = row.last() {
-                    t = blend_h(left, t, blend);
-                }
-                row.push(t);
-            }
-            rows.push(row);
-        }
-        let crop = |t: &Tensor<4>| {
-            let [b, c, th, tw] = t.dims();
-            (t.clone()).slice([0..b, 0..c, 0..th.min(keep), 0..tw.min(keep)])
-        };
-        let rows: Vec<Tensor<4>> = rows
-            .iter()
-            .map(|row| Tensor::cat(row.iter().map(crop).collect(), 3))
-            .collect();
-        Tensor::cat(rows, 2)
+        tiled(z, tile, step, blend, sample_tile - blend, |t| {
+            self.decode(t)
+        })
+    }
+
+    /// diffusers' `_tiled_encode` (its mean): the image encoded in overlapping
+    /// tiles of `tile` × `tile` latents (`tile` × 8 pixels for SD), blended as
+    /// [`Self::tiled_decode`] blends, in latent space.
+    pub fn tiled_encode(&self, x: Tensor<4>, tile: usize) -> Tensor<4> {
+        let tile = tile.max(1);
+        let sample_tile = tile * self.decoder_scale();
+        let step = ((sample_tile as f64 * 0.75) as usize).max(1);
+        let blend = (tile as f64 * 0.25) as usize;
+        tiled(x, sample_tile, step, blend, tile - blend, |t| {
+            self.encode(t)
+        })
     }
 
     /// Pixels per latent of the decoder (2^(up blocks − 1)).
@@ -460,6 +455,45 @@ impl AutoencoderKL {
         z.div_scalar(self.scaling_factor as f32)
             .add_scalar(self.shift_factor as f32)
     }
+}
+
+/// `f` over `tile` × `tile` tiles of `x` taken every `step` elements, each
+/// output tile blended into its upper and left neighbours over `blend`
+/// elements and cropped to `keep` (diffusers' tiling, encode or decode).
+fn tiled(
+    x: Tensor<4>,
+    tile: usize,
+    step: usize,
+    blend: usize,
+    keep: usize,
+    f: impl Fn(Tensor<4>) -> Tensor<4>,
+) -> Tensor<4> {
+    let [b, c, h, w] = x.dims();
+    let mut rows: Vec<Vec<Tensor<4>>> = Vec::new();
+    for i in (0..h).step_by(step) {
+        let mut row: Vec<Tensor<4>> = Vec::new();
+        for j in (0..w).step_by(step) {
+            let part = (x.clone()).slice([0..b, 0..c, i..(i + tile).min(h), j..(j + tile).min(w)]);
+            let mut t = f(part);
+            if let Some(above) = rows.last() {
+                t = blend_v(&above[row.len()], t, blend);
+            }
+            if let Some(left) = row.last() {
+                t = blend_h(left, t, blend);
+            }
+            row.push(t);
+        }
+        rows.push(row);
+    }
+    let crop = |t: &Tensor<4>| {
+        let [b, c, th, tw] = t.dims();
+        (t.clone()).slice([0..b, 0..c, 0..th.min(keep), 0..tw.min(keep)])
+    };
+    let rows: Vec<Tensor<4>> = rows
+        .iter()
+        .map(|row| Tensor::cat(row.iter().map(crop).collect(), 3))
+        .collect();
+    Tensor::cat(rows, 2)
 }
 
 /// `b`'s first `extent` rows faded in from `a`'s last ones (diffusers' `blend_v`).

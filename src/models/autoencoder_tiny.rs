@@ -3,12 +3,13 @@
 //! parameter-free layers (`decoder.layers.1` is a ReLU, for instance).
 
 use burn::nn::conv::Conv2d;
-use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+use burn::tensor::{DType, Tensor};
 use serde::Deserialize;
 
+use super::to_dtype;
 use crate::config::parse_config;
 use crate::error::{Error, Result};
 use crate::weights::{VarBuilder, conv2d, conv2d_padded};
@@ -276,13 +277,23 @@ impl AutoencoderTiny {
 
     /// Images in [-1, 1] → latents.
     pub fn encode(&self, x: Tensor<4>) -> Tensor<4> {
-        run(&self.encoder, x.add_scalar(1.0).div_scalar(2.0))
+        let x = x.add_scalar(1.0).div_scalar(2.0);
+        to_dtype(run(&self.encoder, to_dtype(x, self.dtype())), DType::F32)
     }
 
     /// Latents → images in about [-1, 1]; inputs are soft-clamped to ±3 first.
     pub fn decode(&self, z: Tensor<4>) -> Tensor<4> {
         let z = z.div_scalar(3.0).tanh().mul_scalar(3.0);
-        run(&self.decoder, z).mul_scalar(2.0).sub_scalar(1.0)
+        let image = to_dtype(run(&self.decoder, to_dtype(z, self.dtype())), DType::F32);
+        image.mul_scalar(2.0).sub_scalar(1.0)
+    }
+
+    /// The dtype the weights are stored and run in (f32 or f16).
+    fn dtype(&self) -> DType {
+        match self.decoder.first() {
+            Some(TinyLayer::Conv(c)) => c.weight.val().dtype(),
+            _ => DType::F32,
+        }
     }
 
     /// `(z − shift_factor) · scaling_factor` (1 and 0 for TAESD).

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use unicode_normalization::UnicodeNormalization;
 
 use super::attention::scaled_dot_product;
+use super::to_dtype;
 use crate::config::parse_config;
 use crate::error::{Error, Result};
 use crate::weights::{VarBuilder, embedding, layer_norm, linear};
@@ -173,13 +174,14 @@ impl CLIPTextModel {
         let pos = Tensor::<1, Int>::arange(0..l as i64, &device).reshape([1, l]);
         let tokens = self.token_embedding.forward(input_ids);
         // A host-side table (f16 when stored so): move the gathered rows as
-        // f32 (a sync read of CPU data).
-        let tokens = if tokens.device() == device && tokens.dtype() == DType::F32 {
+        // f32 (a sync read of CPU data), then in the weights' dtype.
+        let dtype = self.position_embedding.weight.val().dtype();
+        let tokens = if tokens.device() == device {
             tokens
         } else {
             Tensor::from_data(tokens.into_data().convert::<f32>(), &device)
         };
-        let mut x = tokens + self.position_embedding.forward(pos);
+        let mut x = to_dtype(tokens, dtype) + self.position_embedding.forward(pos);
         let mask = causal_mask(l, &device);
         for layer in &self.layers {
             let h = layer.layer_norm1.forward(x.clone());
@@ -199,7 +201,7 @@ impl CLIPTextModel {
             };
             x = x + layer.fc2.forward(h);
         }
-        self.final_layer_norm.forward(x)
+        to_dtype(self.final_layer_norm.forward(x), DType::F32)
     }
 }
 

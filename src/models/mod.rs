@@ -10,7 +10,15 @@ pub mod resnet;
 pub mod unet_2d_blocks;
 pub mod unet_2d_condition;
 
+use burn::tensor::{DType, Tensor};
 use serde::Deserialize;
+
+/// `x` as `dtype`: a model casts its inputs to the dtype its weights are
+/// stored in (f32, or f16 where the device computes in f16) and its outputs
+/// back to f32, so schedulers and images always see f32.
+pub fn to_dtype<const D: usize>(x: Tensor<D>, dtype: DType) -> Tensor<D> {
+    if x.dtype() == dtype { x } else { x.cast(dtype) }
+}
 
 /// A config value that diffusers accepts either once or per block.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

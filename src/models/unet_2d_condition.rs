@@ -4,14 +4,14 @@
 use burn::nn::conv::Conv2d;
 use burn::nn::{Embedding, GroupNorm};
 use burn::tensor::activation::silu;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{DType, Int, Tensor, TensorData};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::OneOrMany;
 use super::attention::TransformerSpec;
 use super::embeddings::{TimestepEmbedding, timestep_embedding};
 use super::unet_2d_blocks::{BlockSpec, DownBlock, UNetMidBlock2DCrossAttn, UpBlock};
+use super::{OneOrMany, to_dtype};
 use crate::config::parse_config;
 use crate::error::{Error, Result};
 use crate::weights::{VarBuilder, conv2d, embedding, group_norm};
@@ -436,6 +436,8 @@ impl UNet2DConditionModel {
         timestep_cond: Option<&Tensor<2>>,
     ) -> Tensor<4> {
         let device = sample.device();
+        // The dtype the weights are stored in is the one this forward runs in.
+        let dtype = self.conv_in.weight.val().dtype();
         let b = sample.dims()[0];
         let ts: Vec<f32> = if timesteps.len() == 1 {
             vec![timesteps[0]; b]
@@ -449,7 +451,10 @@ impl UNet2DConditionModel {
             self.freq_shift,
             &device,
         );
-        let mut temb = self.time_embedding.forward(t_emb, timestep_cond);
+        let timestep_cond = timestep_cond.map(|c| to_dtype(c.clone(), dtype));
+        let t_emb = to_dtype(t_emb, dtype);
+        let context = &to_dtype(context.clone(), dtype);
+        let mut temb = self.time_embedding.forward(t_emb, timestep_cond.as_ref());
         if let (Some(emb), Some(labels)) = (&self.class_embedding, class_labels) {
             let ids =
                 Tensor::<2, Int>::from_data(TensorData::new(labels.to_vec(), [b, 1]), &device);
@@ -464,6 +469,7 @@ impl UNet2DConditionModel {
         } else {
             sample
         };
+        x = to_dtype(x, dtype);
         x = self.conv_in.forward(x);
         let mut skips = vec![x.clone()];
         for block in &self.down_blocks {
@@ -484,6 +490,6 @@ impl UNet2DConditionModel {
             x = block.forward(x, &mut skips, &temb, context, size);
         }
         let x = silu(self.conv_norm_out.forward(x));
-        self.conv_out.forward(x)
+        to_dtype(self.conv_out.forward(x), DType::F32)
     }
 }

@@ -48,6 +48,8 @@ test('the shipped model with the default settings makes diffusers\' red heart', 
   assert.equal(await run({ prompt: 'red heart', negative: '', seed: 0, eta: 0 }), 'done',
     await page.textContent('#error'));
   assert.match(await page.textContent('#backend-info'), /Running on CPU \(WebAssembly\)\. The only WebGPU adapter here is a software renderer/);
+  // "auto" precision keeps a 15 MB model in f32 (30.2 MB of weights; its token table stays f16).
+  assert.match(await page.textContent('#backend-info'), /Weights in f32: \d+\.\d MB\.$/);
   let worst = await worstLevel(page, 'emoji-4step', 'red_heart', 64);
   assert.ok(worst <= 1, `CPU: worst pixel differs by ${worst} levels`);
   await page.screenshot({ path: `${ROOT}docs/screenshot-generate.png`, fullPage: true });
@@ -58,6 +60,14 @@ test('the shipped model with the default settings makes diffusers\' red heart', 
   worst = await worstLevel(page, 'emoji-4step', 'red_heart', 64);
   assert.ok(worst <= 1, `WebGPU: worst pixel differs by ${worst} levels`);
   await page.selectOption('#backend', 'auto');
+  // Precision f16 (More settings): the CPU path holds half the bytes and the
+  // image stays within a few levels of diffusers' f32 one (natively: 3.4).
+  await page.selectOption('#precision', 'f16');
+  assert.equal(await run({ prompt: 'red heart' }), 'done', await page.textContent('#error'));
+  assert.match(await page.textContent('#backend-info'), /Weights in f16: \d+\.\d MB\.$/);
+  worst = await worstLevel(page, 'emoji-4step', 'red_heart', 64);
+  assert.ok(worst <= 6, `f16: worst pixel differs by ${worst} levels`);
+  await page.selectOption('#precision', 'auto');
 });
 
 test('on a phone-sized screen everything fits in one column', async () => {

@@ -165,3 +165,46 @@ test('fromUrl with the VAE from its own folder (TAESD as a fast decoder); a miss
   assert.match(got.missing, /\/no\/such\/vae\/config\.json: HTTP 404/);
   assert.match(got.typo, /bad load options: unknown option `stallTimeout`/);
 });
+
+// Precision: f16 weights (half the memory) on the CPU path, and on WebGPU
+// where the adapter has shader-f16 (an error naming it where it has not).
+test('precision f16 halves the weights and stays near the f32 image', async () => {
+  const got = await page.evaluate(async (base) => {
+    const m = await import('./pkg/latent_diffusion_web.js');
+    const opts = { prompt: 'a red heart', negativePrompt: 'blurry', seed: 42, steps: 4, guidanceScale: 3.0,
+      eta: 0.0, timestepSpacing: 'leading' };
+    const run = async (backend, precision) => {
+      try {
+        const g = await m.Generator.fromUrl(base, backend, null, { cache: false, precision });
+        const rgba = await g.generate(opts, null, null, null, false);
+        const out = { precision: g.precision, bytes: g.weightBytes, rgba: Array.from(rgba) };
+        g.free();
+        return out;
+      } catch (e) {
+        return { error: e.message ?? String(e) };
+      }
+    };
+    const adapter = await navigator.gpu?.requestAdapter();
+    return {
+      f32: await run('cpu', 'f32'), f16: await run('cpu', 'f16'), auto: await run('cpu', undefined),
+      gpu: await run('webgpu', 'f16'), bad: await run('cpu', 'half'),
+      gpuF16: !!adapter?.features.has('shader-f16'),
+    };
+  }, `/${MODEL}`);
+  for (const k of ['f32', 'f16', 'auto']) assert.equal(got[k].error, undefined, got[k].error);
+  assert.equal(got.f32.precision, 'f32');
+  assert.equal(got.auto.precision, 'f32', 'auto keeps a small model in f32');
+  assert.equal(got.f16.precision, 'f16');
+  // Half, but for the token table, which stays on the host as stored (f16) either way.
+  assert.ok(got.f16.bytes < 0.65 * got.f32.bytes, `f16 ${got.f16.bytes} vs f32 ${got.f32.bytes} bytes`);
+  const worst = levelDiff(got.f16.rgba, await expectedImage('tiny', 'guided_eta0'), 16);
+  assert.ok(worst <= 12, `f16 on the CPU: worst pixel differs by ${worst} levels`);
+  console.log(`WebGPU adapter has shader-f16: ${got.gpuF16}`);
+  if (got.gpuF16) {
+    assert.equal(got.gpu.error, undefined, got.gpu.error);
+    assert.equal(got.gpu.precision, 'f16');
+  } else {
+    assert.match(got.gpu.error, /cannot compute in f16 .*shader-f16/);
+  }
+  assert.match(got.bad.error, /bad load options: precision "half" is not one of "auto", "f32" or "f16"/);
+});
