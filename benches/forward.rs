@@ -15,6 +15,9 @@ use latent_diffusion_web::models::unet_2d_condition::{
 };
 use latent_diffusion_web::weights::WeightFile;
 
+mod common;
+use common::peak_rss_mb;
+
 const RUNS: usize = 10;
 
 fn median_ms(mut f: impl FnMut()) -> f64 {
@@ -30,16 +33,6 @@ fn median_ms(mut f: impl FnMut()) -> f64 {
         .collect();
     t.sort_by(|a, b| a.partial_cmp(b).unwrap());
     (t[RUNS / 2 - 1] + t[RUNS / 2]) / 2.0
-}
-
-fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 fn load_file(dir: &str, sub: &str, device: &Device) -> (String, WeightFile) {

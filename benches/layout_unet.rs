@@ -16,18 +16,11 @@ use latent_diffusion_web::models::unet_2d_condition::{
 };
 use latent_diffusion_web::weights::{WeightFile, parameter_bytes};
 
-/// Timed calls after one warm-up (each is seconds long on a CPU).
-const RUNS: usize = 3;
+mod common;
+use common::peak_rss_mb;
 
-fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
+/// Timed calls after one warm-up (each takes seconds to a minute on a CPU).
+const RUNS: usize = 2;
 
 fn main() {
     let args: Vec<String> = std::env::args().filter(|a| a != "--bench").collect();
@@ -74,21 +67,21 @@ fn main() {
             .into_data()
     };
     let out = call();
-    let mut times: Vec<f64> = (0..RUNS)
+    let times: Vec<f64> = (0..RUNS)
         .map(|_| {
             let s = Instant::now();
             call();
             s.elapsed().as_secs_f64() * 1e3
         })
         .collect();
-    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let mean = times.iter().sum::<f64>() / RUNS as f64;
     let values = out.try_to_vec::<f32>().unwrap();
     let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     std::fs::write(format!("{dir}/crate_unet_out.f32"), bytes).unwrap();
     println!(
         "{{\"backend\": \"burn {backend} {dtype:?}\", \"unet_ms\": {:.0}, \"load_ms\": {load_ms:.0}, \
          \"weight_bytes\": {}, \"peak_rss_mb\": {:.0}}}",
-        times[RUNS / 2],
+        mean,
         parameter_bytes(&unet),
         peak_rss_mb()
     );

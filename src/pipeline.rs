@@ -596,7 +596,25 @@ pub fn largest_tensor(headers: &[&Header]) -> (String, u64) {
 
 /// Bytes every weight of a pipeline takes once loaded as f32.
 pub fn weight_bytes(headers: &[&Header]) -> u64 {
-    headers.iter().map(|h| h.num_elements() * 4).sum()
+    weight_bytes_as(headers, 4)
+}
+
+/// Bytes the weights of a pipeline take once loaded with `size` bytes per
+/// value, tensors kept on the host ([`PipelineConfig::on_host`]) as stored.
+pub fn weight_bytes_as(headers: &[&Header], size: u64) -> u64 {
+    let file = |(i, h): (usize, &&Header)| -> u64 {
+        let on_host = PipelineConfig::on_host(i);
+        (h.tensors.iter())
+            .map(|(k, t)| {
+                if on_host(k) {
+                    t.end - t.start
+                } else {
+                    t.elements() * size
+                }
+            })
+            .sum()
+    };
+    headers.iter().enumerate().map(file).sum()
 }
 
 /// The float type the networks keep their weights in and compute with.

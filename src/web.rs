@@ -13,7 +13,7 @@ use crate::models::clip::ClipTokenizer;
 use crate::pipeline::{
     GenerateOptions, OPTIONAL_FILES, OptionsInput, PipelineConfig, Precision, Sampling, ShardIndex,
     StableDiffusion, TEXT_FILES, WEIGHT_FILES, check_model_index, fp16_variant, largest_tensor,
-    shard_index_path, swapped_vae_path, weight_bytes,
+    shard_index_path, swapped_vae_path, weight_bytes, weight_bytes_as,
 };
 use crate::prompts::{PromptCheck, PromptVocabulary};
 use crate::weights::{Header, WeightFile, WeightReader};
@@ -472,7 +472,7 @@ impl Generator {
             download_bytes: files.iter().map(|f| f.bytes).sum(),
             files,
             weight_bytes_f32: weights,
-            weight_bytes_f16: weights / 2,
+            weight_bytes_f16: weight_bytes_as(&refs, 2),
             largest_tensor: largest,
             largest_tensor_bytes: largest_bytes,
             cpu_weight_limit: CPU_WEIGHT_LIMIT,

@@ -1,7 +1,8 @@
 //! Real model layouts at full size: BK-SDM-Tiny (3-stage-free SD1 UNet
 //! without a mid block), SDXS-512-DreamShaper (3 stages, no mid block,
-//! AutoencoderTiny) and SD-Turbo (SD 2.x: per-block heads, linear
-//! projections, OpenCLIP-H text encoder with gelu and "!" padding).
+//! AutoencoderTiny), SD-Turbo (SD 2.x: per-block heads, linear
+//! projections, OpenCLIP-H text encoder with gelu and "!" padding) and
+//! LCM-Dreamshaper-v7 (SD 1.5 with the guidance embedding's `cond_proj`).
 //!
 //! Each folder is generated here from the published configs in
 //! `tests/fixtures/layouts/<name>/` (`tests/common/random_model.rs`: f16
@@ -184,6 +185,13 @@ fn sdxs_512_dreamshaper_matches_diffusers() {
 #[test]
 fn sd_turbo_matches_diffusers() {
     check("sd-turbo");
+}
+
+/// LCM-Dreamshaper-v7: SD 1.5's UNet with `time_cond_proj_dim` 256 (its
+/// config reconstructed: see `tests/fixtures/layouts/README.md`).
+#[test]
+fn lcm_dreamshaper_v7_matches_diffusers() {
+    check("lcm-dreamshaper-v7");
 }
 
 #[test]

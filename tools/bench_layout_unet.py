@@ -2,7 +2,7 @@
 
 Loads the UNet of a folder written by examples/random_model.rs in float32,
 feeds it the crate's seeded inputs (tools/noise.py: seed 1 for the 2×4×64×64
-latents, seed 2 for the 2×77×D context, t = 999), times one call (median of 3
+latents, seed 2 for the 2×77×D context, t = 999), times one call (mean of 2
 after a warm-up) on the CPU and prints JSON. When the crate's bench has
 written <folder>/crate_unet_out.f32, its max difference from diffusers' output
 is printed too (a full-size parity check).
@@ -24,7 +24,7 @@ from diffusers import UNet2DConditionModel
 sys.path.insert(0, os.path.dirname(__file__))
 import noise  # noqa: E402
 
-RUNS = 3
+RUNS = 2
 
 
 def main():
@@ -48,7 +48,7 @@ def main():
         call()
         times.append((time.perf_counter() - s) * 1e3)
     result = {"backend": f"torch {torch.__version__} cpu ({torch.get_num_threads()} threads)",
-              "unet_ms": round(statistics.median(times)), "load_ms": round(load_ms),
+              "unet_ms": round(statistics.mean(times)), "load_ms": round(load_ms),
               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
     ours = os.path.join(folder, "crate_unet_out.f32")
     if os.path.exists(ours):

@@ -1,6 +1,7 @@
 """Writes tests/fixtures/layouts/<name>/expected.safetensors: diffusers /
 transformers outputs of full-size random-weight folders of real model layouts
-(BK-SDM-Tiny, SDXS-512-DreamShaper, SD-Turbo), for tests/layouts.rs.
+(BK-SDM-Tiny, SDXS-512-DreamShaper, SD-Turbo, LCM-Dreamshaper-v7), for
+tests/layouts.rs.
 
 The folders come from the crate itself (the keys its loaders ask for, f16
 random weights from a hash, see tests/common/random_model.rs), so loading them
@@ -9,8 +10,8 @@ diffusers expects: a missing or unexpected key fails this script. Run from the
 repo root (needs ~12 GB of RAM and disk for the three folders):
 
     cargo run --release --example random_model -- tests/fixtures/layouts/sd-turbo /tmp/layouts/sd-turbo
-    (likewise bk-sdm-tiny, sdxs-512-dreamshaper)
-    python tools/make_layout_fixtures.py /tmp/layouts
+    (likewise bk-sdm-tiny, sdxs-512-dreamshaper, lcm-dreamshaper-v7)
+    python tools/make_layout_fixtures.py /tmp/layouts [name ...]
 """
 
 import os
@@ -37,9 +38,12 @@ def load(cls, path, **kw):
     return model.eval()
 
 
-def main(root):
+LAYOUTS = ("bk-sdm-tiny", "sdxs-512-dreamshaper", "sd-turbo", "lcm-dreamshaper-v7")
+
+
+def main(root, names=()):
     torch.set_grad_enabled(False)
-    for name in ("bk-sdm-tiny", "sdxs-512-dreamshaper", "sd-turbo"):
+    for name in names or LAYOUTS:
         d = os.path.join(root, name)
         tok = CLIPTokenizer.from_pretrained(os.path.join(d, "tokenizer"))
         ids = tok(PROMPT, padding="max_length", max_length=tok.model_max_length, truncation=True,
@@ -74,4 +78,4 @@ def main(root):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2:])

@@ -153,6 +153,9 @@ test('the model line says what a folder needs before it is downloaded', async ()
   const info = await page.textContent('#model-info');
   assert.match(info, new RegExp(`^${(bytes / 1e6).toFixed(1)} MB to download`), info);
   assert.match(info, /made for 16×16 · fits the CPU path/);
+  // What the line says the weights will take is what they take once loaded.
+  const said = info.match(/([\d.]+ MB) of weights once loaded as f32/)?.[1];
+  assert.ok(said, info);
   // Only the headers were read: no weight file was kept in the cache (the
   // fp16 variants the folder lacks are remembered as 404s).
   const kept = await page.evaluate(async () => {
@@ -164,6 +167,8 @@ test('the model line says what a folder needs before it is downloaded', async ()
     return urls;
   });
   assert.deepEqual(kept, []);
+  assert.equal(await run({ model: 'models/tiny-random/', steps: 2 }), 'done', await page.textContent('#error'));
+  assert.match(await page.textContent('#backend-info'), new RegExp(`Weights in f32: ${said}\\.$`));
   // A folder that is not there is named before any Generate.
   await page.fill('#model', 'models/does-not-exist/');
   await page.dispatchEvent('#model', 'change');
