@@ -649,11 +649,12 @@ impl Precision {
         }
     }
 
-    /// The dtype weights get on `device` (a GPU when `gpu`) for a model
-    /// whose weights take `f32_weight_bytes` as f32. Asking for f16 on a
-    /// device without it is an error.
-    pub fn dtype(self, device: &Device, gpu: bool, f32_weight_bytes: u64) -> Result<DType> {
+    /// The dtype weights get on `device` for a model whose weights take
+    /// `f32_weight_bytes` as f32. Asking for f16 on a device without it is an
+    /// error.
+    pub fn dtype(self, device: &Device, f32_weight_bytes: u64) -> Result<DType> {
         let has_f16 = device.supports_dtype(DType::F16);
+        let gpu = *device != Device::flex();
         match self {
             Self::F32 => Ok(DType::F32),
             Self::F16 if has_f16 => Ok(DType::F16),
@@ -1086,13 +1087,13 @@ impl StableDiffusion {
         device: &Device,
     ) -> Result<Self> {
         let config = PipelineConfig::read_dir_with_vae(dir, vae)?;
-        let files = [0, 1, 2].map(|i| weight_file_shards(dir, vae, i));
-        let [a, b, c] = files;
-        let files = [a?, b?, c?];
+        let files: Vec<WeightShards> = (0..WEIGHT_FILES.len())
+            .map(|i| weight_file_shards(dir, vae, i))
+            .collect::<Result<_>>()?;
         let bytes: u64 = (files.iter().flat_map(|(_, shards)| shards))
             .map(|(_, h)| h.num_elements() * 4)
             .sum();
-        let dtype = precision.dtype(device, *device != Device::flex(), bytes)?;
+        let dtype = precision.dtype(device, bytes)?;
         let read = |i: usize, (sharded, shards): WeightShards| {
             let on_host = PipelineConfig::on_host(i);
             let mut read = (shards.iter())
@@ -1105,8 +1106,12 @@ impl StableDiffusion {
                     .ok_or_else(|| Error::Weights("no weight file".into())),
             }
         };
-        let [a, b, c] = files;
-        Self::load(config, [read(0, a)?, read(1, b)?, read(2, c)?], device)
+        let files: Vec<WeightFile> = (files.into_iter().enumerate())
+            .map(|(i, f)| read(i, f))
+            .collect::<Result<_>>()?;
+        let files: [WeightFile; 3] =
+            (files.try_into()).map_err(|_| Error::Weights("three weight files".into()))?;
+        Self::load(config, files, device)
     }
 
     /// The dtype the networks hold their weights in and run in.

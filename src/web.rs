@@ -244,23 +244,23 @@ const CPU_WEIGHT_LIMIT: u64 = 3 << 30;
 /// beside the weights, within wasm32's 4 GiB).
 const CPU_BUFFER_LIMIT: u64 = 256 << 20;
 
-/// Picks the device for a model whose largest tensor is `need` bytes and
-/// whose weights take `weights` bytes, both as f32:
+/// Picks the device for a model whose largest tensor is `need` bytes as f32
+/// and whose weights' `headers` say what they take at `precision`:
 /// `backend` is "auto" (WebGPU if usable and not a software adapter, else the
 /// CPU, with a notice saying why), "webgpu" (an error if unusable) or "cpu".
 /// Returns the device, its name, the notice and its per-buffer limit.
 async fn choose_device(
     backend: &str,
     (tensor, need): (String, u64),
-    weights: u64,
+    headers: &[&Header],
     precision: Precision,
 ) -> Result<(Device, String, Option<String>, u64), JsError> {
     let mb = |b: u64| b as f64 / (1 << 20) as f64;
     let cpu = |notice: Option<String>| {
         // The CPU path runs f32 unless f16 is asked for (half the memory).
         let (bytes, dtype) = match precision {
-            Precision::F16 => (weights / 2, "f16"),
-            _ => (weights, "f32"),
+            Precision::F16 => (weight_bytes_as(headers, 2), "f16"),
+            _ => (weight_bytes(headers), "f32"),
         };
         if bytes > CPU_WEIGHT_LIMIT {
             return Err(JsError::new(&format!(
@@ -686,12 +686,11 @@ impl Generator {
         let (device, backend, notice, buffer_limit) = choose_device(
             backend.as_deref().unwrap_or("auto"),
             largest_tensor(&refs),
-            weights_f32,
+            &refs,
             precision,
         )
         .await?;
-        let gpu = device != Device::flex();
-        let dtype = precision.dtype(&device, gpu, weights_f32).map_err(to_js)?;
+        let dtype = precision.dtype(&device, weights_f32).map_err(to_js)?;
         let mut files = Vec::new();
         let parts = weights.into_iter().zip(prefixes).zip(shard_headers);
         for (i, ((w, prefixes), headers)) in parts.enumerate() {

@@ -82,14 +82,9 @@ fn auto_precision_keeps_small_models_in_f32() {
     let gpu = Device::wgpu(DeviceKind::DefaultDevice);
     let sd = StableDiffusion::load_dir_with(&dir, None, Precision::Auto, &gpu).unwrap();
     assert_eq!(sd.dtype(), DType::F32);
+    assert_eq!(Precision::Auto.dtype(&gpu, 2 << 30).unwrap(), DType::F16);
     assert_eq!(
-        Precision::Auto.dtype(&gpu, true, 2 << 30).unwrap(),
-        DType::F16
-    );
-    assert_eq!(
-        Precision::Auto
-            .dtype(&Device::flex(), false, 2 << 30)
-            .unwrap(),
+        Precision::Auto.dtype(&Device::flex(), 2 << 30).unwrap(),
         DType::F32
     );
     let e = Precision::parse("half").unwrap_err().to_string();
