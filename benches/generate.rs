@@ -32,7 +32,11 @@ fn main() {
         guidance_scale: 1.0,
         ..Default::default()
     };
-    let once = |seed: u64| {
+    // Per part: start (tokenize, text encoder, initial noise), one step (UNet
+    // + DDIM), finish (decode, read back); ms.
+    let once = |seed: u64| -> [f64; 4] {
+        let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
+        let t0 = Instant::now();
         let mut run = sd
             .start(
                 &GenerateOptions {
@@ -43,22 +47,28 @@ fn main() {
                 None,
             )
             .unwrap();
+        let start = ms(t0);
+        let t1 = Instant::now();
         while run.step().unwrap() {}
+        let step = ms(t1) / opts.steps as f64;
+        let t2 = Instant::now();
         run.finish().into_data();
+        [ms(t0), start, step, ms(t2)]
     };
     for seed in 0..2 {
         once(seed);
     }
-    let mut times: Vec<f64> = (0..RUNS as u64)
-        .map(|seed| {
-            let s = Instant::now();
-            once(seed);
-            s.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let median = (times[RUNS / 2 - 1] + times[RUNS / 2]) / 2.0;
+    let runs: Vec<[f64; 4]> = (0..RUNS as u64).map(once).collect();
+    let median = |i: usize| {
+        let mut v: Vec<f64> = runs.iter().map(|r| r[i]).collect();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        (v[RUNS / 2 - 1] + v[RUNS / 2]) / 2.0
+    };
     println!(
-        "{{\"backend\": \"burn {backend}\", \"load_ms\": {load_ms:.1}, \"generate_ms\": {median:.2}}}"
+        "{{\"backend\": \"burn {backend}\", \"load_ms\": {load_ms:.1}, \"generate_ms\": {:.2}, \"start_ms\": {:.2}, \"step_ms\": {:.2}, \"finish_ms\": {:.2}}}",
+        median(0),
+        median(1),
+        median(2),
+        median(3)
     );
 }

@@ -22,8 +22,19 @@ use crate::{DDIMScheduler, NoiseGenerator};
 /// The message of the last panic, for the page to show after a trap.
 static LAST_PANIC: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 
+// Static constructors (the `inventory` registrations of Burn's dependencies).
+// wasm-ld wraps every export in a call to `__wasm_call_ctors` unless the
+// module calls it itself: before this, each call from JS (every `step()`,
+// every externref-table helper) re-ran them, a fifth of `start()`'s time in a
+// browser profile.
+unsafe extern "C" {
+    fn __wasm_call_ctors();
+}
+
 #[wasm_bindgen(start)]
 fn start() {
+    // SAFETY: wasm-ld's synthetic function; called once, first, at instantiation.
+    unsafe { __wasm_call_ctors() };
     std::panic::set_hook(Box::new(|info| {
         console_error_panic_hook::hook(info);
         if let Ok(mut p) = LAST_PANIC.lock() {

@@ -12,6 +12,7 @@ export const ROOT = new URL('../../', import.meta.url).pathname;
 const TYPES = {
   '.html': 'text/html', '.js': 'text/javascript', '.mjs': 'text/javascript', '.css': 'text/css',
   '.wasm': 'application/wasm', '.json': 'application/json', '.png': 'image/png',
+  '.onnx': 'application/octet-stream',
 };
 
 /** Serves `dir` (relative to the repo root) on a free loopback port. Paths
@@ -20,8 +21,10 @@ const TYPES = {
  * <path> with weight files that stop mid-body and hang. `mounts` maps a URL
  * prefix (e.g. '/big/') to an absolute folder whose files are streamed from
  * disk (full-size models). `cors`: every response allows any origin.
- * `requests` lists the paths asked for. */
-export async function serve(dir = 'www', mounts = {}, { cors = false } = {}) {
+ * `isolate`: every response carries COOP/COEP, so the page is cross-origin
+ * isolated (SharedArrayBuffer, wasm threads). `requests` lists the paths
+ * asked for. */
+export async function serve(dir = 'www', mounts = {}, { cors = false, isolate = false } = {}) {
   const base = join(ROOT, dir);
   const requests = [];
   const server = createServer(async (req, res) => {
@@ -29,6 +32,10 @@ export async function serve(dir = 'www', mounts = {}, { cors = false } = {}) {
     requests.push(path);
     // Another origin's page may load this one's files (the widget test).
     if (cors) res.setHeader('access-control-allow-origin', '*');
+    if (isolate) {
+      res.setHeader('cross-origin-opener-policy', 'same-origin');
+      res.setHeader('cross-origin-embedder-policy', 'require-corp');
+    }
     for (const [prefix, folder] of Object.entries(mounts)) {
       if (!path.startsWith(prefix)) continue;
       const file = join(folder, path.slice(prefix.length));
