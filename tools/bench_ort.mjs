@@ -1,6 +1,6 @@
 // The shipped model on our wasm CPU path vs onnxruntime-web (issue 11), in
 // one headless Debian chromium, interleaved: each round runs one image on
-// every engine in turn (seed = round), after a warm-up round. Same weights
+// every engine in turn (seed = round; the order rotates), after a warm-up round. Same weights
 // (tools/export_onnx.py writes them as ONNX), same prompt, same seeded
 // initial latents (our gaussianNoise), same DDIM steps; the images are
 // compared and the worst 8-bit difference printed.
@@ -143,7 +143,12 @@ const times = Object.fromEntries(engines.map((e) => [e.name, { text: [], step: [
 let worst = 0;
 for (let r = 0; r <= rounds; r++) {
   let reference;
-  for (const e of engines) {
+  // The order rotates each round, with a pause before each engine: a
+  // finished engine's threads (onnxruntime-web's pool spins a while) must not
+  // eat into the next one's time on a small machine.
+  for (let k = 0; k < engines.length; k++) {
+    const e = engines[(k + r) % engines.length];
+    await new Promise((ok) => setTimeout(ok, 300));
     const res = await e.page.evaluate((seed) => window.run(seed), r);
     reference ??= res.rgba;
     for (let i = 0; i < reference.length; i++) worst = Math.max(worst, Math.abs(reference[i] - res.rgba[i]));

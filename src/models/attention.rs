@@ -2,9 +2,9 @@
 //! `Transformer2DModel` (diffusers `attention_processor.py`, `attention.py`,
 //! `transformers/transformer_2d.py`).
 
+use crate::models::activations::{gelu, softmax};
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, LayerNorm, Linear};
-use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::{DType, Tensor};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -106,7 +106,7 @@ pub fn scaled_dot_product(
         if let Some(mask) = mask {
             scores = scores + mask;
         }
-        to_dtype(softmax(scores, 3), dtype).matmul(v.clone())
+        to_dtype(softmax(scores), dtype).matmul(v.clone())
     };
     let slice = query_slice(b, heads, n, m);
     let out = if slice >= n {

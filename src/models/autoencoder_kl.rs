@@ -1,9 +1,9 @@
 //! `AutoencoderKL` (diffusers `autoencoders/autoencoder_kl.py`, `vae.py`):
 //! images to latent means and latents back to images.
 
+use crate::models::activations::silu;
 use burn::nn::GroupNorm;
 use burn::nn::conv::Conv2d;
-use burn::tensor::activation::silu;
 use burn::tensor::{DType, Tensor, TensorData};
 use serde::Deserialize;
 

@@ -1,6 +1,7 @@
 //! The networks, one file per diffusers/transformers concept, with fields
 //! named after the checkpoint keys they load from.
 
+pub mod activations;
 pub mod attention;
 pub mod autoencoder_kl;
 pub mod autoencoder_tiny;

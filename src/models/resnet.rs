@@ -1,10 +1,10 @@
 //! `ResnetBlock2D`, `Downsample2D`, `Upsample2D` (diffusers `resnet.py`,
 //! `downsampling.py`, `upsampling.py`).
 
+use crate::models::activations::silu;
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, Linear};
 use burn::tensor::Tensor;
-use burn::tensor::activation::silu;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 

@@ -1,9 +1,9 @@
 //! `UNet2DConditionModel` (diffusers `unets/unet_2d_condition.py`) for the
 //! Stable Diffusion 1.x/2.x family and small distilled configs.
 
+use crate::models::activations::silu;
 use burn::nn::conv::Conv2d;
 use burn::nn::{Embedding, GroupNorm};
-use burn::tensor::activation::silu;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use serde::Deserialize;
 use serde_json::Value;
