@@ -67,14 +67,14 @@ build_wasm() {
   ensure_wasm_target
   ensure_wasm_bindgen
   ensure_npm
-  log "cargo build --release --target $WASM_TARGET"
+  log "cargo build --profile wasm-release --target $WASM_TARGET"
   if [ "${LINT:-0}" = 1 ]; then
-    with_clippy cargo build --release --target "$WASM_TARGET" --lib
+    with_clippy cargo build --profile wasm-release --target "$WASM_TARGET" --lib
   else
-    cargo build --release --target "$WASM_TARGET" --lib
+    cargo build --profile wasm-release --target "$WASM_TARGET" --lib
   fi
   wasm-bindgen --target web --no-typescript --out-dir www/pkg \
-    "${CARGO_TARGET_DIR:-target}/$WASM_TARGET/release/$CRATE.wasm"
+    "${CARGO_TARGET_DIR:-target}/$WASM_TARGET/wasm-release/$CRATE.wasm"
   if [ "${WASM_OPT:-1}" != 0 ]; then
     log "wasm-opt -Oz"
     # The features rustc enables by default for wasm32-unknown-unknown, and

@@ -733,6 +733,10 @@ pub struct StableDiffusion {
     footprint: Footprint,
     /// The largest single buffer the device takes (see [`StableDiffusion::set_max_buffer_bytes`]).
     max_buffer_bytes: std::cell::Cell<u64>,
+    /// The last [`StableDiffusion::encode_prompt`]'s token ids and result:
+    /// a page run again with the same prompt (another seed, more steps)
+    /// skips the text encoder.
+    last_prompt: std::cell::RefCell<Option<(Vec<i64>, Tensor<3>)>>,
 }
 
 /// The default per-buffer limit natively (RAM); the page sets the adapter's.
@@ -895,6 +899,7 @@ impl StableDiffusion {
         Ok(Self {
             footprint,
             max_buffer_bytes: std::cell::Cell::new(NATIVE_MAX_BUFFER_BYTES),
+            last_prompt: Default::default(),
             text_encoder,
             unet,
             vae,
@@ -1132,7 +1137,8 @@ impl StableDiffusion {
     /// `[negative; prompt]` embeddings (`[2, L, D]`), or just the prompt's
     /// (`[1, L, D]`) when guidance is off.
     /// Emoji in the prompts are read as their names when the folder has a
-    /// `prompts.json` (see [`PromptVocabulary::read`]).
+    /// `prompts.json` (see [`PromptVocabulary::read`]). The same token ids
+    /// as the last call return its result without running the encoder.
     pub fn encode_prompt(&self, prompt: &str, negative_prompt: &str, guidance: bool) -> Tensor<3> {
         let read = |p: &str| PromptVocabulary::read_or_typed(self.prompts.as_ref(), p);
         let mut ids: Vec<i64> = Vec::new();
@@ -1150,11 +1156,18 @@ impl StableDiffusion {
                 .iter()
                 .map(|&i| i as i64),
         );
+        if let Some((last, context)) = &*self.last_prompt.borrow()
+            && *last == ids
+        {
+            return context.clone();
+        }
         let l = self.tokenizer.max_length;
         let b = ids.len() / l;
         let table = self.text_encoder.token_device();
-        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, l]), &table);
-        self.text_encoder.forward(ids)
+        let input = Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [b, l]), &table);
+        let context = self.text_encoder.forward(input);
+        *self.last_prompt.borrow_mut() = Some((ids, context.clone()));
+        context
     }
 
     /// What the text encoder will read of `prompt`: emoji as names, whether

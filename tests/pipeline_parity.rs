@@ -275,7 +275,7 @@ fn swapped_vae_decodes_the_same_latents() {
     );
 }
 
-fn max_diff(a: burn::tensor::Tensor<4>, b: burn::tensor::Tensor<4>) -> f32 {
+fn max_diff<const D: usize>(a: burn::tensor::Tensor<D>, b: burn::tensor::Tensor<D>) -> f32 {
     (a - b).abs().max().into_scalar()
 }
 
@@ -442,4 +442,28 @@ fn images_are_encoded_in_tiles_when_a_whole_encode_would_not_fit() {
     let d = max_diff(tiled, whole);
     println!("encoded in {tile}-latent tiles: max diff from the whole encode {d:e}");
     assert!(d > 0.0 && d.is_finite());
+}
+
+/// The text encoder's last result is reused only for the same token ids:
+/// alternating prompts and guidance give each its own embedding, equal to a
+/// fresh model's.
+#[test]
+fn prompt_embedding_is_reused_only_for_the_same_prompt() {
+    let device = Device::flex();
+    let dir = path("tests/fixtures/pipelines/tiny");
+    let sd = StableDiffusion::load_dir(&dir, &device).unwrap();
+    let a = sd.encode_prompt("a red heart", "", false);
+    let b = sd.encode_prompt("a blue car", "", false);
+    let pair = sd.encode_prompt("a blue car", "", true);
+    assert!(max_diff(a.clone(), b.clone()) > 1e-3);
+    assert_eq!(pair.dims()[0], 2);
+    for (prompt, guidance, want) in [("a red heart", false, &a), ("a blue car", false, &b)] {
+        let again = sd.encode_prompt(prompt, "", guidance);
+        let fresh = StableDiffusion::load_dir(&dir, &device)
+            .unwrap()
+            .encode_prompt(prompt, "", guidance);
+        assert_eq!(max_diff(again.clone(), want.clone()), 0.0);
+        assert_eq!(max_diff(again.clone(), fresh), 0.0, "{prompt}");
+        assert_eq!(max_diff(sd.encode_prompt(prompt, "", guidance), again), 0.0);
+    }
 }

@@ -1,9 +1,10 @@
 // The shipped model on our wasm CPU path vs onnxruntime-web (issue 11), in
 // one headless Debian chromium, interleaved: each round runs one image on
-// every engine in turn (seed = round; the order rotates), after a warm-up round. Same weights
-// (tools/export_onnx.py writes them as ONNX), same prompt, same seeded
-// initial latents (our gaussianNoise), same DDIM steps; the images are
-// compared and the worst 8-bit difference printed.
+// every engine in turn (seed = round; the prompt and the engines' order
+// rotate), after a warm-up round. Same weights (tools/export_onnx.py writes
+// them as ONNX), same prompt, same seeded initial latents (our
+// gaussianNoise), same DDIM steps; the images are compared and the worst
+// 8-bit difference printed.
 //
 // Per part: text encoder (ours: start(), which also tokenizes and draws the
 // noise; ort: the session run only), one UNet step (ours: step(), UNet +
@@ -31,7 +32,9 @@ for (const [path, how] of [[`${ROOT}www/pkg/latent_diffusion_web.js`, './build.s
   [`${ONNX}unet.onnx`, 'python tools/export_onnx.py'], [`${ORT}ort.all.min.mjs`, 'npm ci --prefix tools/ort']]) {
   if (!existsSync(path)) throw new Error(`${path} is missing: run ${how}`);
 }
-const PROMPT = 'red heart';
+// A different prompt each round: our pipeline reuses the last prompt's
+// embedding, so a repeated prompt would not run our text encoder at all.
+const PROMPTS = ['red heart', 'smiling cat face', 'pizza', 'blue car'];
 const STEPS = 4;
 
 const server = await serve('www', { '/onnx/': ONNX, '/ort/': ORT }, { isolate: true });
@@ -42,13 +45,13 @@ async function engine(name, kind, threads) {
   const page = await browser.context.newPage();
   page.on('console', (m) => { if (m.type() === 'error' && !m.text().includes('404')) console.error(`${name}: ${m.text()}`); });
   await page.goto(`${server.url}bench-blank`);
-  const info = await page.evaluate(async ({ kind, threads, prompt, steps, model }) => {
+  const info = await page.evaluate(async ({ kind, threads, steps, model }) => {
     const m = await import('/pkg/latent_diffusion_web.js');
     await m.default();
     const base = `/models/${model}/`;
     if (kind.startsWith('ours')) {
       const g = await m.Generator.fromUrl(base, kind === 'ours-webgpu' ? 'webgpu' : 'cpu');
-      window.run = async (seed) => {
+      window.run = async ({ seed, prompt }) => {
         const t0 = performance.now();
         g.start({ prompt, seed, steps, guidanceScale: 1 });
         const t1 = performance.now();
@@ -85,7 +88,7 @@ async function engine(name, kind, threads) {
     const exp = await fetch('/onnx/export.json').then((r) => r.json());
     const [c, s] = [exp.latent_channels, exp.latent_side];
     const n = c * s * s;
-    window.run = async (seed) => {
+    window.run = async ({ seed, prompt }) => {
       const ids = new ort.Tensor('int64', BigInt64Array.from(tok.encode(prompt), BigInt), [1, 77]);
       let x = m.gaussianNoise(BigInt(seed), n);
       const t0 = performance.now();
@@ -130,7 +133,7 @@ async function engine(name, kind, threads) {
       return { text: t1 - t0, step, decode: t3 - t2, total: t3 - t0, rgba: Array.from(rgba) };
     };
     return { backend: `onnxruntime-web ${ort.env.versions?.web ?? ''} ${ep[0]}`, isolated: crossOriginIsolated };
-  }, { kind, threads, prompt: PROMPT, steps: STEPS, model: MODEL });
+  }, { kind, threads, steps: STEPS, model: MODEL });
   return { name, page, ...info };
 }
 
@@ -149,7 +152,7 @@ for (let r = 0; r <= rounds; r++) {
   for (let k = 0; k < engines.length; k++) {
     const e = engines[(k + r) % engines.length];
     await new Promise((ok) => setTimeout(ok, 300));
-    const res = await e.page.evaluate((seed) => window.run(seed), r);
+    const res = await e.page.evaluate((a) => window.run(a), { seed: r, prompt: PROMPTS[r % PROMPTS.length] });
     reference ??= res.rgba;
     for (let i = 0; i < reference.length; i++) worst = Math.max(worst, Math.abs(reference[i] - res.rgba[i]));
     if (r === 0) continue; // warm-up
@@ -165,7 +168,7 @@ server.close();
 
 const median = (v) => { const s = [...v].sort((a, b) => a - b); const k = s.length >> 1; return s.length % 2 ? s[k] : (s[k - 1] + s[k]) / 2; };
 const cpu = cpus();
-console.log(`\n${MODEL}, "${PROMPT}", ${STEPS} steps, guidance 1; ${rounds} interleaved rounds after a warm-up, medians;`);
+console.log(`\n${MODEL}, prompts ${PROMPTS.join(" / ")}, ${STEPS} steps, guidance 1; ${rounds} interleaved rounds after a warm-up, medians;`);
 console.log(`${cpu.length} cores, ${cpu[0].model}; ${new Date().toISOString().slice(0, 10)}; worst image difference between engines: ${worst} levels\n`);
 const parts = ['total', 'text', 'step', 'decode'];
 console.log(`| engine | ${parts.map((p) => `${p} ms`).join(' | ')} |`);

@@ -13,38 +13,42 @@ use burn::tensor::{DType, Device, Tensor};
 
 /// `x · sigmoid(x)`.
 pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    on_host(x, silu_slice).unwrap_or_else(activation::silu)
+    on_host(x, silu_slice, activation::silu)
 }
 
 /// GELU with the exact (erf) form, as `F.gelu` in diffusers' GEGLU.
 pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    on_host(x, gelu_slice).unwrap_or_else(activation::gelu)
+    on_host(x, gelu_slice, activation::gelu)
 }
 
 /// Softmax over the last dimension.
 pub fn softmax<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     let row = x.dims()[D - 1];
-    on_host(x, |v| v.chunks_exact_mut(row).for_each(softmax_row))
-        .unwrap_or_else(|x| activation::softmax(x, D - 1))
+    on_host(
+        x,
+        |v| v.chunks_exact_mut(row).for_each(softmax_row),
+        |x| activation::softmax(x, D - 1),
+    )
 }
 
 /// `f` over the values of an f32 tensor on flex, in place in host memory;
-/// `Err(x)` for any other device or dtype.
+/// Burn's op `burn` for any other device or dtype.
 fn on_host<const D: usize>(
     x: Tensor<D>,
     f: impl FnOnce(&mut [f32]),
-) -> Result<Tensor<D>, Tensor<D>> {
+    burn: impl FnOnce(Tensor<D>) -> Tensor<D>,
+) -> Tensor<D> {
     if x.dtype() != DType::F32 || x.device() != Device::flex() {
-        return Err(x);
+        return burn(x);
     }
     let device = x.device();
     let mut data = x.into_data();
     match data.as_mut_slice::<f32>() {
         Ok(v) => f(v),
         // Not reachable for an f32 tensor; Burn's op stays correct if it were.
-        Err(_) => return Err(Tensor::from_data(data, &device)),
+        Err(_) => return burn(Tensor::from_data(data, &device)),
     }
-    Ok(Tensor::from_data(data, &device))
+    Tensor::from_data(data, &device)
 }
 
 /// SiLU in place, `x · sigmoid(x)` with the sigmoid from `e^-|x|` (never
