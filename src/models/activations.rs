@@ -150,8 +150,11 @@ mod tests {
         // No erf in std: Burn's own CPU op is the reference.
         let device = Device::flex();
         let t = Tensor::<1>::from_floats(xs.as_slice(), &device);
-        let want: Vec<f32> = activation::gelu(t.clone()).into_data().to_vec().unwrap();
-        let ours: Vec<f32> = gelu(t).into_data().to_vec().unwrap();
+        let want: Vec<f32> = activation::gelu(t.clone())
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        let ours: Vec<f32> = gelu(t).into_data().try_to_vec::<f32>().unwrap();
         for ((&x, &w), (&g, &o)) in xs.iter().zip(&want).zip(got.iter().zip(&ours)) {
             assert!(
                 (g - w).abs() <= 3e-7 * w.abs().max(1.0),
@@ -175,9 +178,9 @@ mod tests {
         let t = Tensor::<2>::from_data(TensorData::new(masked, [6, 77]), &device);
         let want: Vec<f32> = activation::softmax(t.clone(), 1)
             .into_data()
-            .to_vec()
+            .try_to_vec::<f32>()
             .unwrap();
-        let got: Vec<f32> = softmax(t).into_data().to_vec().unwrap();
+        let got: Vec<f32> = softmax(t).into_data().try_to_vec::<f32>().unwrap();
         for (w, g) in want.iter().zip(&got) {
             assert!((w - g).abs() <= 1e-6, "{g} vs Burn {w}");
         }
