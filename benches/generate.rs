@@ -1,6 +1,6 @@
 //! Times a whole generation with the shipped model (www/models/emoji-4step:
-//! tokenize, encode the prompt, 4 DDIM steps at guidance 1, decode, read the
-//! image back) on one Burn backend. Prints JSON like tools/bench_generate.py;
+//! tokenize, encode the prompt ("red heart" / "blue car" by seed), 4 DDIM
+//! steps at guidance 1, decode, read the image back) on one Burn backend. Prints JSON like tools/bench_generate.py;
 //! tools/bench.sh runs both and prints the ratio.
 //!
 //!     cargo bench --bench generate -- <flex|wgpu> [model dir]
@@ -11,6 +11,9 @@ use burn::tensor::{Device, DeviceKind};
 use latent_diffusion_web::pipeline::{GenerateOptions, StableDiffusion};
 
 const RUNS: usize = 10;
+/// Alternated by seed, as in tools/bench_generate.py: the pipeline reuses the
+/// last prompt's embedding, which diffusers does not.
+const PROMPTS: [&str; 2] = ["red heart", "blue car"];
 
 fn main() {
     let args: Vec<String> = std::env::args().filter(|a| a != "--bench").collect();
@@ -27,7 +30,6 @@ fn main() {
         std::rc::Rc::new(StableDiffusion::load_dir(std::path::Path::new(dir), &device).unwrap());
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
     let opts = GenerateOptions {
-        prompt: "red heart".into(),
         steps: 4,
         guidance_scale: 1.0,
         ..Default::default()
@@ -41,6 +43,7 @@ fn main() {
             .start(
                 &GenerateOptions {
                     seed,
+                    prompt: PROMPTS[seed as usize % 2].into(),
                     ..opts.clone()
                 },
                 None,
