@@ -1,4 +1,4 @@
-//! SiLU, GELU and softmax for the networks (diffusers `activations.py`), with
+//! SiLU, GELU, CLIP's quick GELU and softmax for the networks (diffusers `activations.py`), with
 //! a vectorised path on Burn's CPU backend.
 //!
 //! Burn's flex computes `sigmoid` one element at a time through libm's
@@ -19,6 +19,13 @@ pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 /// GELU with the exact (erf) form, as `F.gelu` in diffusers' GEGLU.
 pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     on_host(x, gelu_slice, activation::gelu)
+}
+
+/// CLIP's `quick_gelu`: `x · sigmoid(1.702 x)`.
+pub fn quick_gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    on_host(x, quick_gelu_slice, |x| {
+        x.clone() * activation::sigmoid(x.mul_scalar(1.702))
+    })
 }
 
 /// Softmax over the last dimension.
@@ -76,17 +83,41 @@ pub fn gelu_slice(v: &mut [f32]) {
     }
 }
 
-/// Softmax of one row in place: `e^(x - max) / Σ`.
+/// Softmax of one row in place: `e^(x - max) / Σ`. The max and the sum are
+/// taken over 8 lanes (a float reduction in one accumulator would keep the
+/// loop, and the `exp` in it, from vectorising).
 pub fn softmax_row(v: &mut [f32]) {
-    let max = v.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-    let mut sum = 0.0;
+    const LANES: usize = 8;
+    let lanes = |v: &[f32], init: f32, f: fn(f32, f32) -> f32| {
+        let mut acc = [init; LANES];
+        let mut chunks = v.chunks_exact(LANES);
+        for c in &mut chunks {
+            for (a, &x) in acc.iter_mut().zip(c) {
+                *a = f(*a, x);
+            }
+        }
+        chunks
+            .remainder()
+            .iter()
+            .fold(acc.into_iter().fold(init, f), |a, &x| f(a, x))
+    };
+    let max = lanes(v, f32::NEG_INFINITY, f32::max);
     for x in v.iter_mut() {
         *x = exp(*x - max);
-        sum += *x;
     }
-    let inv = 1.0 / sum;
+    let inv = 1.0 / lanes(v, 0.0, |a, b| a + b);
     for x in v {
         *x *= inv;
+    }
+}
+
+/// `x · sigmoid(1.702 x)`, CLIP's `quick_gelu`, in place.
+pub fn quick_gelu_slice(v: &mut [f32]) {
+    for x in v {
+        let z = 1.702 * *x;
+        let e = exp(-z.abs());
+        let num = if z >= 0.0 { 1.0 } else { e };
+        *x *= num / (1.0 + e);
     }
 }
 
@@ -187,6 +218,24 @@ mod tests {
         assert_eq!(got[3], 0.0);
         for row in got.chunks(77) {
             assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn quick_gelu_matches_burn() {
+        let device = Device::flex();
+        let xs: Vec<f32> = (-3000..3000).map(|i| i as f32 * 0.011).collect();
+        let t = Tensor::<1>::from_floats(xs.as_slice(), &device);
+        let want: Vec<f32> = (t.clone() * activation::sigmoid(t.clone().mul_scalar(1.702)))
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        let got: Vec<f32> = quick_gelu(t).into_data().try_to_vec::<f32>().unwrap();
+        for ((x, w), g) in xs.iter().zip(&want).zip(&got) {
+            assert!(
+                (w - g).abs() <= 3e-7 * w.abs().max(1.0),
+                "quick_gelu({x}) = {g}, Burn {w}"
+            );
         }
     }
 

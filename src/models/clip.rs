@@ -4,8 +4,8 @@
 
 use std::collections::HashMap;
 
+use crate::models::activations::{gelu, quick_gelu};
 use burn::nn::{Embedding, LayerNorm, Linear};
-use burn::tensor::activation::{gelu, sigmoid};
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use regex::Regex;
 use serde::Deserialize;
@@ -195,7 +195,7 @@ impl CLIPTextModel {
             x = x + layer.out_proj.forward(a);
             let h = layer.fc1.forward(layer.layer_norm2.forward(x.clone()));
             let h = if self.quick_gelu {
-                h.clone() * sigmoid(h.mul_scalar(1.702))
+                quick_gelu(h)
             } else {
                 gelu(h)
             };
