@@ -1,5 +1,5 @@
-//! SiLU, GELU, CLIP's quick GELU and softmax for the networks (diffusers `activations.py`), with
-//! a vectorised path on Burn's CPU backend.
+//! SiLU, GELU, CLIP's quick GELU and softmax for the networks (diffusers
+//! `activations.py`), with a vectorised path on Burn's CPU backend.
 //!
 //! Burn's flex computes `sigmoid` one element at a time through libm's
 //! `expf`: 9–12% of a decode or UNet step of the shipped model in a browser
@@ -58,14 +58,27 @@ fn on_host<const D: usize>(
     Tensor::from_data(data, &device)
 }
 
-/// SiLU in place, `x · sigmoid(x)` with the sigmoid from `e^-|x|` (never
-/// overflows): `1 / (1 + e)` for x ≥ 0, `e / (1 + e)` below.
+/// SiLU in place: `x · sigmoid(x)`.
 pub fn silu_slice(v: &mut [f32]) {
     for x in v {
-        let e = exp(-x.abs());
-        let num = if *x >= 0.0 { 1.0 } else { e };
-        *x *= num / (1.0 + e);
+        *x *= sigmoid(*x);
     }
+}
+
+/// CLIP's `quick_gelu` in place: `x · sigmoid(1.702 x)`.
+pub fn quick_gelu_slice(v: &mut [f32]) {
+    for x in v {
+        *x *= sigmoid(1.702 * *x);
+    }
+}
+
+/// The logistic function from `e = e^-|z|` (which never overflows):
+/// `1 / (1 + e)` for z ≥ 0, `e / (1 + e)` below.
+#[inline(always)]
+fn sigmoid(z: f32) -> f32 {
+    let e = exp(-z.abs());
+    let num = if z >= 0.0 { 1.0 } else { e };
+    num / (1.0 + e)
 }
 
 /// GELU in place, `x/2 · (1 + erf(x/√2))`, erf by Abramowitz & Stegun
@@ -108,16 +121,6 @@ pub fn softmax_row(v: &mut [f32]) {
     let inv = 1.0 / lanes(v, 0.0, |a, b| a + b);
     for x in v {
         *x *= inv;
-    }
-}
-
-/// `x · sigmoid(1.702 x)`, CLIP's `quick_gelu`, in place.
-pub fn quick_gelu_slice(v: &mut [f32]) {
-    for x in v {
-        let z = 1.702 * *x;
-        let e = exp(-z.abs());
-        let num = if z >= 0.0 { 1.0 } else { e };
-        *x *= num / (1.0 + e);
     }
 }
 
