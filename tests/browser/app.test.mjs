@@ -72,12 +72,18 @@ test('the shipped model with the default settings makes diffusers\' red heart', 
 
 test('on a phone-sized screen everything fits in one column', async () => {
   await page.setViewportSize({ width: 390, height: 844 });
+  await page.waitForFunction(() => window.innerWidth === 390);
   const layout = await page.evaluate(() => ({
     overflow: document.documentElement.scrollWidth - window.innerWidth,
     stage: document.getElementById('stage').getBoundingClientRect().width,
     hiddenTools: getComputedStyle(document.getElementById('image-tools')).display,
+    // What sticks out, to name it when the check fails.
+    wide: [...document.querySelectorAll('body *')]
+      .filter((e) => e.getBoundingClientRect().right > window.innerWidth + 0.5)
+      .slice(0, 5)
+      .map((e) => `${e.tagName.toLowerCase()}#${e.id}.${e.className} ${Math.round(e.getBoundingClientRect().right)}px`),
   }));
-  assert.ok(layout.overflow <= 0, `page is ${layout.overflow}px wider than the screen`);
+  assert.ok(layout.overflow <= 0, `page is ${layout.overflow}px wider than the screen: ${layout.wide.join(', ')}`);
   assert.ok(layout.stage > 300 && layout.stage <= 390, `image is ${layout.stage}px wide`);
   assert.equal(layout.hiddenTools, 'none');
   for (const id of ['prompt', 'generate', 'preset', 'model']) {
