@@ -15,6 +15,9 @@ before it is written (max |diff| printed). The benchmark needs only the .onnx
 files, not Python.
 
     python tools/export_onnx.py [model dir] [out dir]   (default out: target/onnx/<model>)
+
+Needs tools/requirements-fixtures.txt plus onnx==1.23.1, onnxruntime==1.30.0
+and onnxscript==0.7.2 (the versions it was run with).
 """
 
 import json
