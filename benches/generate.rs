@@ -1,7 +1,8 @@
 //! Times a whole generation with the shipped model (www/models/emoji-4step:
 //! tokenize, encode the prompt ("red heart" / "blue car" by seed), 4 DDIM
-//! steps at guidance 1, decode, read the image back) on one Burn backend. Prints JSON like tools/bench_generate.py;
-//! tools/bench.sh runs both and prints the ratio.
+//! steps at guidance 1, decode, read the image back) on one Burn backend.
+//! Prints JSON like tools/bench_generate.py, with the median time of each
+//! part; tools/bench.sh runs both and prints the ratio.
 //!
 //!     cargo bench --bench generate -- <flex|wgpu> [model dir]
 

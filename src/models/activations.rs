@@ -59,14 +59,14 @@ fn on_host<const D: usize>(
 }
 
 /// SiLU in place: `x · sigmoid(x)`.
-pub fn silu_slice(v: &mut [f32]) {
+fn silu_slice(v: &mut [f32]) {
     for x in v {
         *x *= sigmoid(*x);
     }
 }
 
 /// CLIP's `quick_gelu` in place: `x · sigmoid(1.702 x)`.
-pub fn quick_gelu_slice(v: &mut [f32]) {
+fn quick_gelu_slice(v: &mut [f32]) {
     for x in v {
         *x *= sigmoid(1.702 * *x);
     }
@@ -83,7 +83,7 @@ fn sigmoid(z: f32) -> f32 {
 
 /// GELU in place, `x/2 · (1 + erf(x/√2))`, erf by Abramowitz & Stegun
 /// 7.1.26 (absolute error ≤ 1.5e-7) with the vectorising [`exp`].
-pub fn gelu_slice(v: &mut [f32]) {
+fn gelu_slice(v: &mut [f32]) {
     for x in v {
         let z = x.abs() * std::f32::consts::FRAC_1_SQRT_2;
         let t = 1.0 / (1.0 + 0.327_591_1 * z);
@@ -99,7 +99,7 @@ pub fn gelu_slice(v: &mut [f32]) {
 /// Softmax of one row in place: `e^(x - max) / Σ`. The max and the sum are
 /// taken over 8 lanes (a float reduction in one accumulator would keep the
 /// loop, and the `exp` in it, from vectorising).
-pub fn softmax_row(v: &mut [f32]) {
+fn softmax_row(v: &mut [f32]) {
     const LANES: usize = 8;
     let lanes = |v: &[f32], init: f32, f: fn(f32, f32) -> f32| {
         let mut acc = [init; LANES];
@@ -129,7 +129,7 @@ pub fn softmax_row(v: &mut [f32]) {
 /// vectorise: `x = n ln2 + r`, |r| ≤ ln2/2, `e^r` by its degree-7 Taylor
 /// polynomial, `2^n` built in the exponent bits.
 #[inline(always)]
-pub fn exp(x: f32) -> f32 {
+fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     // ln 2 split in two so that n·ln2 is exact for |n| ≤ 128 (Cody–Waite).
     const LN2_HI: f32 = 0.693_359_4;
