@@ -422,7 +422,7 @@ impl Generator {
     /// `onProgress(file, loadedBytes, totalBytes)` is called as bytes arrive
     /// (total is 0 when unknown). `options`: `{ signal, cache, stallTimeoutMs }`:
     /// an `AbortSignal` that cancels the download, the Cache API cache to keep
-    /// and reuse files in (default `"ldw-models-v1"`, `false` for none), and
+    /// and reuse files in (default `"ldw-models-v2"`, `false` for none), and
     /// how long a stalled download may wait for its next byte (default 30000).
     #[wasm_bindgen(js_name = fromUrl)]
     pub async fn from_url(
@@ -1265,8 +1265,11 @@ mod fetch {
 
     use crate::pipeline::MAX_TEXT_FILE_BYTES;
 
-    /// The cache weights are kept in unless the caller names another.
-    pub const DEFAULT_CACHE: &str = "ldw-models-v1";
+    /// The cache weights are kept in unless the caller names another. Files
+    /// in it are used without asking the server again, so the name changes
+    /// when a shipped model changes (v2: the guidance-conditioned emoji
+    /// model); the service worker deletes the older caches.
+    pub const DEFAULT_CACHE: &str = "ldw-models-v2";
 
     fn global(name: &str) -> Result<JsValue, JsError> {
         Reflect::get(&js_sys::global(), &JsValue::from_str(name))

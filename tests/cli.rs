@@ -73,7 +73,7 @@ fn shipped_model_matches_diffusers_within_one_level() {
         "--steps",
         "4",
         "--guidance",
-        "1",
+        "1.5",
         "--spacing",
         "trailing",
     ];

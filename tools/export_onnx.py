@@ -6,6 +6,9 @@ the model's default size):
   text_encoder.onnx  input_ids int64 [1, 77]            -> last_hidden_state
   unet.onnx          sample [1, 4, h, w], timestep int64 [1],
                      encoder_hidden_states [1, 77, d]    -> noise/v prediction
+                     (a UNet that takes the guidance scale as an input,
+                     `time_cond_proj_dim`, gets the embedding of scale 1 as a
+                     constant, as the pipelines feed it)
   vae_decoder.onnx   latents [1, 4, h, w]                -> image [1, 3, H, W]
                      (divides by the VAE's scaling_factor first, as the
                      pipeline does before decoding)
@@ -27,7 +30,7 @@ import sys
 import numpy as np
 import onnxruntime as ort
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextModel
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
@@ -43,12 +46,17 @@ class TextEncoder(torch.nn.Module):
 
 
 class Unet(torch.nn.Module):
+    GUIDANCE = 1.0
+
     def __init__(self, m):
         super().__init__()
         self.m = m
+        dim = m.config.time_cond_proj_dim
+        self.cond = None if dim is None else StableDiffusionPipeline.get_guidance_scale_embedding(
+            None, torch.tensor([self.GUIDANCE - 1]), embedding_dim=dim)
 
     def forward(self, sample, timestep, encoder_hidden_states):
-        return self.m(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+        return self.m(sample, timestep, encoder_hidden_states, timestep_cond=self.cond, return_dict=False)[0]
 
 
 class Decoder(torch.nn.Module):

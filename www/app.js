@@ -206,7 +206,7 @@ function showGuidance() {
   const o = presetOf($('model').value);
   let note = '';
   if (model.info?.guidanceDistilled) {
-    note = 'This model takes the guidance scale as an input (LCM): it still runs one pass per step.';
+    note = 'This model takes the guidance scale as an input (guidance-distilled): one pass per step at any scale. Lower gives more variety between seeds, higher follows the prompt more closely.';
   } else if (o?.dataset.baked) {
     note = `Guidance is baked into this model (${o.dataset.baked}): keep ${o.dataset.guidance}. Above 1, each step runs twice and the image washes out.`;
   } else if (model.info) {

@@ -7,6 +7,9 @@ import init, { addNoiseRgba, alphasCumprod, signalToNoise } from './pkg/latent_d
 const $ = (id) => document.getElementById(id);
 const BASE = 'models/emoji-4step/';
 const SIZE = 64; // the model's trained size; images are drawn at it
+// The model takes the guidance scale as an input (one pass per step): lower
+// gives more variety between seeds, higher follows the prompt more closely.
+const GUIDANCE = 1.5;
 
 // ---- One worker, one job at a time.
 
@@ -260,7 +263,7 @@ $('rform').addEventListener('submit', (ev) => {
     $('scrub-label').hidden = true;
     const options = {
       prompt: $('prompt').value, seed: Number($('seed').value), steps: Number($('steps').value),
-      eta: Number($('eta').value), guidanceScale: 1,
+      eta: Number($('eta').value), guidanceScale: GUIDANCE,
     };
     let image = null, mask = null;
     const inpaint = $('inpaint').checked;
@@ -298,12 +301,13 @@ const COMPARE = {
   steps: [1, 2, 4, 8, 50].map((n) => [`${n} step${n > 1 ? 's' : ''}`, { steps: n }]),
   eta: [['eta 0 (DDIM)', { eta: 0, steps: 8 }], ['eta 1 (DDPM-like)', { eta: 1, steps: 8 }]],
   guidance: [1, 1.5, 2, 3].map((g) => [`guidance ${g}`, { guidanceScale: g }]),
+  seeds: [1, 3].flatMap((g) => [0, 1, 2, 3].map((s) => [`guidance ${g}, seed ${s}`, { guidanceScale: g, seed: s }])),
   spacing: ['trailing', 'leading', 'linspace'].map((s) => [`${s} spacing`, { timestepSpacing: s }]),
 };
 for (const b of document.querySelectorAll('[data-compare]')) {
   b.addEventListener('click', () => exclusive('compare', async () => {
     $('grid').replaceChildren();
-    const base = { prompt: $('cprompt').value, seed: Number($('cseed').value), steps: 4, eta: 0, guidanceScale: 1 };
+    const base = { prompt: $('cprompt').value, seed: Number($('cseed').value), steps: 4, eta: 0, guidanceScale: GUIDANCE };
     for (const [label, change] of COMPARE[b.dataset.compare]) {
       $('status').textContent = `Running: ${label}`;
       const m = await job({ type: 'generate', options: { ...base, ...change } });

@@ -10,7 +10,13 @@ self.addEventListener('install', (e) => {
   e.waitUntil(caches.open(SHELL).then((c) => c.addAll(FILES)).then(() => self.skipWaiting()));
 });
 
-self.addEventListener('activate', (e) => e.waitUntil(self.clients.claim()));
+// Weight caches of earlier versions (the crate's default cache is named by
+// version, since cached files are used without revalidation): v1 held the
+// emoji model before its guidance became an input.
+const OLD_MODEL_CACHES = ['ldw-models-v1'];
+
+self.addEventListener('activate', (e) => e.waitUntil(
+  Promise.all(OLD_MODEL_CACHES.map((c) => caches.delete(c))).then(() => self.clients.claim())));
 
 self.addEventListener('fetch', (e) => {
   const url = new URL(e.request.url);

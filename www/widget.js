@@ -5,7 +5,8 @@
 //
 // Attributes: model (a diffusers folder URL, relative to the page; default:
 // our emoji model beside this script), prompt, negative-prompt, seed, steps,
-// guidance, eta, size (pixels, square; default: the model's), mode
+// guidance (default: 1.5 for our emoji model, which takes the scale as an input;
+// 1 for a model given by URL), eta, size (pixels, square; default: the model's), mode
 // ("generate", "inpaint": paint over the image to redo that part, or
 // "learn": each step's estimate of the clean image in a strip), show-steps
 // (a strip of the step previews), backend ("auto", "webgpu", "cpu"),
@@ -22,6 +23,9 @@
 
 const WORKER_URL = new URL('worker.js', import.meta.url).href;
 const DEFAULT_MODEL = new URL('models/emoji-4step/', import.meta.url).href;
+// Our model's guidance scale is an input (one pass per step); 1.5 balances
+// following the prompt against variety between seeds (its model card).
+const DEFAULT_MODEL_GUIDANCE = 1.5;
 
 /** The one worker of this page, and its job queue. */
 const hub = {
@@ -144,7 +148,8 @@ class LatentDiffusion extends HTMLElement {
     };
     const o = {
       prompt: this.$('.prompt').value, negativePrompt: this.getAttribute('negative-prompt') ?? '',
-      seed: num('seed', 0), steps: num('steps', 4), guidanceScale: num('guidance', 1), eta: num('eta', 0),
+      seed: num('seed', 0), steps: num('steps', 4), eta: num('eta', 0),
+      guidanceScale: num('guidance', this.getAttribute('model') ? 1 : DEFAULT_MODEL_GUIDANCE),
     };
     const size = num('size', undefined);
     if (size !== undefined) { o.width = size; o.height = size; }

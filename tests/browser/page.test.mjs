@@ -67,8 +67,8 @@ test('on a fresh page, image modes ask for an image and bad numbers are shown, n
   assert.equal(await text('size-info'), '');
   const sizes = await page.$$eval('#sizes option', (o) => o.map((x) => x.value));
   assert.ok(sizes.includes('64') && sizes.every((s) => Number(s) % 4 === 0), sizes.join());
-  // Guidance is explained for a model that has it baked in.
-  assert.match(await text('guidance-info'), /Guidance is baked into this model/);
+  // Guidance is explained for a model that takes it as an input.
+  assert.match(await text('guidance-info'), /takes the guidance scale as an input .*Lower gives more variety between seeds/);
 });
 
 test('the result is in view after generating, at 1440×900 and at 390×844', async () => {

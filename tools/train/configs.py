@@ -25,3 +25,12 @@ SCHEDULER = dict(num_train_timesteps=1024, beta_schedule="squaredcos_cap_v2", pr
 # The teacher is sampled with classifier-free guidance at this scale; the
 # student is distilled from the guided teacher, so it runs at scale 1.
 TEACHER_GUIDANCE = 3.0
+
+# The student runs this many DDIM steps (the end of progressive distillation).
+STUDENT_STEPS = 4
+
+# The guidance-conditioned student (distill_guidance.py): the UNet above plus
+# diffusers' guidance embedding (`time_cond_proj_dim`, as in LCM), trained for
+# guidance scales w in [1, W_MAX]; the pipelines feed it embed(w - 1).
+UNET_W = dict(UNET, time_cond_proj_dim=256)
+W_MAX = 4.0

@@ -7,16 +7,17 @@
    held-out images is the ceiling for the scores below.
 2. For every held-out emoji one image is generated from its name (the prompt a
    person would type, e.g. "red heart"), seed = its index, with diffusers'
-   StableDiffusionPipeline loading the model folder: teacher at 50/10/4 DDIM
-   steps (guidance configs.TEACHER_GUIDANCE) and student at 4/2/1 steps
-   (guidance 1), eta 0 and 1.
+   StableDiffusionPipeline loading the model folder: the runs in RUNS (teacher
+   at 50 steps with and without guidance and at 4/2/1 steps; the
+   guidance-conditioned student at 4 steps for several scales, and at 2/1),
+   eta 0 and 1.
 3. Scores: the classifier's group / subgroup accuracy against the prompt's
    emoji, and the Frechet distance between classifier features (the 128-d
    pooled layer) of the generated images and of the real held-out images. The
    same distance between the real training and held-out images is the floor.
 
 Writes docs/model-eval.json, prints a Markdown table, and draws
-docs/emoji-grid.png (student, prompts x seeds) and docs/emoji-compare.png
+docs/emoji-grid.png (student at STUDENT_GUIDANCE, prompts x seeds) and docs/emoji-compare.png
 (teacher 50 / student 4 / teacher 4 steps, same seed).
 """
 
@@ -38,10 +39,16 @@ import configs
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 GRID_PROMPTS = ["red heart", "cat face", "pizza", "grinning face", "rocket", "sun", "thumbs up", "frog",
                 "crying face", "four leaf clover", "hot beverage", "ghost"]
-# The issue's rows (teacher 50/10/4, student 4/2/1), plus the teacher at 2 and
-# 1 steps to show what distillation buys where it matters.
-RUNS = [("teacher", 50), ("teacher", 10), ("teacher", 4), ("teacher", 2), ("teacher", 1), ("student", 4),
-        ("student", 2), ("student", 1)]
+# (model, steps, guidance): the teacher at 50 steps with and without
+# guidance, at few steps to show what distillation buys, and the student.
+# The student is guidance-conditioned (distill_guidance.py): its guidance is an
+# input, one UNet pass per step at any scale; STUDENT_GUIDANCE is the default
+# of the page and the CLI examples.
+STUDENT_GUIDANCE = 1.5
+RUNS = [("teacher", 50, configs.TEACHER_GUIDANCE), ("teacher", 50, 1.0), ("teacher", 4, configs.TEACHER_GUIDANCE),
+        ("teacher", 2, configs.TEACHER_GUIDANCE), ("teacher", 1, configs.TEACHER_GUIDANCE),
+        ("student", 4, 1.0), ("student", 4, 1.5), ("student", 4, 2.0), ("student", 4, 3.0),
+        ("student", 2, STUDENT_GUIDANCE), ("student", 1, STUDENT_GUIDANCE)]
 
 
 class Classifier(nn.Module):
@@ -150,6 +157,12 @@ def generate(pipe, prompts, seeds, steps, guidance, eta, batch=64):
     return np.concatenate(out)
 
 
+def passes(pipe, guidance):
+    """UNet passes per step: two with classifier-free guidance, one when the
+    UNet takes the guidance scale as an input (as diffusers decides)."""
+    return 2 if guidance > 1 and pipe.unet.config.time_cond_proj_dim is None else 1
+
+
 def save_grid(rows, path, scale=2):
     grid = np.concatenate([np.concatenate(list(r), 1) for r in rows], 0)
     Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).save(path)
@@ -189,14 +202,13 @@ def main():
                     frechet=frechet(train_f, real_f), seconds=None)]
     patch_ddim_variance()
     pipes = pipelines(a.model, a.teacher)
-    for name, steps in RUNS:
+    for name, steps, guidance in RUNS:
         for eta in (0.0, 1.0):
-            guidance = configs.TEACHER_GUIDANCE if name == "teacher" else 1.0
             t0 = time.time()
             im = generate(pipes[name], prompts[hidx], hidx, steps, guidance, eta)
             f, pg, ps = score(clf, to_tensor(im))
             results.append(dict(model=name, steps=steps, eta=eta, guidance=guidance,
-                                unet_evals=steps * (2 if guidance != 1.0 else 1),
+                                unet_evals=steps * passes(pipes[name], guidance),
                                 group_acc=float((pg == g[hidx]).float().mean()),
                                 subgroup_acc=float((ps == s[hidx]).float().mean()),
                                 frechet=frechet(f, real_f), seconds=time.time() - t0))
@@ -219,12 +231,12 @@ def main():
               f"{r['subgroup_acc']:.3f} | {r['frechet']:.2f} |")
 
     seeds = [0, 1, 2, 3]
-    rows = [generate(pipes["student"], [p] * len(seeds), seeds, 4, 1.0, 0.0) for p in GRID_PROMPTS]
+    rows = [generate(pipes["student"], [p] * len(seeds), seeds, 4, STUDENT_GUIDANCE, 0.0) for p in GRID_PROMPTS]
     save_grid([np.concatenate(rows[i:i + 3], 0) for i in range(0, len(rows), 3)],
               os.path.join(a.docs, "emoji-grid.png"))
     seeds = list(range(len(GRID_PROMPTS)))
     save_grid([generate(pipes["teacher"], GRID_PROMPTS, seeds, 50, configs.TEACHER_GUIDANCE, 0.0),
-               generate(pipes["student"], GRID_PROMPTS, seeds, 4, 1.0, 0.0),
+               generate(pipes["student"], GRID_PROMPTS, seeds, 4, STUDENT_GUIDANCE, 0.0),
                generate(pipes["teacher"], GRID_PROMPTS, seeds, 4, configs.TEACHER_GUIDANCE, 0.0)],
               os.path.join(a.docs, "emoji-compare.png"))
 

@@ -3,8 +3,9 @@ weights, the real CLIP tokenizer files) from the outputs of train.py.
 
     python tools/train/export.py RUN_DIR OUT_DIR [--unet student|teacher]
 
-The student UNet is the shipped default (4 DDIM steps, guidance 1); the
-teacher can be exported the same way for evaluation.
+The student UNet (4 DDIM steps) or the guidance-conditioned student of
+distill_guidance.py (`--unet wstudent`, the shipped default) go into the folder;
+the teacher can be exported the same way for evaluation.
 
 The other way round, for continuing training on a new machine from what the
 repository holds (f16-rounded weights):
@@ -37,7 +38,7 @@ def load(run, unet_name):
     meta = json.load(open(os.path.join(run, "meta.json")))
     vae = AutoencoderKL(**configs.VAE, scaling_factor=meta["scaling_factor"])
     vae.load_state_dict(load_file(os.path.join(run, "vae.safetensors")))
-    unet = UNet2DConditionModel(**configs.UNET)
+    unet = UNet2DConditionModel(**(configs.UNET_W if unet_name == "wstudent" else configs.UNET))
     unet.load_state_dict(load_file(os.path.join(run, f"{unet_name}.safetensors")))
     text = CLIPTextModel(CLIPTextConfig(**configs.TEXT))
     state = load_file(os.path.join(run, "text_encoder.safetensors"))
@@ -71,8 +72,11 @@ def to_run(folder, teacher_dir, run):
     f32 = lambda path: {k: v.float().contiguous() for k, v in load_file(path).items()}  # noqa: E731
     save_file(f32(os.path.join(folder, "vae", "diffusion_pytorch_model.safetensors")), os.path.join(run, "vae.safetensors"))
     save_file(f32(os.path.join(folder, "text_encoder", "model.safetensors")), os.path.join(run, "text_encoder.safetensors"))
+    # A guidance-conditioned student (distill_guidance.py) goes back to where
+    # that script resumes from.
+    w_cond = json.load(open(os.path.join(folder, "unet", "config.json"))).get("time_cond_proj_dim") is not None
     save_file(f32(os.path.join(folder, "unet", "diffusion_pytorch_model.safetensors")),
-              os.path.join(run, "student.safetensors"))
+              os.path.join(run, "wstudent.safetensors" if w_cond else "student.safetensors"))
     save_file(f32(os.path.join(teacher_dir, "diffusion_pytorch_model.safetensors")), os.path.join(run, "teacher.safetensors"))
     scaling = json.load(open(os.path.join(folder, "vae", "config.json")))["scaling_factor"]
     with open(os.path.join(run, "meta.json"), "w") as f:
@@ -85,7 +89,8 @@ def main():
     ap.add_argument("--to-run", nargs=3, metavar=("FOLDER", "TEACHER_UNET_DIR", "RUN_DIR"))
     ap.add_argument("run", nargs="?")
     ap.add_argument("out", nargs="?")
-    ap.add_argument("--unet", default="student", choices=["student", "teacher"])
+    ap.add_argument("--unet", default="student", choices=["student", "teacher", "wstudent"],
+                    help="wstudent: the guidance-conditioned student of distill_guidance.py")
     a = ap.parse_args()
     if a.to_run:
         to_run(*a.to_run)

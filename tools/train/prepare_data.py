@@ -2,6 +2,9 @@
 
 Images: @lobehub/fluent-emoji-3d@1.1.0 (MIT): 3391 WebP, 256x256, RGBA.
 Names and groups: emoji-datasource@16.0.0 (MIT): emoji.json.
+Keywords: Unicode CLDR 48 English annotations (cldr-annotations-full and
+cldr-annotations-derived-full@48.2.0, Unicode licence), e.g. "cat face":
+animal, cat, face, kitten, kitty, pet.
 Each image is composited on white, resized to SIZE x SIZE (box filter), and
 captioned from the emoji's name, short names, subgroup and group. A fixed
 10% (by a hash of the code points) is held out for evaluation.
@@ -9,7 +12,7 @@ captioned from the emoji's name, short names, subgroup and group. A fixed
     python tools/train/prepare_data.py WORK_DIR [--size 64]
 
 writes WORK_DIR/emoji{SIZE}.npz: images (N, S, S, 3) uint8, codes, captions,
-group, subgroup, heldout (bool).
+group, subgroup, keywords ('|'-joined), heldout (bool).
 """
 
 import argparse
@@ -22,7 +25,8 @@ import tarfile
 import numpy as np
 from PIL import Image
 
-PACKAGES = {"fluent": "@lobehub/fluent-emoji-3d@1.1.0", "meta": "emoji-datasource@16.0.0"}
+PACKAGES = {"fluent": "@lobehub/fluent-emoji-3d@1.1.0", "meta": "emoji-datasource@16.0.0",
+            "cldr": "cldr-annotations-full@48.2.0", "cldr_derived": "cldr-annotations-derived-full@48.2.0"}
 SKIN = {"1f3fb": "light skin tone", "1f3fc": "medium-light skin tone", "1f3fd": "medium skin tone",
         "1f3fe": "medium-dark skin tone", "1f3ff": "dark skin tone"}
 
@@ -53,6 +57,16 @@ def metadata(meta_dir):
     return table
 
 
+def cldr_keywords(dirs):
+    """emoji string (without U+FE0F) -> CLDR English keywords."""
+    table = {}
+    for key, sub in (("cldr_derived", "annotationsDerived"), ("cldr", "annotations")):
+        path = os.path.join(dirs[key], sub, "en", "annotations.json")
+        for ch, entry in json.load(open(path))[sub]["annotations"].items():
+            table[ch.replace("\ufe0f", "")] = entry.get("default", [])
+    return table
+
+
 def norm(code):
     return "-".join(p for p in code.lower().split("-") if p != "fe0f")
 
@@ -70,8 +84,9 @@ def main():
     a = ap.parse_args()
     dirs = fetch(a.work)
     table = metadata(dirs["meta"])
+    kw_table = cldr_keywords(dirs)
     assets = os.path.join(dirs["fluent"], "assets")
-    images, codes, captions, groups, subgroups = [], [], [], [], []
+    images, codes, captions, groups, subgroups, keywords = [], [], [], [], [], []
     missing = 0
     for f in sorted(os.listdir(assets)):
         if not f.endswith(".webp"):
@@ -89,13 +104,16 @@ def main():
         captions.append(caption(info))
         groups.append(info[2])
         subgroups.append(info[3])
+        keywords.append("|".join(kw_table.get("".join(chr(int(p, 16)) for p in code.split("-")), [])))
     heldout = np.array([int(hashlib.sha256(c.encode()).hexdigest(), 16) % 10 == 0 for c in codes])
     path = os.path.join(a.work, f"emoji{a.size}.npz")
     np.savez_compressed(path, images=np.stack(images), codes=np.array(codes), captions=np.array(captions),
-                        group=np.array(groups), subgroup=np.array(subgroups), heldout=heldout)
-    print(f"{len(images)} images ({heldout.sum()} held out), {missing} without metadata -> {path}")
+                        group=np.array(groups), subgroup=np.array(subgroups), keywords=np.array(keywords),
+                        heldout=heldout)
+    print(f"{len(images)} images ({heldout.sum()} held out), {missing} without metadata, "
+          f"{sum(not k for k in keywords)} without CLDR keywords -> {path}")
     for i in range(0, len(captions), len(captions) // 5):
-        print("  ", codes[i], "|", captions[i])
+        print("  ", codes[i], "|", captions[i], "|", keywords[i])
 
 
 if __name__ == "__main__":

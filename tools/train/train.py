@@ -17,6 +17,8 @@ clock, so one command fits a given slot on a CPU or a GPU:
     python tools/train/train.py WORK OUT --budget 500 [--device cuda]
 
 WORK holds emoji64.npz (prepare_data.py) and tokens.npz (tokenize_captions.py).
+--teacher-from DIR starts the teacher from DIR's text encoder and teacher
+(fine-tuning, e.g. on the CLDR keyword captions) instead of from scratch.
 Export a diffusers folder with export.py.
 """
 
@@ -186,6 +188,11 @@ def train_teacher(r, lat, ids, empty):
     torch.manual_seed(1)
     text, unet = new_text_encoder().to(r.dev), UNet2DConditionModel(**configs.UNET).to(r.dev)
     ema_text, ema_unet = new_text_encoder().to(r.dev), UNet2DConditionModel(**configs.UNET).to(r.dev)
+    if r.a.teacher_from:
+        # Fine-tuning (e.g. on richer captions) from an earlier teacher.
+        text.load_state_dict(load_file(os.path.join(r.a.teacher_from, "text_encoder.safetensors")), strict=False)
+        unet.load_state_dict(load_file(os.path.join(r.a.teacher_from, "teacher.safetensors")))
+        r.log(f"teacher: fine-tuning from {r.a.teacher_from}")
     ema_text.load_state_dict(text.state_dict())
     ema_unet.load_state_dict(unet.state_dict())
     params = list(text.parameters()) + list(unet.parameters())
@@ -309,6 +316,8 @@ def main():
     ap.add_argument("out")
     ap.add_argument("--resume", help="folder with outputs of an earlier run to continue from")
     ap.add_argument("--budget", type=float, default=600, help="wall-clock seconds for all phases")
+    ap.add_argument("--teacher-from", help="folder with text_encoder/teacher.safetensors to fine-tune from "
+                    "(instead of training the teacher from scratch)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--vae-batch", type=int, default=64)
     ap.add_argument("--vae-lr", type=float, default=1e-3)
@@ -331,6 +340,13 @@ def main():
     ids = torch.from_numpy(tokens["ids"][keep]).long().to(r.dev)
     empty = torch.from_numpy(tokens["empty"]).long().to(r.dev)
     r.done = {p for p, f in [("vae", "vae.safetensors"), ("teacher", "teacher.safetensors")] if r.find(f)}
+    if a.teacher_from:
+        # A new teacher: only what this run itself wrote counts as done after
+        # the VAE (the resumed folder's teacher and students are the old ones).
+        own = lambda f: os.path.exists(os.path.join(a.out, f))  # noqa: E731
+        r.done = {"vae"} & r.done | ({"teacher"} if own("teacher.safetensors") else set())
+        if not own("student.safetensors"):
+            r.meta.pop("student_steps", None)
     if r.meta.get("student_steps") == DISTILL_TO and r.find("student.safetensors"):
         r.done.add("distill")
 
