@@ -155,7 +155,7 @@ function showInspection(m) {
     `made for ${i.defaultSize}×${i.defaultSize}`,
     i.cpuFits ? 'fits the CPU path' : `too large for the CPU path (at most ${gb(i.cpuWeightLimit)} of weights): it needs WebGPU`,
   ];
-  if (i.guidanceDistilled) parts.push('guidance is distilled into this model (no second pass)');
+  if (i.guidanceDistilled) parts.push('the guidance scale is an input of this model (no second pass)');
   el.append(parts.join(' · ') + '.');
   if (i.schedulerNote) el.append(` Note: ${i.schedulerNote}.`);
   const o = presetOf($('model').value);

@@ -77,6 +77,22 @@ test('a traced run has one strip entry per step and ends in the generator\'s ima
   assert.deepEqual(ctx.browser.errors, []);
 });
 
+test('seeds side by side at guidance 1 and 3: each seed its own image', async () => {
+  await page.fill('#cprompt', 'cat face');
+  await page.click('[data-compare="seeds"]');
+  await page.waitForFunction(() => ['done', 'error'].includes(document.body.dataset.compare), null, { timeout: 300_000 });
+  assert.equal(await page.textContent('#error'), '');
+  const captions = await page.$$eval('#grid figcaption', (f) => f.map((x) => x.textContent));
+  assert.deepEqual(captions, [1, 3].flatMap((g) => [0, 1, 2, 3].map((s) => `guidance ${g}, seed ${s}`)));
+  const images = [];
+  for (let i = 1; i <= 8; i++) images.push(await canvasPixels(`#grid figure:nth-child(${i}) canvas`));
+  // Mean level difference between two images (RGB, 0-255).
+  const mean = (a, b) => { let d = 0, n = 0; for (let i = 0; i < a.length; i++) if (i % 4 !== 3) { d += Math.abs(a[i] - b[i]); n++; } return d / n; };
+  for (const [a, b] of [[0, 1], [1, 2], [2, 3], [4, 5], [5, 6], [6, 7], [0, 4]]) {
+    assert.ok(mean(images[a], images[b]) > 1, `${captions[a]} and ${captions[b]} are the same image`);
+  }
+});
+
 test('inpainting laid open: the mask in latent space, the known region kept', async () => {
   await page.setViewportSize({ width: 1280, height: 900 });
   await page.check('#inpaint');

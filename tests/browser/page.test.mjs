@@ -69,6 +69,7 @@ test('on a fresh page, image modes ask for an image and bad numbers are shown, n
   assert.ok(sizes.includes('64') && sizes.every((s) => Number(s) % 4 === 0), sizes.join());
   // Guidance is explained for a model that takes it as an input.
   assert.match(await text('guidance-info'), /takes the guidance scale as an input .*Lower gives more variety between seeds/);
+  assert.match(await text('model-info'), /the guidance scale is an input of this model \(no second pass\)/);
 });
 
 test('the result is in view after generating, at 1440×900 and at 390×844', async () => {
