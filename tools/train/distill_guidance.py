@@ -27,7 +27,6 @@ total budget is spent. export.py --unet wstudent writes the diffusers folder.
 
 import argparse
 import json
-import math
 import os
 import time
 
@@ -36,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 import configs
 import train
