@@ -26,7 +26,8 @@ SCHEDULER = dict(num_train_timesteps=1024, beta_schedule="squaredcos_cap_v2", pr
 # student is distilled from the guided teacher, so it runs at scale 1.
 TEACHER_GUIDANCE = 3.0
 
-# The student runs this many DDIM steps (the end of progressive distillation).
+# The student runs this many DDIM steps (where progressive distillation ends;
+# the guidance-conditioned student is trained on this grid too).
 STUDENT_STEPS = 4
 
 # The guidance-conditioned student (distill_guidance.py): the UNet above plus

@@ -17,8 +17,6 @@ import os
 import numpy as np
 from transformers import CLIPTokenizer
 
-VARIANTS = 4
-KEYWORD_VARIANTS = 4
 TOKENIZER = os.path.join(os.path.dirname(__file__), "..", "..", "tests", "fixtures", "clip_tokenizer")
 
 

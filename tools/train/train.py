@@ -39,7 +39,7 @@ import configs
 
 SHARES = {"vae": 0.22, "teacher": 0.45, "distill": 0.33}
 DISTILL_FROM = 64
-DISTILL_TO = 4
+DISTILL_TO = configs.STUDENT_STEPS
 COND_DROP = 0.1
 
 
