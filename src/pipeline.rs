@@ -22,7 +22,9 @@ use crate::models::unet_2d_condition::{UNet2DConditionConfig, UNet2DConditionMod
 use crate::noise::NoiseGenerator;
 use crate::prompts::{PROMPTS_FILE, PromptCheck, PromptVocabulary};
 use crate::schedulers::DdimCoefficients;
-use crate::schedulers::{Scheduler, SchedulerConfig, TimestepSpacing};
+use crate::schedulers::{
+    DDPMScheduler, NoiseSchedule, Scheduler, SchedulerConfig, TimestepSpacing,
+};
 use crate::weights::{Header, VarBuilder, WeightFile, parameter_bytes};
 
 /// The text files of a diffusers folder the pipeline reads: configs and the tokenizer.
@@ -44,8 +46,30 @@ pub const OPTIONAL_FILES: [&str; 4] = [
     PROMPTS_FILE,
 ];
 
+/// The low-resolution image's noise schedule of an upscaler folder (read when
+/// `model_index.json` names a `StableDiffusionUpscalePipeline`).
+pub const LOW_RES_SCHEDULER_FILE: &str = "low_res_scheduler/scheduler_config.json";
+
+/// The upscale pipeline's `max_noise_level` when `model_index.json` leaves it
+/// out (diffusers' default), and its `noise_level` default.
+pub const DEFAULT_MAX_NOISE_LEVEL: usize = 350;
+pub const DEFAULT_NOISE_LEVEL: usize = 20;
+
+/// What `model_index.json` says a folder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PipelineKind {
+    /// Text to image (also image to image and inpainting): StableDiffusionPipeline
+    /// and its kin, or a folder without `model_index.json`.
+    #[default]
+    TextToImage,
+    /// diffusers' StableDiffusionUpscalePipeline: a low-resolution image
+    /// (noised at a `noise_level` of at most `max_noise_level`) in, an image
+    /// `vae_scale_factor` times larger out.
+    Upscale { max_noise_level: usize },
+}
+
 /// The component classes this app runs, per `model_index.json` entry.
-const COMPONENTS: [(&str, &[&str]); 4] = [
+const COMPONENTS: [(&str, &[&str]); 5] = [
     ("unet", &["UNet2DConditionModel"]),
     ("vae", &["AutoencoderKL", "AutoencoderTiny"]),
     (
@@ -53,17 +77,19 @@ const COMPONENTS: [(&str, &[&str]); 4] = [
         &["CLIPTextModel", "CLIPTextModelWithProjection"],
     ),
     ("tokenizer", &["CLIPTokenizer", "CLIPTokenizerFast"]),
+    ("low_res_scheduler", &["DDPMScheduler"]),
 ];
 
 /// Checks a folder's `model_index.json` (when it has one) before anything else
 /// is read: a pipeline of another kind (SDXL, SD3, Flux, ...) or a component
 /// this app cannot run is named here, before any weight is downloaded. An
 /// HTML page in its place (a host answering every missing path with one) is
-/// a folder without the file, as for every optional file.
-pub fn check_model_index(text: &str) -> Result<()> {
+/// a folder without the file, as for every optional file. Returns what the
+/// folder is (an upscaler needs its `low_res_scheduler` too).
+pub fn check_model_index(text: &str) -> Result<PipelineKind> {
     let file = "model_index.json";
     if text.trim_start().starts_with('<') {
-        return Ok(());
+        return Ok(PipelineKind::TextToImage);
     }
     let index: serde_json::Map<String, serde_json::Value> =
         crate::config::parse_config(text, file)?;
@@ -88,6 +114,12 @@ pub fn check_model_index(text: &str) -> Result<()> {
     if present("transformer") {
         return unsupported("a transformer-based pipeline (SD3, Flux, PixArt, ...)");
     }
+    let upscale = class == "StableDiffusionUpscalePipeline" || present("low_res_scheduler");
+    if class.contains("Upscale") && class != "StableDiffusionUpscalePipeline" {
+        return unsupported(
+            "a latent upscaler (the upscalers it runs have StableDiffusionUpscalePipeline's layout)",
+        );
+    }
     for (key, classes) in COMPONENTS {
         let Some(entry) = index.get(key) else {
             continue;
@@ -111,7 +143,22 @@ pub fn check_model_index(text: &str) -> Result<()> {
             }
         }
     }
-    Ok(())
+    if !upscale {
+        return Ok(PipelineKind::TextToImage);
+    }
+    let max_noise_level = match index.get("max_noise_level") {
+        None => DEFAULT_MAX_NOISE_LEVEL,
+        Some(v) => v
+            .as_u64()
+            .filter(|&v| v <= MAX_STEPS)
+            .map(|v| v as usize)
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "{file}: max_noise_level = {v} must be a whole number from 0 to {MAX_STEPS}"
+                ))
+            })?,
+    };
+    Ok(PipelineKind::Upscale { max_noise_level })
 }
 
 /// The weight files, in the order they are loaded (text encoder, UNet, VAE).
@@ -286,6 +333,17 @@ pub struct PipelineConfig {
     pub scheduler: SchedulerConfig,
     /// The folder's `prompts.json`, when it has one.
     pub prompts: Option<PromptVocabulary>,
+    /// Set for an upscaler folder (see [`PipelineKind::Upscale`]).
+    pub upscale: Option<UpscaleConfig>,
+}
+
+/// What an upscaler folder adds to a pipeline: the schedule its low-resolution
+/// image is noised on (`low_res_scheduler`, DDPM's `add_noise`) and the
+/// highest noise level it takes.
+#[derive(Debug, Clone)]
+pub struct UpscaleConfig {
+    pub low_res_schedule: NoiseSchedule,
+    pub max_noise_level: usize,
 }
 
 impl PipelineConfig {
@@ -325,9 +383,10 @@ impl PipelineConfig {
             }
             Ok(Some(t))
         };
-        if let Some(index) = text(OPTIONAL_FILES[0], false)? {
-            check_model_index(&index)?;
-        }
+        let pipeline_kind = match text(OPTIONAL_FILES[0], false)? {
+            Some(index) => check_model_index(&index)?,
+            None => PipelineKind::TextToImage,
+        };
         // The first missing file, in TEXT_FILES order, is the one reported.
         let [unet, vae, te, vocab, merges, scheduler] =
             TEXT_FILES.map(|p| text(p, true).map(|t| t.unwrap_or_default()));
@@ -363,6 +422,20 @@ impl PipelineConfig {
         };
         let scheduler = SchedulerConfig::from_json(&scheduler)?;
         scheduler.build(None)?;
+        let upscale = match pipeline_kind {
+            PipelineKind::TextToImage => None,
+            PipelineKind::Upscale { max_noise_level } => {
+                let json = text(LOW_RES_SCHEDULER_FILE, true)?.unwrap_or_default();
+                let low_res = DDPMScheduler::from_json(&json).map_err(|e| match e {
+                    Error::Config(m) => Error::Config(format!("{LOW_RES_SCHEDULER_FILE}: {m}")),
+                    e => e,
+                })?;
+                Some(UpscaleConfig {
+                    low_res_schedule: low_res.schedule,
+                    max_noise_level,
+                })
+            }
+        };
         let c = Self {
             tokenizer,
             text_encoder,
@@ -370,6 +443,7 @@ impl PipelineConfig {
             vae,
             scheduler,
             prompts,
+            upscale,
         };
         c.check_consistency()?;
         Ok(c)
@@ -426,9 +500,33 @@ impl PipelineConfig {
         1 << (blocks.clamp(1, 8) - 1)
     }
 
-    /// The size the model was trained at, in pixels (`sample_size` latents).
+    /// How many times larger than a run's input size (the options' width
+    /// and height) its image is: an upscaler's VAE factor, else 1.
+    pub fn upscale_factor(&self) -> usize {
+        match self.upscale {
+            Some(_) => self.vae_scale_factor(),
+            None => 1,
+        }
+    }
+
+    /// Sizes are multiples of this: pixels per latent, or 1 for an
+    /// upscaler's input (its latents are the input's size).
+    pub fn size_step(&self) -> usize {
+        match self.upscale {
+            Some(_) => 1,
+            None => self.vae_scale_factor(),
+        }
+    }
+
+    /// The size the model was trained at, in pixels (`sample_size` latents);
+    /// an upscaler's is its input's (its latents are the input's size).
     pub fn default_size(&self) -> usize {
-        self.unet.sample_size.unwrap_or(64).min(1 << 12) * self.vae_scale_factor()
+        let latents = self.unet.sample_size.unwrap_or(64).min(1 << 12);
+        if self.upscale.is_some() {
+            latents
+        } else {
+            latents * self.vae_scale_factor()
+        }
     }
 
     fn footprint(&self) -> Footprint {
@@ -481,12 +579,33 @@ impl PipelineConfig {
         }
         let latent = self.latent_channels();
         let unet_in = self.unet.in_channels;
-        let expected_in = if unet_in == 9 { 2 * latent + 1 } else { latent };
+        let expected_in = match &self.upscale {
+            // The noisy latents and the low-resolution RGB image.
+            Some(_) => latent + 3,
+            None if unet_in == 9 => 2 * latent + 1,
+            None => latent,
+        };
         if unet_in != expected_in || self.unet.out_channels != latent {
+            let upscaler = match self.upscale {
+                Some(_) => " (an upscaler's UNet takes the latents and the RGB image)",
+                None => "",
+            };
             return Err(Error::Config(format!(
-                "unet/config.json: in_channels = {unet_in}, out_channels = {} do not fit a VAE with {latent} latent channels",
+                "unet/config.json: in_channels = {unet_in}, out_channels = {} do not fit a VAE with \
+                 {latent} latent channels{upscaler}",
                 self.unet.out_channels
             )));
+        }
+        if let Some(up) = &self.upscale {
+            let levels = up.low_res_schedule.len();
+            let classes = self.unet.num_class_embeds.unwrap_or(0);
+            if up.max_noise_level >= levels.min(classes) {
+                return Err(Error::Config(format!(
+                    "model_index.json: max_noise_level = {} but the UNet has {classes} noise-level \
+                     classes (num_class_embeds) and the low-res scheduler {levels} timesteps",
+                    up.max_noise_level
+                )));
+            }
         }
         if self.tokenizer.max_length > self.text_encoder.max_position_embeddings {
             return Err(Error::Config(format!(
@@ -727,8 +846,12 @@ pub struct StableDiffusion {
     /// Latent channels the UNet denoises (4), and its input channels (4 or 9).
     pub latent_channels: usize,
     pub unet_in_channels: usize,
-    /// The size the model was trained at (`unet/config.json` sample_size × vae_scale_factor).
+    /// The size the model was trained at (`unet/config.json` sample_size ×
+    /// vae_scale_factor); an upscaler's input size.
     pub default_size: usize,
+    /// Set for an upscaler: a low-resolution image in, one `vae_scale_factor`
+    /// times larger out (see [`StableDiffusion::start`]).
+    pub upscale: Option<UpscaleConfig>,
     pub device: Device,
     footprint: Footprint,
     /// The largest single buffer the device takes (see [`StableDiffusion::set_max_buffer_bytes`]).
@@ -907,6 +1030,7 @@ impl StableDiffusion {
             latent_channels: config.latent_channels(),
             unet_in_channels: config.unet.in_channels,
             default_size: config.default_size(),
+            upscale: config.upscale,
             scheduler_config: config.scheduler,
             tokenizer: config.tokenizer,
             prompts: config.prompts,
@@ -1022,11 +1146,26 @@ impl StableDiffusion {
             .unwrap_or(0)
     }
 
-    /// Refuses a size whose largest activation would not fit one device
-    /// buffer, naming what the device can make instead.
-    /// An image side: a multiple of the pixels per latent, at most
-    /// [`MAX_IMAGE_SIDE`].
+    /// The side of a size option: a multiple of the pixels per latent, at
+    /// most [`MAX_IMAGE_SIDE`]; for an upscaler (whose options give its
+    /// input's size) any side whose output is at most [`MAX_IMAGE_SIDE`].
     fn check_side(&self, name: &str, v: usize) -> Result<()> {
+        let f = self.vae_scale_factor;
+        if self.upscale.is_some() {
+            let most = MAX_IMAGE_SIDE / f;
+            if v == 0 || v > most {
+                return Err(Error::arg(format!(
+                    "{name} = {v}: the image to upscale must be between 1 and {most} pixels \
+                     wide and high (this model makes images {f}× larger)"
+                )));
+            }
+            return Ok(());
+        }
+        self.check_pixel_side(name, v)
+    }
+
+    /// A side in pixels of an image the VAE encodes or decodes.
+    fn check_pixel_side(&self, name: &str, v: usize) -> Result<()> {
         let f = self.vae_scale_factor;
         if v == 0 || !v.is_multiple_of(f) || v > MAX_IMAGE_SIDE {
             return Err(Error::arg(format!(
@@ -1036,14 +1175,39 @@ impl StableDiffusion {
         Ok(())
     }
 
+    /// How many times larger than its input size a run's image is (see
+    /// [`PipelineConfig::upscale_factor`]).
+    pub fn upscale_factor(&self) -> usize {
+        match self.upscale {
+            Some(_) => self.vae_scale_factor,
+            None => 1,
+        }
+    }
+
+    /// Sizes of a run are multiples of this (see [`PipelineConfig::size_step`]).
+    pub fn size_step(&self) -> usize {
+        match self.upscale {
+            Some(_) => 1,
+            None => self.vae_scale_factor,
+        }
+    }
+
+    /// The size of the image a run of `w × h` makes.
+    pub fn output_size(&self, w: usize, h: usize) -> (usize, usize) {
+        (w * self.upscale_factor(), h * self.upscale_factor())
+    }
+
     /// A `w × h` image without guidance: sides as [`Self::check_side`] and
     /// within this device's buffers (see [`Self::check_size`]).
     fn check_image_size(&self, w: usize, h: usize) -> Result<()> {
-        self.check_side("width", w)?;
-        self.check_side("height", h)?;
+        self.check_pixel_side("width", w)?;
+        self.check_pixel_side("height", h)?;
         self.check_size(w, h, false)
     }
 
+    /// Refuses a size (of the image made, in pixels) whose largest
+    /// activation would not fit one device buffer, naming what the device
+    /// can make instead.
     pub fn check_size(&self, w: usize, h: usize, guidance: bool) -> Result<()> {
         let (need, model) = self.largest_activation(w, h, guidance);
         let limit = self.max_buffer_bytes();
@@ -1205,6 +1369,9 @@ impl StableDiffusion {
         mask: Option<Tensor<4>>,
     ) -> Result<Sampling> {
         o.check_inputs(self)?;
+        if let Some(up) = &self.upscale {
+            return self.start_upscale(o, up, init, mask);
+        }
         let (h, w) = (
             o.height.unwrap_or(self.default_size),
             o.width.unwrap_or(self.default_size),
@@ -1277,6 +1444,71 @@ impl StableDiffusion {
             latent_mask,
             masked_image_latents,
             composite,
+            low_res: None,
+            tracing: false,
+            last_step: None,
+        })
+    }
+
+    /// Starts an upscaler's run (diffusers' StableDiffusionUpscalePipeline):
+    /// `image` (`[1, 3, h, w]` in [-1, 1]) is noised to the options' noise
+    /// level on the low-res schedule and fed to the UNet beside latents of
+    /// its size, with the level as the UNet's class label; the result is
+    /// `vae_scale_factor` times larger. The seeded stream gives the image's
+    /// noise first, then the latents', in the pipeline's order.
+    fn start_upscale(
+        self: &Rc<Self>,
+        o: &GenerateOptions,
+        up: &UpscaleConfig,
+        image: Option<Tensor<4>>,
+        mask: Option<Tensor<4>>,
+    ) -> Result<Sampling> {
+        let Some(image) = image else {
+            return Err(Error::arg(
+                "this model is an upscaler: give it the image to upscale",
+            ));
+        };
+        if mask.is_some() {
+            return Err(Error::arg("an upscaler takes an image but no mask"));
+        }
+        let [_, c, h, w] = image.dims();
+        if c != 3 {
+            return Err(Error::Shape(format!(
+                "the image to upscale has {c} channels; it needs 3 (RGB)"
+            )));
+        }
+        let mut scheduler = self.scheduler_config.build(o.timestep_spacing)?;
+        scheduler.set_timesteps(o.steps)?;
+        let guidance = self.classifier_free(o.guidance_scale);
+        let context = self.encode_prompt(&o.prompt, &o.negative_prompt, guidance);
+        let timestep_cond = self.unet.guidance_embedding_dim().map(|dim| {
+            guidance_scale_embedding(&[o.guidance_scale as f32 - 1.0], dim, &self.device)
+        });
+        let level = o.noise_level.unwrap_or(DEFAULT_NOISE_LEVEL);
+        let mut noise = NoiseGenerator::new(o.seed);
+        let image_noise = noise.tensor([1, 3, h, w], &self.device);
+        let low_res = up
+            .low_res_schedule
+            .add_noise(image, image_noise, &[level])?;
+        let initial_noise = noise.tensor([1, self.latent_channels, h, w], &self.device);
+        Ok(Sampling {
+            probes: vec![context.clone().sum()],
+            sd: Rc::clone(self),
+            timesteps: scheduler.timesteps().to_vec(),
+            scheduler,
+            index: 0,
+            latents: initial_noise.clone(),
+            context,
+            guidance_scale: o.guidance_scale,
+            timestep_cond,
+            eta: o.eta,
+            noise,
+            initial_noise,
+            image_latents: None,
+            latent_mask: None,
+            masked_image_latents: None,
+            composite: None,
+            low_res: Some((low_res, level as i64)),
             tracing: false,
             last_step: None,
         })
@@ -1318,6 +1550,10 @@ pub struct GenerateOptions {
     pub height: Option<usize>,
     /// img2img/inpainting: how much of the schedule to run (1 = from pure noise).
     pub strength: f64,
+    /// Upscalers: how much noise the low-resolution image gets before the
+    /// UNet sees it (a `low_res_scheduler` timestep; default
+    /// [`DEFAULT_NOISE_LEVEL`]). Higher lets the model invent more detail.
+    pub noise_level: Option<usize>,
 }
 
 impl Default for GenerateOptions {
@@ -1333,6 +1569,7 @@ impl Default for GenerateOptions {
             width: None,
             height: None,
             strength: 0.75,
+            noise_level: None,
         }
     }
 }
@@ -1475,11 +1712,12 @@ pub struct OptionsInput {
     pub width: Option<Number>,
     pub height: Option<Number>,
     pub strength: Option<Number>,
+    pub noise_level: Option<Number>,
 }
 
 impl OptionsInput {
     /// The option names, as written in JavaScript.
-    pub const FIELDS: [&str; 10] = [
+    pub const FIELDS: [&str; 11] = [
         "prompt",
         "negativePrompt",
         "seed",
@@ -1490,6 +1728,7 @@ impl OptionsInput {
         "width",
         "height",
         "strength",
+        "noiseLevel",
     ];
 
     /// Checks every value (whole numbers, ranges, names) and fills in the
@@ -1538,6 +1777,9 @@ impl OptionsInput {
                 Some(n) => n.real("strength", f64::MIN_POSITIVE..=1.0, "above 0 and at most 1")?,
                 None => d.strength,
             },
+            noise_level: (self.noise_level.as_ref())
+                .map(|n| n.whole("noise level", 0, MAX_STEPS).map(|v| v as usize))
+                .transpose()?,
         })
     }
 }
@@ -1575,7 +1817,22 @@ impl GenerateOptions {
                 self.strength
             )));
         }
+        match (&sd.upscale, self.noise_level) {
+            (None, Some(_)) => {
+                return Err(Error::arg(
+                    "noise level is an upscaler's option, and this model is not an upscaler",
+                ));
+            }
+            (Some(up), Some(level)) if level > up.max_noise_level => {
+                return Err(Error::arg(format!(
+                    "noise level = {level} must be at most {} (this model's max_noise_level)",
+                    up.max_noise_level
+                )));
+            }
+            _ => {}
+        }
         let (h, w) = self.size(sd);
+        let (w, h) = sd.output_size(w, h);
         sd.check_size(w, h, sd.classifier_free(self.guidance_scale))
     }
 
@@ -1631,6 +1888,9 @@ pub struct Sampling {
     masked_image_latents: Option<Tensor<4>>,
     /// Inpainting: the original image and the pixel mask, for the final blend.
     composite: Option<(Tensor<4>, Tensor<4>)>,
+    /// Upscaling: the noised low-resolution image the UNet sees beside the
+    /// latents, and its noise level (the UNet's class label).
+    low_res: Option<(Tensor<4>, i64)>,
     /// Whether each step keeps its [`StepTrace`] (see [`Sampling::trace`]).
     tracing: bool,
     last_step: Option<StepTrace>,
@@ -1660,14 +1920,19 @@ impl Sampling {
         if let (Some(m), Some(z)) = (&self.latent_mask, &self.masked_image_latents) {
             input = Tensor::cat(vec![input, m.clone(), z.clone()], 1);
         }
+        if let Some((image, _)) = &self.low_res {
+            input = Tensor::cat(vec![input, image.clone()], 1);
+        }
         if guidance {
             input = Tensor::cat(vec![input.clone(), input], 0);
         }
+        let rows = if guidance { 2 } else { 1 };
+        let class_labels = self.low_res.as_ref().map(|(_, level)| vec![*level; rows]);
         let out = sd.unet.forward(
             input,
             &[t as f32],
             &self.context,
-            None,
+            class_labels.as_deref(),
             self.timestep_cond.as_ref(),
         );
         let noise_pred = if guidance {

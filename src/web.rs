@@ -11,9 +11,10 @@ use crate::image::tensor_values_to_rgba;
 use crate::models::attention::set_attention_max_bytes;
 use crate::models::clip::ClipTokenizer;
 use crate::pipeline::{
-    GenerateOptions, OPTIONAL_FILES, OptionsInput, PipelineConfig, Precision, Sampling, ShardIndex,
-    StableDiffusion, TEXT_FILES, WEIGHT_FILES, check_model_index, fp16_variant, largest_tensor,
-    shard_index_path, swapped_vae_path, weight_bytes, weight_bytes_as,
+    GenerateOptions, LOW_RES_SCHEDULER_FILE, OPTIONAL_FILES, OptionsInput, PipelineConfig,
+    PipelineKind, Precision, Sampling, ShardIndex, StableDiffusion, TEXT_FILES, WEIGHT_FILES,
+    check_model_index, fp16_variant, largest_tensor, shard_index_path, swapped_vae_path,
+    weight_bytes, weight_bytes_as,
 };
 use crate::prompts::{PromptCheck, PromptVocabulary};
 use crate::weights::{Header, WeightFile, WeightReader};
@@ -445,7 +446,8 @@ impl Generator {
     /// named now) and each weight file's header, after which its transfer is
     /// stopped. Resolves to `{ files: [{ path, bytes }], downloadBytes,
     /// weightBytesF32, largestTensor, largestTensorBytes, cpuWeightLimit,
-    /// cpuFits, defaultSize, sizeStep, guidanceDistilled, schedulerNote }` (sizes in
+    /// cpuFits, defaultSize, sizeStep, upscaleFactor, guidanceDistilled,
+    /// schedulerNote }` (sizes in
     /// bytes, as the headers describe the files). `options` as for `fromUrl`.
     pub async fn inspect(base: String, options: JsValue) -> Result<JsValue, JsError> {
         let folder = Self::open_folder(&base, None, options).await?;
@@ -489,7 +491,8 @@ impl Generator {
             cpu_weight_limit: CPU_WEIGHT_LIMIT,
             cpu_fits: weights <= CPU_WEIGHT_LIMIT,
             default_size: config.default_size(),
-            size_step: config.vae_scale_factor(),
+            size_step: config.size_step(),
+            upscale_factor: config.upscale_factor(),
             guidance_distilled: config.unet.time_cond_proj_dim.is_some(),
             scheduler_note: config.scheduler.note(),
         };
@@ -568,7 +571,11 @@ impl Generator {
             if path == OPTIONAL_FILES[0]
                 && let Some(t) = &text
             {
-                check_model_index(&String::from_utf8_lossy(t)).map_err(to_js)?;
+                let kind = check_model_index(&String::from_utf8_lossy(t)).map_err(to_js)?;
+                if let PipelineKind::Upscale { .. } = kind {
+                    let low_res = folder.net.text(LOW_RES_SCHEDULER_FILE, false).await?;
+                    texts.insert(LOW_RES_SCHEDULER_FILE, low_res);
+                }
             }
             texts.insert(path, text);
         }
@@ -785,10 +792,19 @@ impl Generator {
         self.sd.default_size
     }
 
-    /// Image sides are multiples of this (pixels per latent).
+    /// Image sides are multiples of this (pixels per latent); an upscaler's
+    /// input may have any side (1).
     #[wasm_bindgen(getter, js_name = sizeStep)]
     pub fn size_step(&self) -> usize {
-        self.sd.vae_scale_factor
+        self.sd.size_step()
+    }
+
+    /// How many times larger than its input the image a run makes is: 1,
+    /// or an upscaler's factor (4 for the SD x4 layout). An upscaler's run
+    /// needs `image`: RGBA bytes of `width × height` (the input's size).
+    #[wasm_bindgen(getter, js_name = upscaleFactor)]
+    pub fn upscale_factor(&self) -> usize {
+        self.sd.upscale_factor()
     }
 
     /// What the text encoder will read of `prompt` (see [`Prompts::check`]).
@@ -812,8 +828,10 @@ impl Generator {
     }
 
     /// Starts a run. `options`: `{ prompt, negativePrompt, seed, steps, eta,
-    /// guidanceScale, timestepSpacing, width, height, strength }`; `image` and
-    /// `mask` (RGBA bytes of `width × height`) select img2img / inpainting.
+    /// guidanceScale, timestepSpacing, width, height, strength, noiseLevel }`;
+    /// `image` and `mask` (RGBA bytes of `width × height`) select img2img /
+    /// inpainting; for an upscaler (see `upscaleFactor`) `image` is the one
+    /// to upscale and `noiseLevel` how much noise it gets first.
     pub fn start(
         &self,
         options: JsValue,
@@ -1161,6 +1179,7 @@ struct ModelInfo {
     cpu_fits: bool,
     default_size: usize,
     size_step: usize,
+    upscale_factor: usize,
     guidance_distilled: bool,
     scheduler_note: Option<String>,
 }

@@ -129,6 +129,89 @@ fn emoji_prompts_read_as_names_and_unknown_words_are_noted() {
     );
 }
 
+/// An upscaler folder as --model upscales --init (the fixture's 8×8 input).
+#[test]
+fn upscaler_model_upscales_init_like_diffusers() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pipelines/tiny-upscale");
+    let input = tmp("upscale-input.png");
+    let rgba: Vec<u8> = (0..8u32 * 8 * 4)
+        .map(|i| {
+            let (c, x, y) = (i % 4, (i / 4) % 8, i / 32);
+            ((x * 37 + y * 91 + c * 53) % 256) as u8
+        })
+        .collect();
+    write_png(&input, &rgba, 8, 8);
+    let args = [
+        "--init",
+        input.to_str().unwrap(),
+        "--prompt",
+        "cat face",
+        "--seed",
+        "6",
+        "--steps",
+        "2",
+        "--eta",
+        "1",
+        "--guidance",
+        "1",
+        "--spacing",
+        "trailing",
+        "--noise-level",
+        "150",
+    ];
+    check_against_diffusers(&dir, &dir, "upscale_eta1_trailing", &args, 16);
+}
+
+/// Generate with the shipped model, then upscale with the shipped upscaler
+/// (--upscaler): 64×64 → 256×256, close to diffusers' upscale of diffusers'
+/// image (the two 64×64 inputs differ by rounding, up to one level).
+#[test]
+fn shipped_model_then_upscaler_makes_256() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = tmp("heart-x4.png");
+    let o = cli(&[
+        "--model",
+        root.join("www/models/emoji-4step").to_str().unwrap(),
+        "--upscaler",
+        root.join("www/models/emoji-upscaler").to_str().unwrap(),
+        "--prompt",
+        "red heart",
+        "--seed",
+        "0",
+        "--guidance",
+        "1.5",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("upscaling 64×64"), "{err}");
+    let (rgba, w, h) = read_png(&out);
+    assert_eq!((w, h), (256, 256));
+    let fixtures = root.join("tests/fixtures/pipelines/emoji-upscaler/expected.safetensors");
+    let want = &common::f32_tensors(fixtures)["red_heart_x4"].1;
+    let plane = 256 * 256;
+    let mut total = 0.0f64;
+    for i in 0..plane {
+        for c in 0..3 {
+            total += (rgba[i * 4 + c] as f64 - (want[c * plane + i] as f64 * 255.0)).abs();
+        }
+    }
+    let mean = total / (3 * plane) as f64;
+    assert!(mean <= 1.0, "mean difference {mean} levels");
+    // An upscaler's options without --upscaler go to --model, which is no upscaler.
+    let o = cli(&[
+        "--model",
+        root.join("www/models/emoji-4step").to_str().unwrap(),
+        "--noise-level",
+        "20",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not an upscaler"));
+}
+
 fn check_against_diffusers(model: &Path, fixtures: &Path, case: &str, args: &[&str], size: u32) {
     let out = tmp(&format!("{case}.png"));
     let mut all = vec!["--model", model.to_str().unwrap()];

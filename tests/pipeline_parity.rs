@@ -36,6 +36,28 @@ fn matches_diffusers_latent_consistency_pipeline() {
     check(&dir, &dir, (2, 16), 1e-4);
 }
 
+/// An upscaler against diffusers' StableDiffusionUpscalePipeline: the
+/// low-res image noised on its DDPM schedule, concatenated to the latents,
+/// the noise level as the UNet's class label, guidance, and the VAE's 2×.
+#[test]
+fn matches_diffusers_upscale_pipeline() {
+    let dir = path("tests/fixtures/pipelines/tiny-upscale");
+    let sd = check(&dir, &dir, (2, 8), 1e-4);
+    assert_eq!(sd.output_size(8, 8), (16, 16));
+}
+
+/// The shipped 4× upscaler (64×64 → 256×256) on the shipped generator's red
+/// heart, against diffusers at 4 steps.
+#[test]
+fn shipped_upscaler_matches_diffusers() {
+    check(
+        &path("www/models/emoji-upscaler"),
+        &path("tests/fixtures/pipelines/emoji-upscaler"),
+        (4, 64),
+        1e-3,
+    );
+}
+
 #[test]
 fn shipped_model_matches_diffusers() {
     check(
@@ -96,14 +118,14 @@ fn check(
     fixtures: &std::path::Path,
     scale_and_size: (usize, usize),
     tolerance: f32,
-) {
+) -> std::rc::Rc<StableDiffusion> {
     check_as(
         model,
         fixtures,
         scale_and_size,
         tolerance,
         (&Device::flex(), Precision::F32),
-    );
+    )
 }
 
 fn check_as(
@@ -133,9 +155,22 @@ fn check_as(
                 "trailing" => TimestepSpacing::Trailing,
                 _ => TimestepSpacing::Leading,
             }),
+            noise_level: c["noise_level"].as_u64().map(|v| v as usize),
             ..Default::default()
         };
-        let mut run = sd.start(&opts, None, None).unwrap();
+        // An upscaler's case holds its input image (RGBA, [h, w, 4]).
+        let mut run = match expected.get(&format!("{name}.input")) {
+            Some((shape, rgba)) => {
+                let rgba: Vec<u8> = rgba.iter().map(|&v| v as u8).collect();
+                let opts = GenerateOptions {
+                    height: Some(shape[0]),
+                    width: Some(shape[1]),
+                    ..opts.clone()
+                };
+                sd.start_rgba(&opts, Some(&rgba), None).unwrap()
+            }
+            None => sd.start(&opts, None, None).unwrap(),
+        };
         while run.step().unwrap() {}
         assert_eq!(run.steps_done(), opts.steps);
         let image: Vec<f32> = run.decode().to_data().try_to_vec::<f32>().unwrap();

@@ -10,11 +10,19 @@ encoder, VAE and tokenizer (linked) with a guidance-distilled UNet
 (time_cond_proj_dim) and an LCMScheduler, against diffusers'
 LatentConsistencyModelPipeline; its per-step noise comes from the same stream.
 
+Also writes tests/fixtures/pipelines/tiny-upscale/: the tiny pipeline's text
+encoder, tokenizer and VAE weights (linked) with a UNet that takes the
+low-resolution image beside the latents and the noise level as a class label,
+against diffusers' StableDiffusionUpscalePipeline (the image's noise, the
+initial latents and each step's noise from the same stream, in that order).
+
 Also writes tests/fixtures/pipelines/emoji-4step/{expected.safetensors,cases.json}:
-the same comparison for the shipped model in www/models/emoji-4step/.
+the same comparison for the shipped model in www/models/emoji-4step/, and
+tests/fixtures/pipelines/emoji-upscaler/ for www/models/emoji-upscaler/ (its
+input: the emoji-4step fixture's red_heart image, rounded to 8 bits).
 
     python tools/make_pipeline_fixtures.py            # all of them
-    python tools/make_pipeline_fixtures.py tiny-lcm   # just that one
+    python tools/make_pipeline_fixtures.py tiny-lcm   # just that one (also tiny-upscale, emoji-upscaler)
 """
 
 import json
@@ -23,9 +31,11 @@ import shutil
 
 import numpy as np
 import torch
-from diffusers import (AutoencoderKL, DDIMScheduler, LatentConsistencyModelPipeline, LCMScheduler,
-                       StableDiffusionPipeline, UNet2DConditionModel)
+from diffusers import (AutoencoderKL, DDIMScheduler, DDPMScheduler, LatentConsistencyModelPipeline, LCMScheduler,
+                       StableDiffusionPipeline, StableDiffusionUpscalePipeline, UNet2DConditionModel)
+from diffusers.pipelines.stable_diffusion import pipeline_stable_diffusion_upscale
 from diffusers.schedulers import scheduling_ddim, scheduling_lcm
+from safetensors.torch import load_file
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -179,6 +189,105 @@ def lcm():
         print(k, tuple(v.shape), float(v.mean()), float(v.std()))
 
 
+UPSCALE_OUT = os.path.join(ROOT, "pipelines", "tiny-upscale")
+UPSCALE_CASES = [
+    dict(name="upscale_guided", prompt="a red heart", negative_prompt="blurry", seed=4, steps=3, eta=0.0,
+         guidance_scale=4.0, spacing="leading", noise_level=20),
+    dict(name="upscale_eta1_trailing", prompt="cat face", negative_prompt="", seed=6, steps=2, eta=1.0,
+         guidance_scale=1.0, spacing="trailing", noise_level=150),
+]
+EMOJI_UPSCALER = os.path.join(ROOT, "..", "..", "www", "models", "emoji-upscaler")
+EMOJI_UPSCALER_OUT = os.path.join(ROOT, "pipelines", "emoji-upscaler")
+EMOJI_UPSCALER_CASES = [
+    # The page's settings: 4 steps, no guidance, noise level 20.
+    dict(name="red_heart_x4", prompt="red heart", negative_prompt="", seed=0, steps=4, eta=0.0,
+         guidance_scale=1.0, spacing="trailing", noise_level=20),
+    # The middle 32x32 of the heart (any size upscales), eta 1 (leading: see
+    # EMOJI_CASES on trailing), more noise.
+    dict(name="heart_middle_x4_noisier_eta1", prompt="", negative_prompt="", seed=5, steps=2, eta=1.0,
+         guidance_scale=1.0, spacing="leading", noise_level=120, crop=[16, 48]),
+]
+
+
+def tiny_upscaler():
+    """The tiny pipeline with an upscaler UNet (7 input channels, noise-level
+    classes) and its DDPM low-res scheduler, as StableDiffusionUpscalePipeline."""
+    base = StableDiffusionPipeline.from_pretrained(OUT, safety_checker=None, requires_safety_checker=False)
+    torch.manual_seed(9)
+    unet = UNet2DConditionModel(**dict(TINY_UNET, in_channels=7), num_class_embeds=351)
+    with torch.no_grad():
+        for p in unet.parameters():
+            if p.dim() > 1:
+                p.mul_(2.0)
+            p.copy_(p.half().float())
+    # The pipeline takes the VAE's scaling_factor to be the SD x4 upscaler's.
+    vae = AutoencoderKL.from_config(dict(base.vae.config, scaling_factor=0.08333))
+    vae.load_state_dict(base.vae.state_dict())
+    pipe = StableDiffusionUpscalePipeline(vae=vae.eval(), text_encoder=base.text_encoder, tokenizer=base.tokenizer,
+                                          unet=unet.eval(), low_res_scheduler=DDPMScheduler(beta_schedule="linear"),
+                                          scheduler=base.scheduler, max_noise_level=350)
+    if os.path.isdir(UPSCALE_OUT):
+        shutil.rmtree(UPSCALE_OUT)
+    os.makedirs(UPSCALE_OUT)
+    pipe.save_pretrained(UPSCALE_OUT, safe_serialization=True)
+    save_file({k: v.half().contiguous() for k, v in unet.state_dict().items()},
+              os.path.join(UPSCALE_OUT, "unet", "diffusion_pytorch_model.safetensors"))
+    for sub in ("text_encoder", "tokenizer"):
+        shutil.rmtree(os.path.join(UPSCALE_OUT, sub))
+        os.symlink(os.path.join("..", "tiny", sub), os.path.join(UPSCALE_OUT, sub))
+    vae_weights = os.path.join(UPSCALE_OUT, "vae", "diffusion_pytorch_model.safetensors")
+    os.remove(vae_weights)
+    os.symlink(os.path.join("..", "..", "tiny", "vae", "diffusion_pytorch_model.safetensors"), vae_weights)
+    # An 8x8 RGBA image, the same formula as the Rust test's.
+    y, x, ch = np.meshgrid(np.arange(8), np.arange(8), np.arange(4), indexing="ij")
+    rgba = ((x * 37 + y * 91 + ch * 53) % 256).astype(np.uint8)
+    upscale_fixture(pipe, UPSCALE_OUT, UPSCALE_CASES, rgba)
+
+
+def upscale_fixture(pipe, out, cases, rgba):
+    pipe.set_progress_bar_config(disable=True)
+    full, images = rgba, {}
+    for c in cases:
+        rgba = full[c["crop"][0]:c["crop"][1], c["crop"][0]:c["crop"][1]] if "crop" in c else full
+        h, w = rgba.shape[:2]
+        image = torch.from_numpy(np.ascontiguousarray(rgba[..., :3])).permute(2, 0, 1)[None].float() / 255.0
+        shapes = [(1, 3, h, w), (1, 4, h, w)] + [(1, 4, h, w)] * c["steps"]
+        sizes = [int(np.prod(s)) for s in shapes]
+        stream = noise.gaussian(c["seed"], sum(sizes))
+        chunks, at = [], 0
+        for shape, n in zip(shapes, sizes):
+            chunks.append(torch.from_numpy(stream[at:at + n].reshape(shape).copy()))
+            at += n
+        first, steps = iter(chunks[:2]), iter(chunks[2:])
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing=c["spacing"])
+        orig = (pipeline_stable_diffusion_upscale.randn_tensor, scheduling_ddim.randn_tensor)
+        pipeline_stable_diffusion_upscale.randn_tensor = lambda *a, **k: next(first)
+        scheduling_ddim.randn_tensor = lambda *a, **k: next(steps)
+        try:
+            result = pipe(c["prompt"], image=image, negative_prompt=c["negative_prompt"] or None,
+                          num_inference_steps=c["steps"], guidance_scale=c["guidance_scale"], eta=c["eta"],
+                          noise_level=c["noise_level"], output_type="np").images
+        finally:
+            pipeline_stable_diffusion_upscale.randn_tensor, scheduling_ddim.randn_tensor = orig
+        images[c["name"]] = torch.from_numpy(result[0]).permute(2, 0, 1).contiguous()
+        images[c["name"] + ".input"] = torch.from_numpy(np.ascontiguousarray(rgba, dtype=np.float32))
+    save_file(images, os.path.join(out, "expected.safetensors"))
+    with open(os.path.join(out, "cases.json"), "w") as f:
+        json.dump(cases, f, indent=1)
+    for k, v in images.items():
+        print(k, tuple(v.shape), float(v.mean()), float(v.std()))
+
+
+def emoji_upscaler():
+    """The shipped upscaler on the emoji-4step fixture's red heart."""
+    pipe = StableDiffusionUpscalePipeline.from_pretrained(EMOJI_UPSCALER)
+    heart = load_file(os.path.join(EMOJI_OUT, "expected.safetensors"))["red_heart"]  # [3, 64, 64] in [0, 1]
+    rgb = (heart.permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype(np.uint8)
+    rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=-1)
+    os.makedirs(EMOJI_UPSCALER_OUT, exist_ok=True)
+    upscale_fixture(pipe, EMOJI_UPSCALER_OUT, EMOJI_UPSCALER_CASES, rgba)
+
+
 def run(pipe, c, size=16):
     latent = size // pipe.vae_scale_factor
     shape = (1, 4, latent, latent)
@@ -200,8 +309,9 @@ def run(pipe, c, size=16):
 
 def main():
     import sys
-    if sys.argv[1:] == ["tiny-lcm"]:
-        return lcm()
+    only = {"tiny-lcm": lcm, "tiny-upscale": tiny_upscaler, "emoji-upscaler": emoji_upscaler}
+    if sys.argv[1:2] and sys.argv[1] in only:
+        return only[sys.argv[1]]()
     pipe = build()
     save(pipe)
     images = {c["name"]: run(pipe, c) for c in CASES}
@@ -222,6 +332,10 @@ def main():
         json.dump(EMOJI_CASES, f, indent=1)
     for k, v in images.items():
         print(k, tuple(v.shape), float(v.mean()), float(v.std()))
+
+    tiny_upscaler()
+    if os.path.isdir(EMOJI_UPSCALER):
+        emoji_upscaler()
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ function startWorker() {
 }
 
 function fail(message) {
+  upscaleEnded();
   $('error').textContent = message;
   $('status').textContent = 'Failed.';
   setBusy(false);
@@ -330,10 +331,10 @@ function applySettings(s) {
   checkPrompt();
 }
 
-/** "red heart", 42 → "red-heart-seed42.png" */
+/** "red heart", 42 → "red-heart-seed42.png" (upscaled: "…-seed42-x4.png") */
 function fileName(s) {
   const slug = s.prompt.toLowerCase().replace(/[^\p{L}\p{N}]+/gu, '-').replace(/^-|-$/g, '').slice(0, 60) || 'image';
-  return `${slug}-seed${s.seed}.png`;
+  return `${slug}-seed${s.seed}${s.upscaled ? '-x4' : ''}.png`;
 }
 
 // Share links carry the settings in the fragment (never sent to a server).
@@ -454,7 +455,44 @@ function showResultLinks(blob) {
   a.hidden = false;
   $('share').hidden = false;
   $('share-url').hidden = true;
+  $('upscale').hidden = !upscalerFor(lastRun);
 }
+
+// ---- Upscaling: a model preset may name an upscaler folder
+// (StableDiffusionUpscalePipeline layout) that makes its images 4× larger.
+
+/** The upscaler for the image shown: its model's preset's, if the image has
+ * not been upscaled already. */
+let upscaling = null; // the settings an upscale in progress will show
+/** After a failed or cancelled upscale the small image is still shown, with its links. */
+function upscaleEnded() {
+  if (!upscaling) return;
+  upscaling = null;
+  for (const id of ['download', 'share']) $(id).hidden = false;
+  $('upscale').hidden = !upscalerFor(lastRun);
+}
+function upscalerFor(run) {
+  if (!run || run.upscaled) return null;
+  return presetOf(run.model)?.dataset.upscaler ?? null;
+}
+$('upscale').addEventListener('click', () => {
+  const base = upscalerFor(lastRun);
+  if (busy || !base || !hasImage) return;
+  runs++;
+  $('error').textContent = '';
+  for (const id of ['download', 'share', 'share-url', 'upscale']) $(id).hidden = true;
+  document.body.dataset.state = 'running';
+  setBusy(true);
+  const { width: w, height: h } = $('out');
+  const image = new Uint8Array($('out').getContext('2d').getImageData(0, 0, w, h).data);
+  const s = lastRun.saved;
+  // The upscaler's UNet sees the image, not the prompt (no attention), so it
+  // runs without guidance; noise level 20 is diffusers' default.
+  const options = { prompt: s.prompt, seed: Number(s.seed) || 0, steps: 4, guidanceScale: 1, noiseLevel: 20, width: w, height: h };
+  upscaling = { ...lastRun, upscaled: true, saved: { ...s, upscaled: 'x4' } };
+  $('status').textContent = 'Upscaling 4×…';
+  worker.postMessage({ type: 'generate', role: 'upscale', base, backend: $('backend').value, preview: false, options, image, precision: $('precision').value });
+});
 
 // ---- The worker's messages.
 
@@ -462,6 +500,8 @@ function onWorkerMessage({ data: m }) {
   if (m.type === 'download') {
     $('status').textContent = `Downloading ${m.file}: ${(m.loaded / 1e6).toFixed(1)}${m.total ? ` / ${(m.total / 1e6).toFixed(1)}` : ''} MB`;
     $('bar').max = m.total || 1; $('bar').value = m.total ? m.loaded : 0;
+  } else if (m.type === 'loaded' && m.role === 'upscale') {
+    $('status').textContent = 'Upscaling 4×…';
   } else if (m.type === 'loaded') {
     $('backend-info').textContent = `Running on ${m.backend}.${m.notice ? ` ${m.notice}` : ''}`
       + ` Weights in ${m.precision}: ${gb(m.weightBytes)}.`;
@@ -476,7 +516,8 @@ function onWorkerMessage({ data: m }) {
     hasImage = true;
     showModeInfo();
     showStage();
-    $('status').textContent = 'Done.';
+    if (upscaling) { lastRun = upscaling; upscaling = null; }
+    $('status').textContent = lastRun?.upscaled ? `Upscaled to ${m.width}×${m.height}.` : 'Done.';
     const settings = lastRun;
     $('out').toBlob((b) => {
       showResultLinks(b);
@@ -485,6 +526,7 @@ function onWorkerMessage({ data: m }) {
       document.body.dataset.state = 'done';
     });
   } else if (m.type === 'cancelled') {
+    upscaleEnded();
     $('status').textContent = 'Cancelled.';
     setBusy(false);
     document.body.dataset.state = 'cancelled';
@@ -509,6 +551,7 @@ $('controls').addEventListener('submit', (e) => {
   $('download').hidden = true;
   $('share').hidden = true;
   $('share-url').hidden = true;
+  $('upscale').hidden = true;
   document.body.dataset.state = 'running';
   setBusy(true);
   // An empty or unreadable number field is an error, never a silent 0.
@@ -556,6 +599,7 @@ function cancel() {
   setTimeout(() => {
     if (!busy || run !== runs) return;
     startWorker();
+    upscaleEnded();
     $('status').textContent = 'Cancelled (the generator was restarted to stop a long step).';
     setBusy(false);
     document.body.dataset.state = 'cancelled';

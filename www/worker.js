@@ -1,14 +1,15 @@
 // Runs the pipeline off the main thread so the page never freezes. Downloads,
 // the Cache API, the model file list and the step loop live in the wasm module
 // (Generator.fromUrl, Generator.generate): this file only relays messages.
-// In:  {type: 'generate', base, backend, options, preview, image?, mask?, vae?, precision?} | {type: 'cancel'}
+// In:  {type: 'generate', base, backend, options, preview, image?, mask?, vae?, precision?, role?} | {type: 'cancel'}
+//      (role 'upscale': an upscaler folder, kept loaded beside the generator; `image` is the one to upscale)
 //      {type: 'inspect', id, base, vae?} (what a folder needs, read before downloading it)
 //      {type: 'debug-trap'} (a deliberate panic, for the recovery test)
 //      {type: 'check-prompt', id, base, prompt} (what the model will read of a prompt)
 //      {type: 'trace', base, backend, options, image?, mask?, vae?} (a run laid open step by step)
 //      {type: 'forward', base, backend, vae?, rgba, width, height, config, t, seed} (latent forward process)
 // Out: {type: 'download', file, loaded, total}
-//      {type: 'loaded', base, backend, notice, maxSize, defaultSize, sizeStep, precision, weightBytes}
+//      {type: 'loaded', role, base, backend, notice, maxSize, defaultSize, sizeStep, upscaleFactor, precision, weightBytes}
 //      {type: 'step', done, total, rgba?, width, height} | {type: 'result', rgba, width, height}
 //      {type: 'cancelled'} | {type: 'error', message, fatal}
 //      {type: 'inspected', id, base, info, examples, suggestions} | {type: 'inspected', id, base, error}
@@ -19,38 +20,46 @@
 import init, { Generator, Prompts, addNoise, debugPanic, lastPanic } from './pkg/latent_diffusion_web.js';
 
 const ready = init();
-let generator = null, loadedKey = null, cancelled = false, download = null;
+// One loaded pipeline per role: the generator, and an upscaler beside it.
+const slots = { generate: { gen: null, key: null }, upscale: { gen: null, key: null } };
+let generator = null; // the pipeline of the run in progress (or the last one)
+let cancelled = false, download = null;
 let prompts = null, promptsBase = null; // the inspected model's prompt reading
 
-async function load(base, backend, vae, precision) {
+async function load(base, backend, vae, precision, role = 'generate') {
+  const slot = slots[role] ?? slots.generate;
   const key = `${backend} ${base} ${vae ?? ''} ${precision ?? 'auto'}`;
-  if (generator && loadedKey === key) return;
-  generator?.free();
+  if (slot.gen && slot.key === key) { generator = slot.gen; return; }
+  slot.gen?.free();
+  slot.gen = null;
+  slot.key = null;
   generator = null;
-  loadedKey = null;
   download = new AbortController();
   try {
-    generator = await Generator.fromUrl(base, backend,
+    slot.gen = await Generator.fromUrl(base, backend,
       (file, loaded, total) => postMessage({ type: 'download', file, loaded, total }),
       { signal: download.signal, ...(vae ? { vae } : {}), ...(precision ? { precision } : {}) });
   } finally {
     download = null;
   }
-  loadedKey = key;
+  slot.key = key;
+  generator = slot.gen;
   postMessage({
-    type: 'loaded', base, backend: generator.backend, notice: generator.notice, maxSize: generator.maxSize,
+    type: 'loaded', role, base, backend: generator.backend, notice: generator.notice, maxSize: generator.maxSize,
     precision: generator.precision, weightBytes: generator.weightBytes,
-    defaultSize: generator.defaultSize, sizeStep: generator.sizeStep,
+    defaultSize: generator.defaultSize, sizeStep: generator.sizeStep, upscaleFactor: generator.upscaleFactor,
   });
 }
 
-/** Loads the run's model (unless loaded); resolves to the run's image size. */
-async function prepare({ base, backend, options, vae, precision }) {
+/** Loads the run's model (unless loaded); resolves to the size of the image
+ * the run makes (an upscaler's is its input's times its factor). */
+async function prepare({ base, backend, options, vae, precision, role }) {
   cancelled = false;
   await ready;
-  await load(base, backend ?? 'auto', vae, precision);
+  await load(base, backend ?? 'auto', vae, precision, role);
   if (cancelled) throw new Error('cancelled');
-  return { width: options.width ?? generator.defaultSize, height: options.height ?? generator.defaultSize };
+  const f = generator.upscaleFactor;
+  return { width: (options.width ?? generator.defaultSize) * f, height: (options.height ?? generator.defaultSize) * f };
 }
 
 async function generate(data) {

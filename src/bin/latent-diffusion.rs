@@ -9,12 +9,14 @@ use burn::tensor::{DType, Device, DeviceKind};
 use clap::{Parser, ValueEnum};
 use latent_diffusion_web::image::{decode_png, tensor_values_to_rgba};
 use latent_diffusion_web::pipeline::{
-    MAX_IMAGE_SIDE, Number, OptionsInput, Precision, StableDiffusion,
+    GenerateOptions, MAX_IMAGE_SIDE, Number, OptionsInput, Precision, StableDiffusion,
 };
 
 /// Generates an image from a prompt with a diffusers-layout latent diffusion
 /// model; with --init it redraws an image, with --init and --mask it
-/// inpaints the mask's white part.
+/// inpaints the mask's white part. With --upscaler the image is then
+/// upscaled by an upscaler folder (StableDiffusionUpscalePipeline layout);
+/// an upscaler given as --model upscales --init.
 #[derive(Parser, Debug)]
 #[command(version, allow_negative_numbers = true)]
 struct Args {
@@ -64,6 +66,17 @@ struct Args {
     /// Mask (PNG, the size of --init): white is redrawn, black kept
     #[arg(long, value_name = "MASK.png", requires = "init")]
     mask: Option<PathBuf>,
+    /// An upscaler folder (StableDiffusionUpscalePipeline layout) that
+    /// upscales the image made, with the same prompt and seed
+    #[arg(long, value_name = "DIR")]
+    upscaler: Option<PathBuf>,
+    /// Steps of the upscaler, 1 to 1000 [default: 4]
+    #[arg(long)]
+    upscale_steps: Option<String>,
+    /// Noise added to the image before it is upscaled, 0 to the upscaler's
+    /// max_noise_level; more lets it invent more detail [default: 20]
+    #[arg(long)]
+    noise_level: Option<String>,
     /// Where to run
     #[arg(long, value_enum, default_value = "flex")]
     device: Backend,
@@ -117,9 +130,28 @@ fn run(a: Args) -> Result<(), String> {
         width: num(&a.width),
         height: num(&a.height),
         strength: num(&a.strength),
+        noise_level: None,
     };
+    // The upscaler runs without guidance (its UNet sees the image, which
+    // the prompt cannot add to) at its own steps and noise level.
+    let mut upscale = OptionsInput {
+        prompt: input.prompt.clone(),
+        seed: input.seed.clone(),
+        steps: num(&a.upscale_steps),
+        guidance_scale: Some(Number::Int(1)),
+        noise_level: num(&a.noise_level),
+        ..OptionsInput::default()
+    };
+    if a.upscaler.is_none() {
+        // An upscaler given as --model takes these directly.
+        input.noise_level = upscale.noise_level.take();
+        if a.upscale_steps.is_some() {
+            return Err("--upscale-steps needs --upscaler".into());
+        }
+    }
     // Every option is checked before the model is read.
     input.check().map_err(|e| e.to_string())?;
+    upscale.check().map_err(|e| e.to_string())?;
     let png = |p: &PathBuf| -> Result<(Vec<u8>, usize, usize), String> {
         let bytes = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
         decode_png(&bytes, MAX_IMAGE_SIDE).map_err(|e| format!("{}: {e}", p.display()))
@@ -144,6 +176,43 @@ fn run(a: Args) -> Result<(), String> {
     let precision = Precision::parse(&a.precision).map_err(|e| e.to_string())?;
     let sd = StableDiffusion::load_dir_with(&a.model, a.vae.as_deref(), precision, &device);
     let sd = Rc::new(sd.map_err(|e| e.to_string())?);
+    let init = init.map(|(rgba, ..)| rgba);
+    let mask = mask.map(|(rgba, ..)| rgba);
+    // The upscaler is read before the image is made: a wrong folder fails fast.
+    let upscaler = match &a.upscaler {
+        Some(dir) => {
+            let up = StableDiffusion::load_dir_with(dir, None, precision, &device);
+            let up = up.map_err(|e| format!("--upscaler {}: {e}", dir.display()))?;
+            if up.upscale.is_none() {
+                return Err(format!(
+                    "--upscaler {}: this folder is not an upscaler (StableDiffusionUpscalePipeline)",
+                    dir.display()
+                ));
+            }
+            Some(Rc::new(up))
+        }
+        None => None,
+    };
+    let (mut rgba, mut w, mut h) = generate(&sd, &opts, init.as_deref(), mask.as_deref())?;
+    if let Some(up) = &upscaler {
+        eprintln!("upscaling {w}×{h}");
+        upscale.width = Some(Number::Int(w as i128));
+        upscale.height = Some(Number::Int(h as i128));
+        let opts = upscale.check().map_err(|e| e.to_string())?;
+        (rgba, w, h) = generate(up, &opts, Some(&rgba), None)?;
+    }
+    write_png(&a.out, &rgba, w, h)?;
+    eprintln!("wrote {} ({w}×{h})", a.out.display());
+    Ok(())
+}
+
+/// One run of a pipeline, to RGBA bytes and their size.
+fn generate(
+    sd: &Rc<StableDiffusion>,
+    opts: &GenerateOptions,
+    init: Option<&[u8]>,
+    mask: Option<&[u8]>,
+) -> Result<(Vec<u8>, usize, usize), String> {
     if sd.dtype() != DType::F32 {
         eprintln!(
             "note: weights and compute in {:?} ({:.2} GB of weights)",
@@ -161,13 +230,7 @@ fn run(a: Args) -> Result<(), String> {
     for note in read.notes() {
         eprintln!("note: {note}");
     }
-    let mut run = sd
-        .start_rgba(
-            &opts,
-            init.as_ref().map(|(rgba, ..)| &rgba[..]),
-            mask.as_ref().map(|(rgba, ..)| &rgba[..]),
-        )
-        .map_err(|e| e.to_string())?;
+    let mut run = sd.start_rgba(opts, init, mask).map_err(|e| e.to_string())?;
     while run.step().map_err(|e| e.to_string())? {
         eprintln!("step {}/{}", run.steps_done(), run.total_steps());
     }
@@ -179,9 +242,7 @@ fn run(a: Args) -> Result<(), String> {
         .try_to_vec::<f32>()
         .map_err(|e| format!("{e:?}"))?;
     let rgba = tensor_values_to_rgba(&values, w, h).map_err(|e| e.to_string())?;
-    write_png(&a.out, &rgba, w, h)?;
-    eprintln!("wrote {} ({w}×{h})", a.out.display());
-    Ok(())
+    Ok((rgba, w, h))
 }
 
 fn write_png(path: &PathBuf, rgba: &[u8], w: usize, h: usize) -> Result<(), String> {

@@ -80,6 +80,10 @@ pub struct BetaConfig {
     pub rescale_betas_zero_snr: bool,
 }
 
+/// The most training timesteps a schedule may have (models use about 1000):
+/// a config's number is bounded before anything is allocated from it.
+pub const MAX_TRAIN_TIMESTEPS: usize = 100_000;
+
 /// β_t and ᾱ_t = ∏(1 − β_s) for the training timesteps, in f64.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NoiseSchedule {
@@ -93,6 +97,12 @@ impl NoiseSchedule {
         let t = c.num_train_timesteps;
         if t == 0 {
             return Err(Error::config("num_train_timesteps must be at least 1"));
+        }
+        if t > MAX_TRAIN_TIMESTEPS {
+            return Err(Error::config(format!(
+                "num_train_timesteps = {t} is more than {MAX_TRAIN_TIMESTEPS}; diffusion models are \
+                 trained with about 1000"
+            )));
         }
         let mut betas = match &c.trained_betas {
             Some(b) => {

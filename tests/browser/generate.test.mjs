@@ -53,6 +53,32 @@ test('generate on WebGPU matches diffusers within one level', async () => {
   assert.ok(worst <= 1, `worst pixel differs by ${worst} levels`);
 });
 
+test('an upscaler (StableDiffusionUpscalePipeline layout) on WebGPU matches diffusers within one level', async () => {
+  const got = await page.evaluate(async (base) => {
+    const m = await import('./pkg/latent_diffusion_web.js');
+    const g = await m.Generator.fromUrl(base, 'webgpu', null, { cache: false });
+    // The fixture's 8×8 input (tools/make_pipeline_fixtures.py's formula).
+    const image = new Uint8Array(8 * 8 * 4);
+    for (let y = 0; y < 8; y++) for (let x = 0; x < 8; x++) for (let c = 0; c < 4; c++) image[(y * 8 + x) * 4 + c] = (x * 37 + y * 91 + c * 53) % 256;
+    const options = { prompt: 'a red heart', negativePrompt: 'blurry', seed: 4, steps: 3, guidanceScale: 4.0, eta: 0.0,
+      timestepSpacing: 'leading', noiseLevel: 20, width: 8, height: 8 };
+    const rgba = await g.generate(options, image, null);
+    const refused = async (opts, img) => { try { await g.generate(opts, img, null); return 'no error'; } catch (e) { return e.message; } };
+    return {
+      rgba: Array.from(rgba), factor: g.upscaleFactor, sizeStep: g.sizeStep,
+      noImage: await refused(options, null),
+      tooNoisy: await refused({ ...options, noiseLevel: 351 }, image),
+    };
+  }, '/tests/fixtures/pipelines/tiny-upscale/');
+  assert.equal(got.factor, 2);
+  assert.equal(got.sizeStep, 1);
+  assert.equal(got.rgba.length, 16 * 16 * 4);
+  const worst = levelDiff(got.rgba, await expectedImage('tiny-upscale', 'upscale_guided'), 16);
+  assert.ok(worst <= 1, `worst pixel differs by ${worst} levels`);
+  assert.match(got.noImage, /upscaler: give it the image to upscale/);
+  assert.match(got.tooNoisy, /noise level = 351 must be at most 350/);
+});
+
 test('a missing or corrupted weight file is a JS error', async () => {
   const missing = await generate(FILES.filter((f) => !f.startsWith('unet/diffusion')), { prompt: 'x' });
   assert.match(missing.error, /unet\/diffusion_pytorch_model\.safetensors is missing/);

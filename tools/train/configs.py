@@ -35,3 +35,27 @@ STUDENT_STEPS = 4
 # guidance scales w in [1, W_MAX]; the pipelines feed it embed(w - 1).
 UNET_W = dict(UNET, time_cond_proj_dim=256)
 W_MAX = 4.0
+
+# The 4x upscaler (train_upscaler.py), diffusers' StableDiffusionUpscalePipeline
+# layout: 64x64 image -> 256x256. Its VAE is the generator's without the
+# mid-block attention (fine-tuned at 256x256: 64x64x4 latents), its UNet sees
+# the noisy latents and the noised low-res image (4 + 3 channels) and the
+# low-res noise level as a class label; no attention anywhere, so both are
+# pure convolution networks (trained on crops, run at any size).
+UPSCALER_VAE = dict(VAE, mid_block_add_attention=False, sample_size=4 * IMAGE_SIZE)
+
+UPSCALER_UNET = dict(sample_size=IMAGE_SIZE, in_channels=7, out_channels=4, block_out_channels=(32, 64, 128),
+                     layers_per_block=1, down_block_types=("DownBlock2D",) * 3, up_block_types=("UpBlock2D",) * 3,
+                     mid_block_type=None, cross_attention_dim=8, norm_num_groups=16, num_class_embeds=1000)
+
+# diffusers' pipeline encodes the prompt whatever the UNet does with it: a
+# text encoder as small as the CLIP vocabulary allows, never trained.
+UPSCALER_TEXT = dict(TEXT, hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=1,
+                     projection_dim=8)
+
+# The low-res image's noise augmentation (the pipeline's `noise_level`), as
+# the SD x4 upscaler's low_res_scheduler and max_noise_level.
+UPSCALER_LOW_RES_SCHEDULER = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001,
+                                  beta_end=0.02)
+UPSCALER_MAX_NOISE_LEVEL = 350
+UPSCALER_NOISE_LEVEL = 20
