@@ -1377,14 +1377,7 @@ impl StableDiffusion {
             o.width.unwrap_or(self.default_size),
         );
         let (lh, lw) = (h / self.vae_scale_factor, w / self.vae_scale_factor);
-        let mut scheduler = self.scheduler_config.build(o.timestep_spacing)?;
-        scheduler.set_timesteps(o.steps)?;
-        let guidance = self.classifier_free(o.guidance_scale);
-        let context = self.encode_prompt(&o.prompt, &o.negative_prompt, guidance);
-        // A guidance-distilled UNet (LCM) takes w = scale − 1 as an embedding instead.
-        let timestep_cond = self.unet.guidance_embedding_dim().map(|dim| {
-            guidance_scale_embedding(&[o.guidance_scale as f32 - 1.0], dim, &self.device)
-        });
+        let (scheduler, context, timestep_cond) = self.prepare(o)?;
 
         let mut noise = NoiseGenerator::new(o.seed);
         let shape = [1, self.latent_channels, lh, lw];
@@ -1450,6 +1443,21 @@ impl StableDiffusion {
         })
     }
 
+    /// What every run starts with: the sampler set to the options' steps,
+    /// the prompt's embeddings (with the negative prompt's when guidance
+    /// runs), and a guidance-distilled UNet's guidance embedding (it takes
+    /// w = scale − 1 as an input instead of a second pass).
+    fn prepare(&self, o: &GenerateOptions) -> Result<(Scheduler, Tensor<3>, Option<Tensor<2>>)> {
+        let mut scheduler = self.scheduler_config.build(o.timestep_spacing)?;
+        scheduler.set_timesteps(o.steps)?;
+        let guidance = self.classifier_free(o.guidance_scale);
+        let context = self.encode_prompt(&o.prompt, &o.negative_prompt, guidance);
+        let timestep_cond = self.unet.guidance_embedding_dim().map(|dim| {
+            guidance_scale_embedding(&[o.guidance_scale as f32 - 1.0], dim, &self.device)
+        });
+        Ok((scheduler, context, timestep_cond))
+    }
+
     /// Starts an upscaler's run (diffusers' StableDiffusionUpscalePipeline):
     /// `image` (`[1, 3, h, w]` in [-1, 1]) is noised to the options' noise
     /// level on the low-res schedule and fed to the UNet beside latents of
@@ -1477,13 +1485,7 @@ impl StableDiffusion {
                 "the image to upscale has {c} channels; it needs 3 (RGB)"
             )));
         }
-        let mut scheduler = self.scheduler_config.build(o.timestep_spacing)?;
-        scheduler.set_timesteps(o.steps)?;
-        let guidance = self.classifier_free(o.guidance_scale);
-        let context = self.encode_prompt(&o.prompt, &o.negative_prompt, guidance);
-        let timestep_cond = self.unet.guidance_embedding_dim().map(|dim| {
-            guidance_scale_embedding(&[o.guidance_scale as f32 - 1.0], dim, &self.device)
-        });
+        let (scheduler, context, timestep_cond) = self.prepare(o)?;
         let level = o.noise_level.unwrap_or(DEFAULT_NOISE_LEVEL);
         let mut noise = NoiseGenerator::new(o.seed);
         let image_noise = noise.tensor([1, 3, h, w], &self.device);

@@ -70,28 +70,6 @@ test('the shipped model with the default settings makes diffusers\' red heart', 
   await page.selectOption('#precision', 'auto');
 });
 
-test('Upscale 4× makes the red heart 256×256, as diffusers\' upscaler does', async () => {
-  await page.selectOption('#preset', 'models/emoji-4step/');
-  assert.equal(await run({ prompt: 'red heart', negative: '', seed: 0, eta: 0 }), 'done', await page.textContent('#error'));
-  assert.equal(await page.isHidden('#upscale'), false);
-  await page.click('#upscale');
-  await page.waitForFunction(() => ['done', 'error', 'cancelled'].includes(document.body.dataset.state)
-    && document.querySelector('#out').width === 256, null, { timeout: 300_000 }).catch(() => {});
-  assert.equal(await page.evaluate(() => document.body.dataset.state), 'done', await page.textContent('#error'));
-  assert.equal(await page.textContent('#status'), 'Upscaled to 256×256.');
-  assert.equal(await page.isHidden('#upscale'), true); // once is enough
-  assert.match(await page.getAttribute('#download', 'download'), /^red-heart-seed0-x4\.png$/);
-  // The page's 64×64 input is its own red heart, within a level of diffusers'
-  // (the fixture's input), so the 256×256 images agree on average to a level.
-  const rgba = await page.evaluate(() => Array.from(document.querySelector('#out').getContext('2d').getImageData(0, 0, 256, 256).data));
-  const want = await expectedImage('emoji-upscaler', 'red_heart_x4');
-  let total = 0;
-  for (let i = 0; i < 256 * 256; i++) for (let c = 0; c < 3; c++) total += Math.abs(rgba[i * 4 + c] - want[c * 65536 + i] * 255);
-  const mean = total / (3 * 65536);
-  assert.ok(mean <= 1, `mean difference ${mean.toFixed(2)} levels`);
-  await page.screenshot({ path: `${ROOT}docs/screenshot-upscale.png` });
-});
-
 test('on a phone-sized screen everything fits in one column', async () => {
   await page.setViewportSize({ width: 390, height: 844 });
   await page.waitForFunction(() => window.innerWidth === 390);
@@ -113,6 +91,28 @@ test('on a phone-sized screen everything fits in one column', async () => {
     assert.ok(box.x >= 0 && box.x + box.width <= 390, `#${id} sticks out: ${JSON.stringify(box)}`);
   }
   await page.setViewportSize({ width: 1280, height: 1000 });
+});
+
+test('Upscale 4× makes the red heart 256×256, as diffusers\' upscaler does', async () => {
+  await page.selectOption('#preset', 'models/emoji-4step/');
+  assert.equal(await run({ prompt: 'red heart', negative: '', seed: 0, eta: 0 }), 'done', await page.textContent('#error'));
+  assert.equal(await page.isHidden('#upscale'), false);
+  await page.click('#upscale');
+  await page.waitForFunction(() => ['done', 'error', 'cancelled'].includes(document.body.dataset.state)
+    && document.querySelector('#out').width === 256, null, { timeout: 300_000 }).catch(() => {});
+  assert.equal(await page.evaluate(() => document.body.dataset.state), 'done', await page.textContent('#error'));
+  assert.equal(await page.textContent('#status'), 'Upscaled to 256×256.');
+  assert.equal(await page.isHidden('#upscale'), true); // once is enough
+  assert.match(await page.getAttribute('#download', 'download'), /^red-heart-seed0-x4\.png$/);
+  // The page's 64×64 input is its own red heart, within a level of diffusers'
+  // (the fixture's input), so the 256×256 images agree on average to a level.
+  const rgba = await page.evaluate(() => Array.from(document.querySelector('#out').getContext('2d').getImageData(0, 0, 256, 256).data));
+  const want = await expectedImage('emoji-upscaler', 'red_heart_x4');
+  let total = 0;
+  for (let i = 0; i < 256 * 256; i++) for (let c = 0; c < 3; c++) total += Math.abs(rgba[i * 4 + c] - want[c * 65536 + i] * 255);
+  const mean = total / (3 * 65536);
+  assert.ok(mean <= 1, `mean difference ${mean.toFixed(2)} levels`);
+  await page.screenshot({ path: `${ROOT}docs/screenshot-upscale.png` });
 });
 
 test('img2img redoes the whole image from the current one', async () => {
