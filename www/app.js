@@ -461,8 +461,6 @@ function showResultLinks(blob) {
 // ---- Upscaling: a model preset may name an upscaler folder
 // (StableDiffusionUpscalePipeline layout) that makes its images 4× larger.
 
-/** The upscaler for the image shown: its model's preset's, if the image has
- * not been upscaled already. */
 let upscaling = null; // the settings an upscale in progress will show
 /** After a failed or cancelled upscale the small image is still shown, with its links. */
 function upscaleEnded() {
@@ -471,6 +469,8 @@ function upscaleEnded() {
   for (const id of ['download', 'share']) $(id).hidden = false;
   $('upscale').hidden = !upscalerFor(lastRun);
 }
+/** The upscaler for the image shown: its model's preset's, if the image has
+ * not been upscaled already. */
 function upscalerFor(run) {
   if (!run || run.upscaled) return null;
   return presetOf(run.model)?.dataset.upscaler ?? null;
