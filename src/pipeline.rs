@@ -1197,7 +1197,7 @@ impl StableDiffusion {
         (w * self.upscale_factor(), h * self.upscale_factor())
     }
 
-    /// A `w × h` image without guidance: sides as [`Self::check_side`] and
+    /// A `w × h` image without guidance: sides as [`Self::check_pixel_side`] and
     /// within this device's buffers (see [`Self::check_size`]).
     fn check_image_size(&self, w: usize, h: usize) -> Result<()> {
         self.check_pixel_side("width", w)?;

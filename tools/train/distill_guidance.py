@@ -140,10 +140,7 @@ def main():
                 a_1, s_1 = train.coefficients(ab, tt)
                 a_2, s_2 = train.coefficients(ab, tt - sub)
                 z, tt = train.ddim(z, v, a_1, s_1, a_2, s_2), tt - sub
-            a_e, s_e = train.coefficients(ab, t - k)
-            ratio = s_e / s_t
-            x_target = (z - ratio * zt) / (a_e - ratio * a_t)
-            v_target = (a_t * zt - x_target) / s_t
+            v_target = train.v_target(zt, z, a_t, s_t, *train.coefficients(ab, t - k))
         v = student(zt, t, cond, timestep_cond=guidance_embedding(w, dim).to(dev)).sample
         loss = F.mse_loss(v, v_target)
         train.update(opt, loss, student.parameters())

@@ -242,6 +242,15 @@ def ddim(z, v, a_t, s_t, a_s, s_s):
     return a_s * x + s_s * e
 
 
+def v_target(zt, z, a_t, s_t, a_e, s_e):
+    """The v a student must predict at zt (coefficients a_t, s_t) so that one
+    deterministic DDIM step lands on z (coefficients a_e, s_e): what the
+    teacher's several steps reached."""
+    ratio = s_e / s_t
+    x_target = (z - ratio * zt) / (a_e - ratio * a_t)
+    return (a_t * zt - x_target) / s_t
+
+
 def distill(r, text, teacher, lat, ids, empty):
     ab = schedule(r.dev)
     T = len(ab)
@@ -290,13 +299,10 @@ def distill(r, text, teacher, lat, ids, empty):
                         return teacher(z, tt, cond).sample
                 z1 = ddim(zt, teach(zt, t), a_t, s_t, a_1, s_1)
                 z2 = ddim(z1, teach(z1, t1.clamp(min=0)), a_1, s_1, a_2, s_2)
-                # x such that one DDIM step from zt lands on z2.
-                ratio = s_2 / s_t
-                x_target = (z2 - ratio * zt) / (a_2 - ratio * a_t)
-                v_target = (a_t * zt - x_target) / s_t
+                target = v_target(zt, z2, a_t, s_t, a_2, s_2)
             v = student(zt, t, cond).sample
             # v-space MSE = x-space MSE weighted by SNR + 1 (Salimans & Ho).
-            loss = F.mse_loss(v, v_target)
+            loss = F.mse_loss(v, target)
             update(opt, loss, student.parameters())
             step += 1
             if step % 200 == 0:

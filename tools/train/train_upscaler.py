@@ -275,10 +275,7 @@ def distill(r, teacher, lat, lo, lo_sched, seconds):
                 a_1, s_1 = train.coefficients(ab, tt)
                 a_2, s_2 = train.coefficients(ab, tt - sub)
                 z, tt = train.ddim(z, v, a_1, s_1, a_2, s_2), tt - sub
-            a_e, s_e = train.coefficients(ab, t - k)
-            ratio = s_e / s_t
-            x_target = (z - ratio * zt) / (a_e - ratio * a_t)
-            v_target = (a_t * zt - x_target) / s_t
+            v_target = train.v_target(zt, z, a_t, s_t, *train.coefficients(ab, t - k))
         v = student(torch.cat([zt, im], 1), t, ctx, class_labels=level).sample
         loss = F.mse_loss(v, v_target)
         train.update(opt, loss, student.parameters())
