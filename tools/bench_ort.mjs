@@ -13,18 +13,23 @@
 //
 //   ./build.sh wasm && python tools/export_onnx.py      (once)
 //   npm ci --prefix tools/ort                            (once)
-//   node tools/bench_ort.mjs [rounds] [--webgpu]
+//   node tools/bench_ort.mjs [rounds] [--webgpu] [--baseline DIR]
 //
 // Engines: ours-cpu, ort-wasm-1 (1 thread), ort-wasm-2 (2 threads; the page
 // is served cross-origin isolated so onnxruntime-web may use them); with
-// --webgpu also ours-webgpu and ort-webgpu on the browser's adapter.
+// --webgpu also ours-webgpu and ort-webgpu on the browser's adapter; with
+// --baseline DIR also ours-cpu-base, our CPU path from another build's
+// www/pkg folder (a copy kept from before a change), for an A/B in the same
+// rounds.
 import { existsSync } from 'node:fs';
 import { cpus } from 'node:os';
+import { resolve } from 'node:path';
 import { ROOT, launch, serve } from '../tests/browser/harness.mjs';
 
 const args = process.argv.slice(2);
 const rounds = Number(args.find((a) => /^\d+$/.test(a)) ?? 7);
 const webgpu = args.includes('--webgpu');
+const baseline = args.includes('--baseline') ? args[args.indexOf('--baseline') + 1] : null;
 const MODEL = 'emoji-4step';
 const ONNX = `${ROOT}target/onnx/${MODEL}/`;
 const ORT = `${ROOT}tools/ort/node_modules/onnxruntime-web/dist/`;
@@ -37,16 +42,20 @@ for (const [path, how] of [[`${ROOT}www/pkg/latent_diffusion_web.js`, './build.s
 const PROMPTS = ['red heart', 'smiling cat face', 'pizza', 'blue car'];
 const STEPS = 4;
 
-const server = await serve('www', { '/onnx/': ONNX, '/ort/': ORT }, { isolate: true });
+if (baseline && !existsSync(`${baseline}/latent_diffusion_web.js`)) {
+  throw new Error(`--baseline ${baseline} has no latent_diffusion_web.js (a copy of www/pkg is expected)`);
+}
+const mounts = { '/onnx/': ONNX, '/ort/': ORT, ...(baseline ? { '/pkg-base/': `${resolve(baseline)}/` } : {}) };
+const server = await serve('www', mounts, { isolate: true });
 const browser = await launch({ webgpu });
 
 /** Opens a page for one engine; `setup` defines window.run(seed). */
-async function engine(name, kind, threads) {
+async function engine(name, kind, threads, pkg = '/pkg/') {
   const page = await browser.context.newPage();
   page.on('console', (m) => { if (m.type() === 'error' && !m.text().includes('404')) console.error(`${name}: ${m.text()}`); });
   await page.goto(`${server.url}bench-blank`);
-  const info = await page.evaluate(async ({ kind, threads, steps, model }) => {
-    const m = await import('/pkg/latent_diffusion_web.js');
+  const info = await page.evaluate(async ({ kind, threads, steps, model, pkg }) => {
+    const m = await import(`${pkg}latent_diffusion_web.js`);
     await m.default();
     const base = `/models/${model}/`;
     if (kind.startsWith('ours')) {
@@ -133,12 +142,13 @@ async function engine(name, kind, threads) {
       return { text: t1 - t0, step, decode: t3 - t2, total: t3 - t0, rgba: Array.from(rgba) };
     };
     return { backend: `onnxruntime-web ${ort.env.versions?.web ?? ''} ${ep[0]}`, isolated: crossOriginIsolated };
-  }, { kind, threads, steps: STEPS, model: MODEL });
+  }, { kind, threads, steps: STEPS, model: MODEL, pkg });
   return { name, page, ...info };
 }
 
 const engines = [await engine('ours-cpu', 'ours-cpu'), await engine('ort-wasm-1', 'ort-wasm', 1),
   await engine('ort-wasm-2', 'ort-wasm', 2)];
+if (baseline) engines.push(await engine('ours-cpu-base', 'ours-cpu', 1, '/pkg-base/'));
 if (webgpu) engines.push(await engine('ours-webgpu', 'ours-webgpu'), await engine('ort-webgpu', 'ort-webgpu', 1));
 for (const e of engines) console.log(`${e.name}: ${e.backend}, crossOriginIsolated ${e.isolated}`);
 
@@ -179,7 +189,8 @@ for (const e of engines) {
 console.log('\nours ÷ peer (≤ 1.00 is the goal):\n');
 console.log(`| ours ÷ | ${parts.join(' | ')} |`);
 console.log(`|---|${parts.map(() => '---:').join('|')}|`);
-for (const [ours, peer] of [['ours-cpu', 'ort-wasm-1'], ['ours-cpu', 'ort-wasm-2'], ['ours-webgpu', 'ort-webgpu']]) {
+for (const [ours, peer] of [['ours-cpu', 'ort-wasm-1'], ['ours-cpu', 'ort-wasm-2'], ['ours-webgpu', 'ort-webgpu'],
+  ['ours-cpu', 'ours-cpu-base'], ['ours-cpu-base', 'ort-wasm-1']]) {
   if (!times[ours] || !times[peer]) continue;
   console.log(`| ${ours} ÷ ${peer} | ${parts.map((p) => (median(times[ours][p]) / median(times[peer][p])).toFixed(2)).join(' | ')} |`);
 }

@@ -2,6 +2,7 @@
 //! `Transformer2DModel` (diffusers `attention_processor.py`, `attention.py`,
 //! `transformers/transformer_2d.py`).
 
+use super::conv;
 use crate::models::activations::{gelu, softmax};
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, LayerNorm, Linear};
@@ -278,7 +279,7 @@ impl Transformer2DModel {
             t.reshape([b, ch, h * w]).swap_dims(1, 2)
         };
         let mut tokens = match &self.proj_in {
-            Projection::Conv(conv) => to_tokens(conv.forward(normed)),
+            Projection::Conv(c) => to_tokens(conv::forward(c, normed)),
             Projection::Linear(lin) => lin.forward(to_tokens(normed)),
         };
         for block in &self.transformer_blocks {
@@ -289,7 +290,7 @@ impl Transformer2DModel {
             t.swap_dims(1, 2).reshape([b, ch, h, w])
         };
         let out = match &self.proj_out {
-            Projection::Conv(conv) => conv.forward(from_tokens(tokens)),
+            Projection::Conv(c) => conv::forward(c, from_tokens(tokens)),
             Projection::Linear(lin) => from_tokens(lin.forward(tokens)),
         };
         debug_assert_eq!(out.dims()[1], c);

@@ -1,6 +1,7 @@
 //! `AutoencoderKL` (diffusers `autoencoders/autoencoder_kl.py`, `vae.py`):
 //! images to latent means and latents back to images.
 
+use super::conv;
 use crate::models::activations::silu;
 use burn::nn::GroupNorm;
 use burn::nn::conv::Conv2d;
@@ -284,7 +285,7 @@ impl Encoder {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let mut x = self.conv_in.forward(x);
+        let mut x = conv::forward(&self.conv_in, x);
         for block in &self.down_blocks {
             for r in &block.resnets {
                 x = r.forward(x, None);
@@ -294,7 +295,7 @@ impl Encoder {
             }
         }
         let x = self.mid_block.forward(x);
-        self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
+        conv::forward(&self.conv_out, silu(self.conv_norm_out.forward(x)))
     }
 }
 
@@ -341,7 +342,7 @@ impl Decoder {
     }
 
     fn forward(&self, z: Tensor<4>) -> Tensor<4> {
-        let mut x = self.mid_block.forward(self.conv_in.forward(z));
+        let mut x = self.mid_block.forward(conv::forward(&self.conv_in, z));
         for block in &self.up_blocks {
             for r in &block.resnets {
                 x = r.forward(x, None);
@@ -350,7 +351,7 @@ impl Decoder {
                 x = u.forward(x, None);
             }
         }
-        self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
+        conv::forward(&self.conv_out, silu(self.conv_norm_out.forward(x)))
     }
 }
 
@@ -390,7 +391,7 @@ impl AutoencoderKL {
         let x = to_dtype(x, self.dtype());
         let mut moments = self.encoder.forward(x);
         if let Some(q) = &self.quant_conv {
-            moments = q.forward(moments);
+            moments = conv::forward(q, moments);
         }
         to_dtype(moments.narrow(1, 0, self.latent_channels), DType::F32)
     }
@@ -399,7 +400,7 @@ impl AutoencoderKL {
     pub fn decode(&self, z: Tensor<4>) -> Tensor<4> {
         let z = to_dtype(z, self.dtype());
         let z = match &self.post_quant_conv {
-            Some(p) => p.forward(z),
+            Some(p) => conv::forward(p, z),
             None => z,
         };
         to_dtype(self.decoder.forward(z), DType::F32)

@@ -9,6 +9,7 @@ use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{DType, Tensor};
 use serde::Deserialize;
 
+use super::conv;
 use super::to_dtype;
 use crate::config::parse_config;
 use crate::error::{Error, Result};
@@ -140,11 +141,11 @@ impl TinyBlock {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let h = relu(self.conv[0].forward(x.clone()));
-        let h = relu(self.conv[1].forward(h));
-        let h = self.conv[2].forward(h);
+        let h = relu(conv::forward(&self.conv[0], x.clone()));
+        let h = relu(conv::forward(&self.conv[1], h));
+        let h = conv::forward(&self.conv[2], h);
         let s = match &self.skip {
-            Some(conv) => conv.forward(x),
+            Some(c) => conv::forward(c, x),
             None => x,
         };
         relu(h + s)
@@ -169,7 +170,7 @@ pub struct NearestUpsample {
 impl TinyLayer {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         match self {
-            Self::Conv(c) => c.forward(x),
+            Self::Conv(c) => conv::forward(c, x),
             Self::Block(b) => b.forward(x),
             Self::Relu(_) => relu(x),
             Self::Upsample(NearestUpsample { factor: f }) => {

@@ -6,6 +6,7 @@ pub mod attention;
 pub mod autoencoder_kl;
 pub mod autoencoder_tiny;
 pub mod clip;
+pub mod conv;
 pub mod embeddings;
 pub mod resnet;
 pub mod unet_2d_blocks;

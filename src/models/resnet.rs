@@ -1,6 +1,7 @@
 //! `ResnetBlock2D`, `Downsample2D`, `Upsample2D` (diffusers `resnet.py`,
 //! `downsampling.py`, `upsampling.py`).
 
+use super::conv;
 use crate::models::activations::silu;
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, Linear};
@@ -44,14 +45,14 @@ impl ResnetBlock2D {
     }
 
     pub fn forward(&self, x: Tensor<4>, temb: Option<&Tensor<2>>) -> Tensor<4> {
-        let mut h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
+        let mut h = conv::forward(&self.conv1, silu(self.norm1.forward(x.clone())));
         if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
             let [b, c] = [h.dims()[0], h.dims()[1]];
             h = h + proj.forward(silu(temb.clone())).reshape([b, c, 1, 1]);
         }
-        let h = self.conv2.forward(silu(self.norm2.forward(h)));
+        let h = conv::forward(&self.conv2, silu(self.norm2.forward(h)));
         let shortcut = match &self.conv_shortcut {
-            Some(conv) => conv.forward(x),
+            Some(c) => conv::forward(c, x),
             None => x,
         };
         shortcut + h
@@ -78,7 +79,7 @@ impl Downsample2D {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.conv.forward(x)
+        conv::forward(&self.conv, x)
     }
 }
 
@@ -97,11 +98,13 @@ impl Upsample2D {
 
     pub fn forward(&self, x: Tensor<4>, size: Option<[usize; 2]>) -> Tensor<4> {
         let [_, _, h, w] = x.dims();
-        let size = size.unwrap_or([2 * h, 2 * w]);
-        let up = interpolate(
-            x,
-            InterpolateOptions::new(InterpolateMode::Nearest).with_output_size(size),
-        );
-        self.conv.forward(up)
+        match size {
+            Some(size) if size != [2 * h, 2 * w] => {
+                let options =
+                    InterpolateOptions::new(InterpolateMode::Nearest).with_output_size(size);
+                conv::forward(&self.conv, interpolate(x, options))
+            }
+            _ => conv::forward_upsampled(&self.conv, x),
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! `UNet2DConditionModel` (diffusers `unets/unet_2d_condition.py`) for the
 //! Stable Diffusion 1.x/2.x family and small distilled configs.
 
+use super::conv;
 use crate::models::activations::silu;
 use burn::nn::conv::Conv2d;
 use burn::nn::{Embedding, GroupNorm};
@@ -470,7 +471,7 @@ impl UNet2DConditionModel {
             sample
         };
         x = to_dtype(x, dtype);
-        x = self.conv_in.forward(x);
+        x = conv::forward(&self.conv_in, x);
         let mut skips = vec![x.clone()];
         for block in &self.down_blocks {
             let (out, states) = block.forward(x, &temb, context);
@@ -490,6 +491,6 @@ impl UNet2DConditionModel {
             x = block.forward(x, &mut skips, &temb, context, size);
         }
         let x = silu(self.conv_norm_out.forward(x));
-        to_dtype(self.conv_out.forward(x), DType::F32)
+        to_dtype(conv::forward(&self.conv_out, x), DType::F32)
     }
 }

@@ -1,0 +1,548 @@
+//! `nn.Conv2d`'s forward, with a direct kernel on Burn's CPU backend in wasm.
+//!
+//! Burn's flex computes a convolution as a transposed copy of the weights,
+//! the input in NHWC, an im2col matrix per tile of 512 pixels and a gemm per
+//! tile (which packs both operands again), then scatters the result back to
+//! NCHW. For the small images of a browser run those copies cost as much as
+//! the products: in wasm (simd128, one thread) the kernel below takes
+//! 0.45–0.75 of an im2col + gemm on the emoji model's shapes. It reads the
+//! NCHW input in place (one zero-padded copy), keeps 4 output channels × 8
+//! pixels of one row in 8 simd128 accumulators (more spills on x86's 16
+//! vector registers) and loops over input channels and kernel taps, with
+//! the weights packed so that each tap's 4 output-channel weights are
+//! adjacent.
+//!
+//! It is used for f32 tensors on flex in wasm, stride 1, no dilation, one
+//! group and kernels larger than 1×1 (flex multiplies 1×1 convolutions
+//! without im2col already). Natively flex runs gemm's AVX2/FMA kernels on
+//! every core, so every other case takes Burn's own op. The kernel itself is
+//! portable (plain `[f32; 4]` lanes off wasm), so native tests check it
+//! against Burn's convolution.
+
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::Conv2d;
+use burn::tensor::module::interpolate;
+use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+use burn::tensor::{DType, Device, Tensor, TensorData};
+
+/// Output channels per block of the kernel.
+const CO: usize = 4;
+
+/// Whether the direct kernel replaces Burn's convolution where it applies.
+const DIRECT: bool = cfg!(target_family = "wasm");
+
+/// `conv(x)`, as `nn.Conv2d` computes it.
+pub fn forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    match plan(conv, &x) {
+        Some(padding) if DIRECT => direct(conv, x, padding),
+        _ => conv.forward(x),
+    }
+}
+
+/// The padding (top, left, bottom, right) when the direct kernel can compute
+/// `conv(x)`: f32 on flex, stride 1, no dilation, one group, a kernel larger
+/// than 1×1 that fits the padded input.
+fn plan(conv: &Conv2d, x: &Tensor<4>) -> Option<[usize; 4]> {
+    let PaddingConfig2d::Explicit(top, left, bottom, right) = conv.padding else {
+        return None;
+    };
+    let [_, _, h, w] = x.dims();
+    let [kh, kw] = conv.kernel_size;
+    let fits = h + top + bottom >= kh && w + left + right >= kw;
+    (x.dtype() == DType::F32
+        && x.device() == Device::flex()
+        && conv.weight.val().dtype() == DType::F32
+        && conv.stride == [1, 1]
+        && conv.dilation == [1, 1]
+        && conv.groups == 1
+        && kh * kw > 1
+        && fits)
+        .then_some([top, left, bottom, right])
+}
+
+/// `conv(x)` by the direct kernel; Burn's op if the data is not f32 after all.
+fn direct(conv: &Conv2d, x: Tensor<4>, padding: [usize; 4]) -> Tensor<4> {
+    let device = x.device();
+    let [n, c_in, h, w] = x.dims();
+    let [c_out, _, kh, kw] = conv.weight.dims();
+    let weight = conv.weight.val().into_data();
+    let bias = match &conv.bias {
+        Some(b) => b.val().into_data().try_to_vec::<f32>().ok(),
+        None => Some(vec![0.0; c_out]),
+    };
+    let data = x.into_data();
+    let (Ok(xv), Ok(wv), Some(bias)) = (data.as_slice::<f32>(), weight.as_slice::<f32>(), bias)
+    else {
+        // Not reachable for the f32 tensors `plan` admits.
+        return conv.forward(Tensor::from_data(data, &device));
+    };
+    let packed = Packed::new(wv, &bias, [c_out, c_in, kh, kw]);
+    let (out, [ho, wo]) = packed.conv(xv, [n, h, w], padding);
+    Tensor::from_data(TensorData::new(out, [n, c_out, ho, wo]), &device)
+}
+
+/// `conv(x upsampled 2× by nearest neighbour)`, as diffusers' `Upsample2D`
+/// computes it, for a 3×3 convolution with padding 1.
+///
+/// With the direct kernel this never builds the upsampled image: each of the
+/// four output phases (even/odd row × even/odd column) reads a 2×2
+/// neighbourhood of `x`, so it is a 2×2 convolution of `x` whose weights are
+/// sums of the 3×3 weights (e.g. even rows see row `i - 1` through the top
+/// kernel row and row `i` through the other two). That is 16 products per 2×2
+/// output pixels instead of 36, with the same result up to rounding.
+pub fn forward_upsampled(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    match plan(conv, &x) {
+        Some([1, 1, 1, 1]) if DIRECT && conv.kernel_size == [3, 3] => upsampled(conv, x),
+        _ => {
+            let [_, _, h, w] = x.dims();
+            let options =
+                InterpolateOptions::new(InterpolateMode::Nearest).with_output_size([2 * h, 2 * w]);
+            forward(conv, interpolate(x, options))
+        }
+    }
+}
+
+/// `forward_upsampled` by four 2×2 convolutions, interleaved.
+fn upsampled(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let device = x.device();
+    let [n, c_in, h, w] = x.dims();
+    let c_out = conv.weight.dims()[0];
+    let weight = conv.weight.val().into_data();
+    let bias = match &conv.bias {
+        Some(b) => b.val().into_data().try_to_vec::<f32>().ok(),
+        None => Some(vec![0.0; c_out]),
+    };
+    let data = x.into_data();
+    let (Ok(xv), Ok(wv), Some(bias)) = (data.as_slice::<f32>(), weight.as_slice::<f32>(), bias)
+    else {
+        // Not reachable for the f32 tensors `plan` admits.
+        let x = Tensor::from_data(data, &device);
+        let options =
+            InterpolateOptions::new(InterpolateMode::Nearest).with_output_size([2 * h, 2 * w]);
+        return conv.forward(interpolate(x, options));
+    };
+    let mut out = vec![0.0f32; n * c_out * 4 * h * w];
+    for py in 0..2 {
+        for px in 0..2 {
+            let packed = Packed::upsample_phase(wv, &bias, [c_out, c_in], [py, px]);
+            // Even rows (py = 0) read rows i - 1 and i, odd rows i and i + 1.
+            let (phase, _) = packed.conv(xv, [n, h, w], [1 - py, 1 - px, py, px]);
+            for (plane, src) in out
+                .chunks_exact_mut(4 * h * w)
+                .zip(phase.chunks_exact(h * w))
+            {
+                for (i, row) in src.chunks_exact(w).enumerate() {
+                    let dst = &mut plane[(2 * i + py) * 2 * w..(2 * i + py + 1) * 2 * w];
+                    for (j, &v) in row.iter().enumerate() {
+                        dst[2 * j + px] = v;
+                    }
+                }
+            }
+        }
+    }
+    Tensor::from_data(TensorData::new(out, [n, c_out, 2 * h, 2 * w]), &device)
+}
+
+/// A convolution's weights packed for the kernel:
+/// `[c_out / CO][c_in][kh][kw][CO]`, zero past `c_out`.
+pub(crate) struct Packed {
+    c_out: usize,
+    c_in: usize,
+    kernel: [usize; 2],
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl Packed {
+    /// From PyTorch's layout, `weight` `[c_out][c_in][kh][kw]` and `bias` `[c_out]`.
+    pub(crate) fn new(weight: &[f32], bias: &[f32], [c_out, c_in, kh, kw]: [usize; 4]) -> Self {
+        assert_eq!(weight.len(), c_out * c_in * kh * kw, "weight shape");
+        assert_eq!(bias.len(), c_out, "bias shape");
+        let taps = kh * kw;
+        let filter = c_in * taps;
+        let blocks = c_out.div_ceil(CO);
+        let mut packed = vec![0.0; blocks * filter * CO];
+        // Written in order; each block reads CO filters side by side.
+        for (blk, dst) in packed.chunks_exact_mut(filter * CO).enumerate() {
+            let filters = &weight[blk * CO * filter..((blk + 1) * CO).min(c_out) * filter];
+            for (j, src) in filters.chunks_exact(filter).enumerate() {
+                for (d, &v) in dst[j..].iter_mut().step_by(CO).zip(src) {
+                    *d = v;
+                }
+            }
+        }
+        let mut bias = bias.to_vec();
+        bias.resize(blocks * CO, 0.0);
+        Self {
+            c_out,
+            c_in,
+            kernel: [kh, kw],
+            weight: packed,
+            bias,
+        }
+    }
+
+    /// The 2×2 kernel of output phase (`py`, `px`) of a 3×3 convolution after
+    /// a nearest 2× upsampling: along each axis, phase 0 sees the input at
+    /// offsets (-1, 0) through kernel taps (0, 1 + 2), phase 1 at (0, +1)
+    /// through (0 + 1, 2).
+    pub(crate) fn upsample_phase(
+        weight: &[f32],
+        bias: &[f32],
+        [c_out, c_in]: [usize; 2],
+        [py, px]: [usize; 2],
+    ) -> Self {
+        assert_eq!(weight.len(), c_out * c_in * 9, "weight shape");
+        // Which 3×3 taps fold into each of the two taps, per phase.
+        const TAPS: [[&[usize]; 2]; 2] = [[&[0], &[1, 2]], [&[0, 1], &[2]]];
+        let mut folded = vec![0.0f32; c_out * c_in * 4];
+        for (dst, src) in folded.chunks_exact_mut(4).zip(weight.chunks_exact(9)) {
+            for (a, rows) in TAPS[py].iter().enumerate() {
+                for (b, cols) in TAPS[px].iter().enumerate() {
+                    dst[2 * a + b] = rows
+                        .iter()
+                        .flat_map(|&r| cols.iter().map(move |&c| src[3 * r + c]))
+                        .sum();
+                }
+            }
+        }
+        Self::new(&folded, bias, [c_out, c_in, 2, 2])
+    }
+
+    /// The convolution (stride 1, zero padding top, left, bottom, right) of
+    /// `x` `[n][c_in][h][w]`: the output `[n][c_out][ho][wo]` and `[ho, wo]`.
+    pub(crate) fn conv(
+        &self,
+        x: &[f32],
+        [n, h, w]: [usize; 3],
+        [top, left, bottom, right]: [usize; 4],
+    ) -> (Vec<f32>, [usize; 2]) {
+        let [kh, kw] = self.kernel;
+        assert_eq!(x.len(), n * self.c_in * h * w, "input shape");
+        assert!(
+            h + top + bottom >= kh && w + left + right >= kw,
+            "kernel larger than the input"
+        );
+        let out = [h + top + bottom + 1 - kh, w + left + right + 1 - kw];
+        let run = Run {
+            p: self,
+            n,
+            h,
+            w,
+            top,
+            left,
+            out,
+        };
+        // Rows of 4 pixels or fewer (the 4×4 level of a UNet) would waste
+        // half of an 8-pixel block.
+        let y = if out[1] <= 4 {
+            run.go::<1>(x)
+        } else {
+            run.go::<2>(x)
+        };
+        (y, out)
+    }
+}
+
+/// One convolution's sizes.
+struct Run<'a> {
+    p: &'a Packed,
+    n: usize,
+    h: usize,
+    w: usize,
+    top: usize,
+    left: usize,
+    out: [usize; 2],
+}
+
+impl Run<'_> {
+    /// The kernel with blocks of `CO` output channels × `NV` vectors of 4
+    /// pixels of one output row.
+    fn go<const NV: usize>(&self, x: &[f32]) -> Vec<f32> {
+        let Self {
+            p,
+            n,
+            h,
+            w,
+            top,
+            left,
+            out: [ho, wo],
+        } = *self;
+        let [kh, kw] = p.kernel;
+        let (c_in, px) = (p.c_in, 4 * NV);
+        // The padded input: every block's loads stay inside its rows.
+        let (hp, wp) = (ho + kh - 1, wo.div_ceil(px) * px + kw - 1);
+        let mut padded = vec![0.0f32; c_in * hp * wp];
+        let mut y = vec![0.0f32; n * p.c_out * ho * wo];
+        let block_weights = c_in * kh * kw * CO;
+        for (xb, yb) in x
+            .chunks_exact(c_in * h * w)
+            .zip(y.chunks_exact_mut(p.c_out * ho * wo))
+        {
+            for (plane, src) in padded.chunks_exact_mut(hp * wp).zip(xb.chunks_exact(h * w)) {
+                for (r, row) in src.chunks_exact(w).enumerate() {
+                    let at = (r + top) * wp + left;
+                    plane[at..at + w].copy_from_slice(row);
+                }
+            }
+            for (blk, wb) in p.weight.chunks_exact(block_weights).enumerate() {
+                let bias = &p.bias[blk * CO..(blk + 1) * CO];
+                let channels = CO.min(p.c_out - blk * CO);
+                for oy in 0..ho {
+                    for x0 in (0..wo).step_by(px) {
+                        let acc =
+                            block::<NV>(&padded, wb, bias, [c_in, kh, kw], [hp, wp], [oy, x0]);
+                        let len = px.min(wo - x0);
+                        for (j, lanes) in acc.iter().take(channels).enumerate() {
+                            let at = ((blk * CO + j) * ho + oy) * wo + x0;
+                            let mut vals = [0.0f32; 8];
+                            for (i, v) in lanes.iter().enumerate() {
+                                v.store(&mut vals[4 * i..4 * i + 4]);
+                            }
+                            yb[at..at + len].copy_from_slice(&vals[..len]);
+                        }
+                    }
+                }
+            }
+        }
+        y
+    }
+}
+
+/// One block: `CO` output channels × `4 NV` pixels from (`oy`, `x0`) on,
+/// summed over input channels and taps, starting from the bias.
+#[inline(always)]
+fn block<const NV: usize>(
+    padded: &[f32],
+    weights: &[f32],
+    bias: &[f32],
+    [c_in, kh, kw]: [usize; 3],
+    [hp, wp]: [usize; 2],
+    [oy, x0]: [usize; 2],
+) -> [[Lanes; NV]; CO] {
+    // Every load below stays in bounds: rows oy..oy + kh < hp, columns
+    // x0 + kx .. x0 + kx + 4 NV <= wp (the row width rounds the output up to
+    // whole blocks), and `weights` holds c_in · kh · kw · CO values.
+    assert!(oy + kh <= hp && x0 + kw - 1 + 4 * NV <= wp);
+    assert!(padded.len() >= c_in * hp * wp && weights.len() >= c_in * kh * kw * CO);
+    let mut acc: [[Lanes; NV]; CO] = std::array::from_fn(|j| [Lanes::splat(bias[j]); NV]);
+    let mut wi = 0;
+    for ci in 0..c_in {
+        for ky in 0..kh {
+            let row = (ci * hp + oy + ky) * wp + x0;
+            for kx in 0..kw {
+                // SAFETY: in bounds by the asserts above.
+                let inp: [Lanes; NV] =
+                    std::array::from_fn(|i| unsafe { Lanes::load(padded, row + kx + 4 * i) });
+                for (j, a) in acc.iter_mut().enumerate() {
+                    let wv = unsafe { Lanes::splat_at(weights, wi + j) };
+                    for (a, x) in a.iter_mut().zip(inp) {
+                        *a = a.mul_add(wv, x);
+                    }
+                }
+                wi += CO;
+            }
+        }
+    }
+    acc
+}
+
+/// Four f32 lanes: a simd128 vector in wasm, a plain array elsewhere.
+#[derive(Clone, Copy)]
+struct Lanes(Vector);
+
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+type Vector = core::arch::wasm32::v128;
+#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+type Vector = [f32; 4];
+
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+impl Lanes {
+    /// `v[at..at + 4]`. Safety: `at + 4 <= v.len()`.
+    #[inline(always)]
+    unsafe fn load(v: &[f32], at: usize) -> Self {
+        use core::arch::wasm32::v128_load;
+        debug_assert!(at + 4 <= v.len());
+        Self(unsafe { v128_load(v.as_ptr().add(at).cast()) })
+    }
+    /// `v[at]` in every lane. Safety: `at < v.len()`.
+    #[inline(always)]
+    unsafe fn splat_at(v: &[f32], at: usize) -> Self {
+        use core::arch::wasm32::v128_load32_splat;
+        debug_assert!(at < v.len());
+        Self(unsafe { v128_load32_splat(v.as_ptr().add(at).cast()) })
+    }
+    #[inline(always)]
+    fn splat(x: f32) -> Self {
+        Self(core::arch::wasm32::f32x4_splat(x))
+    }
+    /// `self + a · b` (a multiply and an add: simd128 has no fused form).
+    #[inline(always)]
+    fn mul_add(self, a: Self, b: Self) -> Self {
+        use core::arch::wasm32::{f32x4_add, f32x4_mul};
+        Self(f32x4_add(self.0, f32x4_mul(a.0, b.0)))
+    }
+    #[inline(always)]
+    fn store(self, out: &mut [f32]) {
+        let v: [f32; 4] = unsafe { core::mem::transmute(self.0) };
+        out.copy_from_slice(&v);
+    }
+}
+
+#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+impl Lanes {
+    #[inline(always)]
+    unsafe fn load(v: &[f32], at: usize) -> Self {
+        Self([v[at], v[at + 1], v[at + 2], v[at + 3]])
+    }
+    #[inline(always)]
+    unsafe fn splat_at(v: &[f32], at: usize) -> Self {
+        Self([v[at]; 4])
+    }
+    #[inline(always)]
+    fn splat(x: f32) -> Self {
+        Self([x; 4])
+    }
+    #[inline(always)]
+    fn mul_add(self, a: Self, b: Self) -> Self {
+        Self(std::array::from_fn(|i| self.0[i] + a.0[i] * b.0[i]))
+    }
+    #[inline(always)]
+    fn store(self, out: &mut [f32]) {
+        out.copy_from_slice(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::nn::conv::Conv2dConfig;
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(12_345);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                s as f32 / u32::MAX as f32 - 0.5
+            })
+            .collect()
+    }
+
+    /// The kernel against Burn's convolution on flex, for shapes that cover
+    /// both block widths, row tails, output channels that are not a multiple
+    /// of 4, batches, rectangular kernels and asymmetric padding.
+    #[test]
+    fn matches_burn_convolution() {
+        let device = Device::flex();
+        let cases: [([usize; 4], [usize; 2], [usize; 4]); 9] = [
+            // [n, c_in, h, w], [kh, kw], [top, left, bottom, right]
+            ([1, 4, 16, 16], [3, 3], [1, 1, 1, 1]),
+            ([2, 8, 9, 13], [3, 3], [1, 1, 1, 1]),
+            ([1, 5, 4, 4], [3, 3], [1, 1, 1, 1]),
+            ([1, 3, 7, 3], [3, 3], [1, 1, 1, 1]),
+            ([1, 6, 10, 11], [3, 3], [0, 0, 1, 1]),
+            ([2, 3, 6, 20], [2, 5], [1, 2, 0, 2]),
+            ([1, 2, 5, 6], [3, 3], [0, 0, 0, 0]),
+            ([1, 16, 12, 12], [3, 3], [2, 2, 2, 2]),
+            ([1, 3, 1, 1], [3, 3], [1, 1, 1, 1]),
+        ];
+        for (i, ([n, c_in, h, w], [kh, kw], [t, l, b, r])) in cases.into_iter().enumerate() {
+            for c_out in [1, 3, 4, 7, 12] {
+                let mut conv = Conv2dConfig::new([c_in, c_out], [kh, kw])
+                    .with_padding(PaddingConfig2d::Explicit(t, l, b, r))
+                    .init(&device);
+                let seed = (i * 16 + c_out) as u32;
+                let wv = values(c_out * c_in * kh * kw, seed);
+                let bv = values(c_out, seed + 1000);
+                conv.weight = burn::module::Param::from_tensor(Tensor::from_data(
+                    TensorData::new(wv.clone(), [c_out, c_in, kh, kw]),
+                    &device,
+                ));
+                conv.bias = Some(burn::module::Param::from_tensor(Tensor::from_data(
+                    TensorData::new(bv.clone(), [c_out]),
+                    &device,
+                )));
+                let xv = values(n * c_in * h * w, seed + 2000);
+                let x =
+                    Tensor::<4>::from_data(TensorData::new(xv.clone(), [n, c_in, h, w]), &device);
+                assert_eq!(plan(&conv, &x), Some([t, l, b, r]));
+                let want = conv.forward(x.clone());
+                let got = direct(&conv, x, [t, l, b, r]);
+                assert_eq!(got.dims(), want.dims(), "case {i}, c_out {c_out}");
+                let diff = (got - want).abs().max().into_scalar::<f32>();
+                assert!(diff < 1e-5, "case {i}, c_out {c_out}: max diff {diff}");
+            }
+        }
+    }
+
+    /// The four-phase 2×2 form of upsample + 3×3 convolution against Burn's
+    /// nearest upsampling and convolution, including a batch, 1-pixel and
+    /// odd sizes and output channels that are not a multiple of 4.
+    #[test]
+    fn upsampled_matches_burn() {
+        let device = Device::flex();
+        for (i, [n, c_in, c_out, h, w]) in [
+            [1, 4, 4, 4, 4],
+            [2, 3, 5, 5, 7],
+            [1, 8, 3, 1, 1],
+            [1, 6, 9, 16, 9],
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let seed = 500 + i as u32;
+            let mut conv = Conv2dConfig::new([c_in, c_out], [3, 3])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(&device);
+            conv.weight = burn::module::Param::from_tensor(Tensor::from_data(
+                TensorData::new(values(c_out * c_in * 9, seed), [c_out, c_in, 3, 3]),
+                &device,
+            ));
+            conv.bias = Some(burn::module::Param::from_tensor(Tensor::from_data(
+                TensorData::new(values(c_out, seed + 1), [c_out]),
+                &device,
+            )));
+            let x = Tensor::<4>::from_data(
+                TensorData::new(values(n * c_in * h * w, seed + 2), [n, c_in, h, w]),
+                &device,
+            );
+            let options =
+                InterpolateOptions::new(InterpolateMode::Nearest).with_output_size([2 * h, 2 * w]);
+            let want = conv.forward(interpolate(x.clone(), options));
+            let got = upsampled(&conv, x);
+            assert_eq!(got.dims(), want.dims(), "case {i}");
+            let diff = (got - want).abs().max().into_scalar::<f32>();
+            assert!(diff < 1e-5, "case {i}: max diff {diff}");
+        }
+    }
+
+    /// Stride, dilation, groups, 1×1 kernels and non-f32 tensors stay with Burn.
+    #[test]
+    fn other_convolutions_take_burns_op() {
+        let device = Device::flex();
+        let x = Tensor::<4>::zeros([1, 4, 8, 8], &device);
+        let base =
+            Conv2dConfig::new([4, 4], [3, 3]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1));
+        assert!(plan(&base.init(&device), &x).is_some());
+        assert!(plan(&base.clone().with_stride([2, 2]).init(&device), &x).is_none());
+        assert!(plan(&base.clone().with_dilation([2, 2]).init(&device), &x).is_none());
+        assert!(plan(&base.clone().with_groups(2).init(&device), &x).is_none());
+        assert!(
+            plan(
+                &Conv2dConfig::new([4, 4], [1, 1])
+                    .with_padding(PaddingConfig2d::Explicit(0, 0, 0, 0))
+                    .init(&device),
+                &x
+            )
+            .is_none()
+        );
+        assert!(plan(&base.init(&device), &x.clone().cast(DType::F16)).is_none());
+        // A 3×3 kernel without padding does not fit a 2×2 input.
+        let unpadded =
+            Conv2dConfig::new([4, 4], [3, 3]).with_padding(PaddingConfig2d::Explicit(0, 0, 0, 0));
+        let tiny = Tensor::<4>::zeros([1, 4, 2, 2], &device);
+        assert!(plan(&unpadded.init(&device), &tiny).is_none());
+    }
+}
