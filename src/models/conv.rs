@@ -4,13 +4,16 @@
 //! the input in NHWC, an im2col matrix per tile of 512 pixels and a gemm per
 //! tile (which packs both operands again), then scatters the result back to
 //! NCHW. For the small images of a browser run those copies cost as much as
-//! the products: in wasm (simd128, one thread) the kernel below takes
-//! 0.45–0.75 of an im2col + gemm on the emoji model's shapes. It reads the
-//! NCHW input in place (one zero-padded copy), keeps 4 output channels × 8
-//! pixels of one row in 8 simd128 accumulators (more spills on x86's 16
-//! vector registers) and loops over input channels and kernel taps, with
+//! the products. The kernel below reads the NCHW input in place (one
+//! zero-padded copy), keeps 4 output channels × 8 pixels of one row in 8
+//! simd128 accumulators (larger blocks spill on x86's 16 vector registers
+//! and measured slower) and loops over input channels and kernel taps, with
 //! the weights packed so that each tap's 4 output-channel weights are
-//! adjacent.
+//! adjacent. With it (and `forward_upsampled`), the shipped model's decoder
+//! takes 0.48× and a UNet step 0.8× of their time on flex's path in
+//! chromium (`tools/bench_ort.mjs --baseline`, README: Benchmarks). A
+//! Winograd F(2×2, 3×3) version (16 products per 2×2 tile instead of 36, with
+//! scalar tile transforms) measured slower: 1.34× this kernel's decode time.
 //!
 //! It is used for f32 tensors on flex in wasm, stride 1, no dilation, one
 //! group and kernels larger than 1×1 (flex multiplies 1×1 convolutions
