@@ -63,25 +63,53 @@ fn plan(conv: &Conv2d, x: &Tensor<4>) -> Option<[usize; 4]> {
         .then_some([top, left, bottom, right])
 }
 
-/// `conv(x)` by the direct kernel; Burn's op if the data is not f32 after all.
+/// `conv(x)` by the direct kernel.
 fn direct(conv: &Conv2d, x: Tensor<4>, padding: [usize; 4]) -> Tensor<4> {
-    let device = x.device();
     let [n, c_in, h, w] = x.dims();
     let [c_out, _, kh, kw] = conv.weight.dims();
+    on_host(
+        conv,
+        x,
+        |xv, wv, bias| {
+            let packed = Packed::new(wv, bias, [c_out, c_in, kh, kw]);
+            let (out, [ho, wo]) = packed.conv(xv, [n, h, w], padding);
+            (out, [n, c_out, ho, wo])
+        },
+        |x| conv.forward(x),
+    )
+}
+
+/// `f(x, weight, bias)` on the values of `x` and of the convolution's
+/// parameters in host memory (a missing bias as zeros), its output
+/// `(values, shape)` as a tensor on `x`'s device; `burn(x)` if any of them
+/// is not f32 (not reachable for the tensors `plan` admits).
+fn on_host(
+    conv: &Conv2d,
+    x: Tensor<4>,
+    f: impl FnOnce(&[f32], &[f32], &[f32]) -> (Vec<f32>, [usize; 4]),
+    burn: impl FnOnce(Tensor<4>) -> Tensor<4>,
+) -> Tensor<4> {
+    let device = x.device();
     let weight = conv.weight.val().into_data();
     let bias = match &conv.bias {
         Some(b) => b.val().into_data().try_to_vec::<f32>().ok(),
-        None => Some(vec![0.0; c_out]),
+        None => Some(vec![0.0; conv.weight.dims()[0]]),
     };
     let data = x.into_data();
     let (Ok(xv), Ok(wv), Some(bias)) = (data.as_slice::<f32>(), weight.as_slice::<f32>(), bias)
     else {
-        // Not reachable for the f32 tensors `plan` admits.
-        return conv.forward(Tensor::from_data(data, &device));
+        return burn(Tensor::from_data(data, &device));
     };
-    let packed = Packed::new(wv, &bias, [c_out, c_in, kh, kw]);
-    let (out, [ho, wo]) = packed.conv(xv, [n, h, w], padding);
-    Tensor::from_data(TensorData::new(out, [n, c_out, ho, wo]), &device)
+    let (out, shape) = f(xv, wv, &bias);
+    Tensor::from_data(TensorData::new(out, shape), &device)
+}
+
+/// Nearest-neighbour 2× upsampling, as Burn computes it.
+fn upsample_nearest(x: Tensor<4>) -> Tensor<4> {
+    let [_, _, h, w] = x.dims();
+    let options =
+        InterpolateOptions::new(InterpolateMode::Nearest).with_output_size([2 * h, 2 * w]);
+    interpolate(x, options)
 }
 
 /// `conv(x upsampled 2× by nearest neighbour)`, as diffusers' `Upsample2D`
@@ -96,54 +124,37 @@ fn direct(conv: &Conv2d, x: Tensor<4>, padding: [usize; 4]) -> Tensor<4> {
 pub fn forward_upsampled(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     match plan(conv, &x) {
         Some([1, 1, 1, 1]) if DIRECT && conv.kernel_size == [3, 3] => upsampled(conv, x),
-        _ => {
-            let [_, _, h, w] = x.dims();
-            let options =
-                InterpolateOptions::new(InterpolateMode::Nearest).with_output_size([2 * h, 2 * w]);
-            forward(conv, interpolate(x, options))
-        }
+        _ => forward(conv, upsample_nearest(x)),
     }
 }
 
 /// `forward_upsampled` by four 2×2 convolutions, interleaved.
 fn upsampled(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    let device = x.device();
     let [n, c_in, h, w] = x.dims();
     let c_out = conv.weight.dims()[0];
-    let weight = conv.weight.val().into_data();
-    let bias = match &conv.bias {
-        Some(b) => b.val().into_data().try_to_vec::<f32>().ok(),
-        None => Some(vec![0.0; c_out]),
-    };
-    let data = x.into_data();
-    let (Ok(xv), Ok(wv), Some(bias)) = (data.as_slice::<f32>(), weight.as_slice::<f32>(), bias)
-    else {
-        // Not reachable for the f32 tensors `plan` admits.
-        let x = Tensor::from_data(data, &device);
-        let options =
-            InterpolateOptions::new(InterpolateMode::Nearest).with_output_size([2 * h, 2 * w]);
-        return conv.forward(interpolate(x, options));
-    };
-    let mut out = vec![0.0f32; n * c_out * 4 * h * w];
-    for py in 0..2 {
-        for px in 0..2 {
-            let packed = Packed::upsample_phase(wv, &bias, [c_out, c_in], [py, px]);
-            // Even rows (py = 0) read rows i - 1 and i, odd rows i and i + 1.
-            let (phase, _) = packed.conv(xv, [n, h, w], [1 - py, 1 - px, py, px]);
-            for (plane, src) in out
-                .chunks_exact_mut(4 * h * w)
-                .zip(phase.chunks_exact(h * w))
-            {
-                for (i, row) in src.chunks_exact(w).enumerate() {
-                    let dst = &mut plane[(2 * i + py) * 2 * w..(2 * i + py + 1) * 2 * w];
-                    for (j, &v) in row.iter().enumerate() {
-                        dst[2 * j + px] = v;
+    let phases = |xv: &[f32], wv: &[f32], bias: &[f32]| {
+        let mut out = vec![0.0f32; n * c_out * 4 * h * w];
+        for py in 0..2 {
+            for px in 0..2 {
+                let packed = Packed::upsample_phase(wv, bias, [c_out, c_in], [py, px]);
+                // Even rows (py = 0) read rows i - 1 and i, odd rows i and i + 1.
+                let (phase, _) = packed.conv(xv, [n, h, w], [1 - py, 1 - px, py, px]);
+                for (plane, src) in out
+                    .chunks_exact_mut(4 * h * w)
+                    .zip(phase.chunks_exact(h * w))
+                {
+                    for (i, row) in src.chunks_exact(w).enumerate() {
+                        let dst = &mut plane[(2 * i + py) * 2 * w..(2 * i + py + 1) * 2 * w];
+                        for (j, &v) in row.iter().enumerate() {
+                            dst[2 * j + px] = v;
+                        }
                     }
                 }
             }
         }
-    }
-    Tensor::from_data(TensorData::new(out, [n, c_out, 2 * h, 2 * w]), &device)
+        (out, [n, c_out, 2 * h, 2 * w])
+    };
+    on_host(conv, x, phases, |x| conv.forward(upsample_nearest(x)))
 }
 
 /// A convolution's weights packed for the kernel:
@@ -433,6 +444,31 @@ mod tests {
             .collect()
     }
 
+    /// A convolution with seeded weights and bias.
+    fn random_conv(
+        c_in: usize,
+        c_out: usize,
+        kernel: [usize; 2],
+        padding: [usize; 4],
+        seed: u32,
+    ) -> Conv2d {
+        let device = Device::flex();
+        let [t, l, b, r] = padding;
+        let mut conv = Conv2dConfig::new([c_in, c_out], kernel)
+            .with_padding(PaddingConfig2d::Explicit(t, l, b, r))
+            .init(&device);
+        let [kh, kw] = kernel;
+        conv.weight = burn::module::Param::from_tensor(Tensor::from_data(
+            TensorData::new(values(c_out * c_in * kh * kw, seed), [c_out, c_in, kh, kw]),
+            &device,
+        ));
+        conv.bias = Some(burn::module::Param::from_tensor(Tensor::from_data(
+            TensorData::new(values(c_out, seed + 1000), [c_out]),
+            &device,
+        )));
+        conv
+    }
+
     /// The kernel against Burn's convolution on flex, for shapes that cover
     /// both block widths, row tails, output channels that are not a multiple
     /// of 4, batches, rectangular kernels and asymmetric padding.
@@ -453,23 +489,12 @@ mod tests {
         ];
         for (i, ([n, c_in, h, w], [kh, kw], [t, l, b, r])) in cases.into_iter().enumerate() {
             for c_out in [1, 3, 4, 7, 12] {
-                let mut conv = Conv2dConfig::new([c_in, c_out], [kh, kw])
-                    .with_padding(PaddingConfig2d::Explicit(t, l, b, r))
-                    .init(&device);
                 let seed = (i * 16 + c_out) as u32;
-                let wv = values(c_out * c_in * kh * kw, seed);
-                let bv = values(c_out, seed + 1000);
-                conv.weight = burn::module::Param::from_tensor(Tensor::from_data(
-                    TensorData::new(wv.clone(), [c_out, c_in, kh, kw]),
+                let conv = random_conv(c_in, c_out, [kh, kw], [t, l, b, r], seed);
+                let x = Tensor::<4>::from_data(
+                    TensorData::new(values(n * c_in * h * w, seed + 2000), [n, c_in, h, w]),
                     &device,
-                ));
-                conv.bias = Some(burn::module::Param::from_tensor(Tensor::from_data(
-                    TensorData::new(bv.clone(), [c_out]),
-                    &device,
-                )));
-                let xv = values(n * c_in * h * w, seed + 2000);
-                let x =
-                    Tensor::<4>::from_data(TensorData::new(xv.clone(), [n, c_in, h, w]), &device);
+                );
                 assert_eq!(plan(&conv, &x), Some([t, l, b, r]));
                 let want = conv.forward(x.clone());
                 let got = direct(&conv, x, [t, l, b, r]);
@@ -496,17 +521,7 @@ mod tests {
         .enumerate()
         {
             let seed = 500 + i as u32;
-            let mut conv = Conv2dConfig::new([c_in, c_out], [3, 3])
-                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-                .init(&device);
-            conv.weight = burn::module::Param::from_tensor(Tensor::from_data(
-                TensorData::new(values(c_out * c_in * 9, seed), [c_out, c_in, 3, 3]),
-                &device,
-            ));
-            conv.bias = Some(burn::module::Param::from_tensor(Tensor::from_data(
-                TensorData::new(values(c_out, seed + 1), [c_out]),
-                &device,
-            )));
+            let conv = random_conv(c_in, c_out, [3, 3], [1, 1, 1, 1], seed);
             let x = Tensor::<4>::from_data(
                 TensorData::new(values(n * c_in * h * w, seed + 2), [n, c_in, h, w]),
                 &device,
