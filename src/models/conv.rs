@@ -36,9 +36,10 @@ const DIRECT: bool = cfg!(target_family = "wasm");
 
 /// `conv(x)`, as `nn.Conv2d` computes it.
 pub fn forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    match plan(conv, &x) {
-        Some(padding) if DIRECT => direct(conv, x, padding),
-        _ => conv.forward(x),
+    // Off wasm nothing is checked: every convolution takes Burn's op.
+    match if DIRECT { plan(conv, &x) } else { None } {
+        Some(padding) => direct(conv, x, padding),
+        None => conv.forward(x),
     }
 }
 
@@ -54,7 +55,7 @@ fn plan(conv: &Conv2d, x: &Tensor<4>) -> Option<[usize; 4]> {
     let fits = h + top + bottom >= kh && w + left + right >= kw;
     (x.dtype() == DType::F32
         && x.device() == Device::flex()
-        && conv.weight.val().dtype() == DType::F32
+        && conv.weight.dtype() == DType::F32
         && conv.stride == [1, 1]
         && conv.dilation == [1, 1]
         && conv.groups == 1
@@ -122,8 +123,8 @@ fn upsample_nearest(x: Tensor<4>) -> Tensor<4> {
 /// kernel row and row `i` through the other two). That is 16 products per 2×2
 /// output pixels instead of 36, with the same result up to rounding.
 pub fn forward_upsampled(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    match plan(conv, &x) {
-        Some([1, 1, 1, 1]) if DIRECT && conv.kernel_size == [3, 3] => upsampled(conv, x),
+    match if DIRECT { plan(conv, &x) } else { None } {
+        Some([1, 1, 1, 1]) if conv.kernel_size == [3, 3] => upsampled(conv, x),
         _ => forward(conv, upsample_nearest(x)),
     }
 }
@@ -159,7 +160,7 @@ fn upsampled(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 
 /// A convolution's weights packed for the kernel:
 /// `[c_out / CO][c_in][kh][kw][CO]`, zero past `c_out`.
-pub(crate) struct Packed {
+struct Packed {
     c_out: usize,
     c_in: usize,
     kernel: [usize; 2],
@@ -169,7 +170,7 @@ pub(crate) struct Packed {
 
 impl Packed {
     /// From PyTorch's layout, `weight` `[c_out][c_in][kh][kw]` and `bias` `[c_out]`.
-    pub(crate) fn new(weight: &[f32], bias: &[f32], [c_out, c_in, kh, kw]: [usize; 4]) -> Self {
+    fn new(weight: &[f32], bias: &[f32], [c_out, c_in, kh, kw]: [usize; 4]) -> Self {
         assert_eq!(weight.len(), c_out * c_in * kh * kw, "weight shape");
         assert_eq!(bias.len(), c_out, "bias shape");
         let taps = kh * kw;
@@ -200,7 +201,7 @@ impl Packed {
     /// a nearest 2× upsampling: along each axis, phase 0 sees the input at
     /// offsets (-1, 0) through kernel taps (0, 1 + 2), phase 1 at (0, +1)
     /// through (0 + 1, 2).
-    pub(crate) fn upsample_phase(
+    fn upsample_phase(
         weight: &[f32],
         bias: &[f32],
         [c_out, c_in]: [usize; 2],
@@ -225,7 +226,7 @@ impl Packed {
 
     /// The convolution (stride 1, zero padding top, left, bottom, right) of
     /// `x` `[n][c_in][h][w]`: the output `[n][c_out][ho][wo]` and `[ho, wo]`.
-    pub(crate) fn conv(
+    fn conv(
         &self,
         x: &[f32],
         [n, h, w]: [usize; 3],
@@ -238,50 +239,26 @@ impl Packed {
             "kernel larger than the input"
         );
         let out = [h + top + bottom + 1 - kh, w + left + right + 1 - kw];
-        let run = Run {
-            p: self,
-            n,
-            h,
-            w,
-            top,
-            left,
-            out,
-        };
         // Rows of 4 pixels or fewer (the 4×4 level of a UNet) would waste
         // half of an 8-pixel block.
         let y = if out[1] <= 4 {
-            run.go::<1>(x)
+            self.blocks::<1>(x, [n, h, w], [top, left], out)
         } else {
-            run.go::<2>(x)
+            self.blocks::<2>(x, [n, h, w], [top, left], out)
         };
         (y, out)
     }
-}
 
-/// One convolution's sizes.
-struct Run<'a> {
-    p: &'a Packed,
-    n: usize,
-    h: usize,
-    w: usize,
-    top: usize,
-    left: usize,
-    out: [usize; 2],
-}
-
-impl Run<'_> {
-    /// The kernel with blocks of `CO` output channels × `NV` vectors of 4
+    /// `conv` with blocks of `CO` output channels × `NV` vectors of 4
     /// pixels of one output row.
-    fn go<const NV: usize>(&self, x: &[f32]) -> Vec<f32> {
-        let Self {
-            p,
-            n,
-            h,
-            w,
-            top,
-            left,
-            out: [ho, wo],
-        } = *self;
+    fn blocks<const NV: usize>(
+        &self,
+        x: &[f32],
+        [n, h, w]: [usize; 3],
+        [top, left]: [usize; 2],
+        [ho, wo]: [usize; 2],
+    ) -> Vec<f32> {
+        let p = self;
         let [kh, kw] = p.kernel;
         let (c_in, px) = (p.c_in, 4 * NV);
         // The padded input: every block's loads stay inside its rows.
