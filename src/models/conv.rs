@@ -1,26 +1,28 @@
-//! `nn.Conv2d`'s forward, with a direct kernel on Burn's CPU backend in wasm.
+//! `nn.Conv2d`'s forward, with a direct kernel on Burn's CPU backend.
 //!
 //! Burn's flex computes a convolution as a transposed copy of the weights,
 //! the input in NHWC, an im2col matrix per tile of 512 pixels and a gemm per
 //! tile (which packs both operands again), then scatters the result back to
-//! NCHW. For the small images of a browser run those copies cost as much as
-//! the products. The kernel below reads the NCHW input in place (one
-//! zero-padded copy), keeps 4 output channels × 8 pixels of one row in 8
-//! simd128 accumulators (larger blocks spill on x86's 16 vector registers
-//! and measured slower) and loops over input channels and kernel taps, with
-//! the weights packed so that each tap's 4 output-channel weights are
-//! adjacent. With it (and `forward_upsampled`), the shipped model's decoder
-//! takes 0.48× and a UNet step 0.8× of their time on flex's path in
-//! chromium (`tools/bench_ort.mjs --baseline`, README: Benchmarks). A
-//! Winograd F(2×2, 3×3) version (16 products per 2×2 tile instead of 36, with
-//! scalar tile transforms) measured slower: 1.34× this kernel's decode time.
+//! NCHW. For this project's image sizes those copies cost as much as the
+//! products. The kernel below reads the NCHW input in place (one zero-padded
+//! copy), keeps blocks of 4 output channels × 2 vectors of one output row in
+//! 8 accumulators (larger blocks spill on x86's 16 vector registers and
+//! measured slower in wasm) and loops over input channels and kernel taps,
+//! with the weights packed so that each tap's 4 output-channel weights are
+//! adjacent. Vectors are simd128 in wasm (4 lanes, one thread) and AVX2 with
+//! FMA natively where the CPU has it (8 lanes; blocks of channels spread over
+//! rayon's threads), else 4 plain lanes.
 //!
-//! It is used for f32 tensors on flex in wasm, stride 1, no dilation, one
-//! group and kernels larger than 1×1 (flex multiplies 1×1 convolutions
-//! without im2col already). Natively flex runs gemm's AVX2/FMA kernels on
-//! every core, so every other case takes Burn's own op. The kernel itself is
-//! portable (plain `[f32; 4]` lanes off wasm), so native tests check it
-//! against Burn's convolution.
+//! Measured (README: Benchmarks): in chromium the shipped model's decoder
+//! takes 0.48× and a UNet step 0.8× of their time on flex's path
+//! (`tools/bench_ort.mjs --baseline`); natively `tools/bench.sh`'s decoder
+//! 0.66× and its UNet 0.95×. A Winograd F(2×2, 3×3) version (16 products per
+//! 2×2 tile instead of 36, with scalar tile transforms) measured slower in
+//! wasm: 1.34× this kernel's decode time.
+//!
+//! It is used for f32 tensors on flex with stride 1, no dilation, one group
+//! and kernels larger than 1×1 (flex multiplies 1×1 convolutions without
+//! im2col already); every other case (strides, f16, WebGPU) takes Burn's op.
 
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
@@ -31,13 +33,9 @@ use burn::tensor::{DType, Device, Tensor, TensorData};
 /// Output channels per block of the kernel.
 const CO: usize = 4;
 
-/// Whether the direct kernel replaces Burn's convolution where it applies.
-const DIRECT: bool = cfg!(target_family = "wasm");
-
 /// `conv(x)`, as `nn.Conv2d` computes it.
 pub fn forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    // Off wasm nothing is checked: every convolution takes Burn's op.
-    match if DIRECT { plan(conv, &x) } else { None } {
+    match plan(conv, &x) {
         Some(padding) => direct(conv, x, padding),
         None => conv.forward(x),
     }
@@ -123,7 +121,7 @@ fn upsample_nearest(x: Tensor<4>) -> Tensor<4> {
 /// kernel row and row `i` through the other two). That is 16 products per 2×2
 /// output pixels instead of 36, with the same result up to rounding.
 pub fn forward_upsampled(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    match if DIRECT { plan(conv, &x) } else { None } {
+    match plan(conv, &x) {
         Some([1, 1, 1, 1]) if conv.kernel_size == [3, 3] => upsampled(conv, x),
         _ => forward(conv, upsample_nearest(x)),
     }
@@ -239,36 +237,38 @@ impl Packed {
             "kernel larger than the input"
         );
         let out = [h + top + bottom + 1 - kh, w + left + right + 1 - kw];
-        // Rows of 4 pixels or fewer (the 4×4 level of a UNet) would waste
-        // half of an 8-pixel block.
-        let y = if out[1] <= 4 {
-            self.blocks::<1>(x, [n, h, w], [top, left], out)
-        } else {
-            self.blocks::<2>(x, [n, h, w], [top, left], out)
-        };
-        (y, out)
+        (
+            self.run(x, [n, h, w], [top, left], out, kernel(out[1])),
+            out,
+        )
     }
 
-    /// `conv` with blocks of `CO` output channels × `NV` vectors of 4
-    /// pixels of one output row.
-    fn blocks<const NV: usize>(
+    /// `conv` by `kernel`: the padded input, then every block of `CO`
+    /// output channels (in parallel natively), batch item by batch item.
+    fn run(
         &self,
         x: &[f32],
         [n, h, w]: [usize; 3],
         [top, left]: [usize; 2],
         [ho, wo]: [usize; 2],
+        (kernel, px): (ChannelBlock, usize),
     ) -> Vec<f32> {
-        let p = self;
-        let [kh, kw] = p.kernel;
-        let (c_in, px) = (p.c_in, 4 * NV);
-        // The padded input: every block's loads stay inside its rows.
-        let (hp, wp) = (ho + kh - 1, wo.div_ceil(px) * px + kw - 1);
-        let mut padded = vec![0.0f32; c_in * hp * wp];
-        let mut y = vec![0.0f32; n * p.c_out * ho * wo];
-        let block_weights = c_in * kh * kw * CO;
+        let [kh, kw] = self.kernel;
+        // Rows as wide as whole blocks need, so every block's loads stay
+        // inside its rows.
+        let g = Geometry {
+            c_in: self.c_in,
+            kernel: self.kernel,
+            padded: [ho + kh - 1, wo.div_ceil(px) * px + kw - 1],
+            out: [ho, wo],
+        };
+        let [hp, wp] = g.padded;
+        let mut padded = vec![0.0f32; self.c_in * hp * wp];
+        let mut y = vec![0.0f32; n * self.c_out * ho * wo];
+        let block_weights = self.c_in * kh * kw * CO;
         for (xb, yb) in x
-            .chunks_exact(c_in * h * w)
-            .zip(y.chunks_exact_mut(p.c_out * ho * wo))
+            .chunks_exact(self.c_in * h * w)
+            .zip(y.chunks_exact_mut(self.c_out * ho * wo))
         {
             for (plane, src) in padded.chunks_exact_mut(hp * wp).zip(xb.chunks_exact(h * w)) {
                 for (r, row) in src.chunks_exact(w).enumerate() {
@@ -276,59 +276,155 @@ impl Packed {
                     plane[at..at + w].copy_from_slice(row);
                 }
             }
-            for (blk, wb) in p.weight.chunks_exact(block_weights).enumerate() {
-                let bias = &p.bias[blk * CO..(blk + 1) * CO];
-                let channels = CO.min(p.c_out - blk * CO);
-                for oy in 0..ho {
-                    for x0 in (0..wo).step_by(px) {
-                        let acc =
-                            block::<NV>(&padded, wb, bias, [c_in, kh, kw], [hp, wp], [oy, x0]);
-                        let len = px.min(wo - x0);
-                        for (j, lanes) in acc.iter().take(channels).enumerate() {
-                            let at = ((blk * CO + j) * ho + oy) * wo + x0;
-                            let mut vals = [0.0f32; 8];
-                            for (i, v) in lanes.iter().enumerate() {
-                                v.store(&mut vals[4 * i..4 * i + 4]);
-                            }
-                            yb[at..at + len].copy_from_slice(&vals[..len]);
-                        }
-                    }
-                }
+            let job = |((out, weights), bias): ((&mut [f32], &[f32]), &[f32])| {
+                kernel(&g, &padded, weights, bias, out)
+            };
+            #[cfg(not(target_family = "wasm"))]
+            {
+                use rayon::prelude::*;
+                yb.par_chunks_mut(CO * ho * wo)
+                    .zip(self.weight.par_chunks_exact(block_weights))
+                    .zip(self.bias.par_chunks_exact(CO))
+                    .for_each(job);
             }
+            #[cfg(target_family = "wasm")]
+            yb.chunks_mut(CO * ho * wo)
+                .zip(self.weight.chunks_exact(block_weights))
+                .zip(self.bias.chunks_exact(CO))
+                .for_each(job);
         }
         y
     }
 }
 
-/// One block: `CO` output channels × `4 NV` pixels from (`oy`, `x0`) on,
-/// summed over input channels and taps, starting from the bias.
-#[inline(always)]
-fn block<const NV: usize>(
+/// The sizes every block of one convolution shares.
+struct Geometry {
+    c_in: usize,
+    kernel: [usize; 2],
+    /// `[hp, wp]` of the zero-padded input.
+    padded: [usize; 2],
+    /// `[ho, wo]`.
+    out: [usize; 2],
+}
+
+/// One block of `CO` output channels over the whole output: its packed
+/// weights and bias, and `out`, the planes of its (up to `CO`) channels.
+type ChannelBlock = fn(&Geometry, &[f32], &[f32], &[f32], &mut [f32]);
+
+/// The kernel for output rows `wo` wide and its block width in pixels: the
+/// widest instruction set this machine runs (simd128 in wasm; AVX2 with FMA
+/// natively where the CPU has it, else 4 plain lanes), one vector per block
+/// where a row fits in one (a UNet's 4×4 level), two otherwise.
+fn kernel(wo: usize) -> (ChannelBlock, usize) {
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    {
+        widths::<Wasm128>(wo)
+    }
+    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+    {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return if wo <= Avx2::W {
+                (avx2::<1>, Avx2::W)
+            } else {
+                (avx2::<2>, 2 * Avx2::W)
+            };
+        }
+        widths::<Portable>(wo)
+    }
+}
+
+/// `channel_block` on `S` with one or two vectors per block.
+fn widths<S: Simd>(wo: usize) -> (ChannelBlock, usize) {
+    if wo <= S::W {
+        (channel_block::<S, 1>, S::W)
+    } else {
+        (channel_block::<S, 2>, 2 * S::W)
+    }
+}
+
+/// `channel_block` compiled for AVX2 and FMA; `kernel` picks it only on a CPU
+/// that has both.
+#[cfg(target_arch = "x86_64")]
+fn avx2<const NV: usize>(
+    g: &Geometry,
     padded: &[f32],
     weights: &[f32],
     bias: &[f32],
-    [c_in, kh, kw]: [usize; 3],
-    [hp, wp]: [usize; 2],
+    out: &mut [f32],
+) {
+    #[target_feature(enable = "avx2,fma")]
+    fn inner<const NV: usize>(
+        g: &Geometry,
+        padded: &[f32],
+        weights: &[f32],
+        bias: &[f32],
+        out: &mut [f32],
+    ) {
+        channel_block::<Avx2, NV>(g, padded, weights, bias, out)
+    }
+    // SAFETY: `kernel` checked that the CPU has AVX2 and FMA.
+    unsafe { inner::<NV>(g, padded, weights, bias, out) }
+}
+
+/// Every block of `CO` channels × `NV` vectors of one output row, stored in
+/// `out`'s planes.
+#[inline(always)]
+fn channel_block<S: Simd, const NV: usize>(
+    g: &Geometry,
+    padded: &[f32],
+    weights: &[f32],
+    bias: &[f32],
+    out: &mut [f32],
+) {
+    let [ho, wo] = g.out;
+    let px = S::W * NV;
+    let channels = out.len() / (ho * wo);
+    for oy in 0..ho {
+        for x0 in (0..wo).step_by(px) {
+            let acc = block::<S, NV>(g, padded, weights, bias, [oy, x0]);
+            let len = px.min(wo - x0);
+            for (j, lanes) in acc.iter().take(channels).enumerate() {
+                let mut vals = [0.0f32; 32];
+                for (i, &v) in lanes.iter().enumerate() {
+                    S::store(v, &mut vals[S::W * i..S::W * (i + 1)]);
+                }
+                let at = (j * ho + oy) * wo + x0;
+                out[at..at + len].copy_from_slice(&vals[..len]);
+            }
+        }
+    }
+}
+
+/// One block: `CO` output channels × `NV` vectors of pixels from (`oy`,
+/// `x0`) on, summed over input channels and taps, starting from the bias.
+#[inline(always)]
+fn block<S: Simd, const NV: usize>(
+    g: &Geometry,
+    padded: &[f32],
+    weights: &[f32],
+    bias: &[f32],
     [oy, x0]: [usize; 2],
-) -> [[Lanes; NV]; CO] {
-    // Every load below stays in bounds: rows oy..oy + kh < hp, columns
-    // x0 + kx .. x0 + kx + 4 NV <= wp (the row width rounds the output up to
+) -> [[S::V; NV]; CO] {
+    let (c_in, [kh, kw], [hp, wp]) = (g.c_in, g.kernel, g.padded);
+    // Every load below stays in bounds: rows oy..oy + kh <= hp, columns
+    // x0 + kx .. x0 + kx + W·NV <= wp (the row width rounds the output up to
     // whole blocks), and `weights` holds c_in · kh · kw · CO values.
-    assert!(oy + kh <= hp && x0 + kw - 1 + 4 * NV <= wp);
+    assert!(oy + kh <= hp && x0 + kw - 1 + S::W * NV <= wp);
     assert!(padded.len() >= c_in * hp * wp && weights.len() >= c_in * kh * kw * CO);
-    let mut acc: [[Lanes; NV]; CO] = std::array::from_fn(|j| [Lanes::splat(bias[j]); NV]);
+    let mut acc: [[S::V; NV]; CO] = std::array::from_fn(|j| [S::splat(bias[j]); NV]);
     let mut wi = 0;
     for ci in 0..c_in {
         for ky in 0..kh {
             let row = (ci * hp + oy + ky) * wp + x0;
             for kx in 0..kw {
                 // SAFETY: in bounds by the asserts above.
-                let inp: [Lanes; NV] =
-                    std::array::from_fn(|i| unsafe { Lanes::load(padded, row + kx + 4 * i) });
+                let inp: [S::V; NV] =
+                    std::array::from_fn(|i| unsafe { S::load(padded, row + kx + S::W * i) });
                 for (j, a) in acc.iter_mut().enumerate() {
-                    let wv = unsafe { Lanes::splat_at(weights, wi + j) };
-                    for (a, x) in a.iter_mut().zip(inp) {
-                        *a = a.mul_add(wv, x);
+                    let wv = unsafe { S::splat_at(weights, wi + j) };
+                    for (a, &x) in a.iter_mut().zip(&inp) {
+                        *a = S::mul_add(*a, wv, x);
                     }
                 }
                 wi += CO;
@@ -338,69 +434,117 @@ fn block<const NV: usize>(
     acc
 }
 
-/// Four f32 lanes: a simd128 vector in wasm, a plain array elsewhere.
-#[derive(Clone, Copy)]
-struct Lanes(Vector);
-
-#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-type Vector = core::arch::wasm32::v128;
-#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-type Vector = [f32; 4];
-
-#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-impl Lanes {
-    /// `v[at..at + 4]`. Safety: `at + 4 <= v.len()`.
-    #[inline(always)]
-    unsafe fn load(v: &[f32], at: usize) -> Self {
-        use core::arch::wasm32::v128_load;
-        debug_assert!(at + 4 <= v.len());
-        Self(unsafe { v128_load(v.as_ptr().add(at).cast()) })
-    }
+/// A SIMD instruction set for the kernel: vectors of `W` f32 lanes.
+trait Simd {
+    type V: Copy;
+    const W: usize;
+    /// `v[at..at + W]`. Safety: `at + W <= v.len()`.
+    unsafe fn load(v: &[f32], at: usize) -> Self::V;
     /// `v[at]` in every lane. Safety: `at < v.len()`.
+    unsafe fn splat_at(v: &[f32], at: usize) -> Self::V;
+    fn splat(x: f32) -> Self::V;
+    /// `acc + a · b`.
+    fn mul_add(acc: Self::V, a: Self::V, b: Self::V) -> Self::V;
+    /// The lanes into `out` (`W` long).
+    fn store(v: Self::V, out: &mut [f32]);
+}
+
+/// Four plain lanes, wherever nothing wider is known to run.
+#[cfg(any(test, not(all(target_arch = "wasm32", target_feature = "simd128"))))]
+struct Portable;
+
+#[cfg(any(test, not(all(target_arch = "wasm32", target_feature = "simd128"))))]
+impl Simd for Portable {
+    type V = [f32; 4];
+    const W: usize = 4;
     #[inline(always)]
-    unsafe fn splat_at(v: &[f32], at: usize) -> Self {
-        use core::arch::wasm32::v128_load32_splat;
-        debug_assert!(at < v.len());
-        Self(unsafe { v128_load32_splat(v.as_ptr().add(at).cast()) })
+    unsafe fn load(v: &[f32], at: usize) -> Self::V {
+        [v[at], v[at + 1], v[at + 2], v[at + 3]]
     }
     #[inline(always)]
-    fn splat(x: f32) -> Self {
-        Self(core::arch::wasm32::f32x4_splat(x))
-    }
-    /// `self + a · b` (a multiply and an add: simd128 has no fused form).
-    #[inline(always)]
-    fn mul_add(self, a: Self, b: Self) -> Self {
-        use core::arch::wasm32::{f32x4_add, f32x4_mul};
-        Self(f32x4_add(self.0, f32x4_mul(a.0, b.0)))
+    unsafe fn splat_at(v: &[f32], at: usize) -> Self::V {
+        [v[at]; 4]
     }
     #[inline(always)]
-    fn store(self, out: &mut [f32]) {
-        let v: [f32; 4] = unsafe { core::mem::transmute(self.0) };
+    fn splat(x: f32) -> Self::V {
+        [x; 4]
+    }
+    #[inline(always)]
+    fn mul_add(acc: Self::V, a: Self::V, b: Self::V) -> Self::V {
+        std::array::from_fn(|i| acc[i] + a[i] * b[i])
+    }
+    #[inline(always)]
+    fn store(v: Self::V, out: &mut [f32]) {
         out.copy_from_slice(&v);
     }
 }
 
-#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-impl Lanes {
+/// wasm's simd128: 4 lanes, a multiply and an add (no fused form).
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+struct Wasm128;
+
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+impl Simd for Wasm128 {
+    type V = core::arch::wasm32::v128;
+    const W: usize = 4;
     #[inline(always)]
-    unsafe fn load(v: &[f32], at: usize) -> Self {
-        Self([v[at], v[at + 1], v[at + 2], v[at + 3]])
+    unsafe fn load(v: &[f32], at: usize) -> Self::V {
+        debug_assert!(at + 4 <= v.len());
+        unsafe { core::arch::wasm32::v128_load(v.as_ptr().add(at).cast()) }
     }
     #[inline(always)]
-    unsafe fn splat_at(v: &[f32], at: usize) -> Self {
-        Self([v[at]; 4])
+    unsafe fn splat_at(v: &[f32], at: usize) -> Self::V {
+        debug_assert!(at < v.len());
+        unsafe { core::arch::wasm32::v128_load32_splat(v.as_ptr().add(at).cast()) }
     }
     #[inline(always)]
-    fn splat(x: f32) -> Self {
-        Self([x; 4])
+    fn splat(x: f32) -> Self::V {
+        core::arch::wasm32::f32x4_splat(x)
     }
     #[inline(always)]
-    fn mul_add(self, a: Self, b: Self) -> Self {
-        Self(std::array::from_fn(|i| self.0[i] + a.0[i] * b.0[i]))
+    fn mul_add(acc: Self::V, a: Self::V, b: Self::V) -> Self::V {
+        use core::arch::wasm32::{f32x4_add, f32x4_mul};
+        f32x4_add(acc, f32x4_mul(a, b))
     }
     #[inline(always)]
-    fn store(self, out: &mut [f32]) {
-        out.copy_from_slice(&self.0);
+    fn store(v: Self::V, out: &mut [f32]) {
+        let v: [f32; 4] = unsafe { core::mem::transmute(v) };
+        out.copy_from_slice(&v);
+    }
+}
+
+/// x86-64's AVX2 with FMA: 8 lanes, fused multiply-add. Only reached through
+/// `avx2`, which runs on CPUs that have both.
+#[cfg(target_arch = "x86_64")]
+struct Avx2;
+
+#[cfg(target_arch = "x86_64")]
+impl Simd for Avx2 {
+    type V = core::arch::x86_64::__m256;
+    const W: usize = 8;
+    #[inline(always)]
+    unsafe fn load(v: &[f32], at: usize) -> Self::V {
+        debug_assert!(at + 8 <= v.len());
+        unsafe { core::arch::x86_64::_mm256_loadu_ps(v.as_ptr().add(at)) }
+    }
+    #[inline(always)]
+    unsafe fn splat_at(v: &[f32], at: usize) -> Self::V {
+        debug_assert!(at < v.len());
+        unsafe { core::arch::x86_64::_mm256_broadcast_ss(&*v.as_ptr().add(at)) }
+    }
+    #[inline(always)]
+    fn splat(x: f32) -> Self::V {
+        // SAFETY (all three): only compiled into `avx2`, on CPUs with AVX2 and FMA.
+        unsafe { core::arch::x86_64::_mm256_set1_ps(x) }
+    }
+    #[inline(always)]
+    fn mul_add(acc: Self::V, a: Self::V, b: Self::V) -> Self::V {
+        unsafe { core::arch::x86_64::_mm256_fmadd_ps(a, b, acc) }
+    }
+    #[inline(always)]
+    fn store(v: Self::V, out: &mut [f32]) {
+        assert!(out.len() >= 8);
+        unsafe { core::arch::x86_64::_mm256_storeu_ps(out.as_mut_ptr(), v) }
     }
 }
 
@@ -476,8 +620,28 @@ mod tests {
                 let want = conv.forward(x.clone());
                 let got = direct(&conv, x, [t, l, b, r]);
                 assert_eq!(got.dims(), want.dims(), "case {i}, c_out {c_out}");
-                let diff = (got - want).abs().max().into_scalar::<f32>();
+                let diff = (got - want.clone()).abs().max().into_scalar::<f32>();
                 assert!(diff < 1e-5, "case {i}, c_out {c_out}: max diff {diff}");
+                // The plain 4-lane kernel too, which `direct` does not pick
+                // where the CPU has something wider.
+                let [_, _, ho, wo] = want.dims();
+                let packed = Packed::new(
+                    &values(c_out * c_in * kh * kw, seed),
+                    &values(c_out, seed + 1000),
+                    [c_out, c_in, kh, kw],
+                );
+                let xv = values(n * c_in * h * w, seed + 2000);
+                let plain = packed.run(&xv, [n, h, w], [t, l], [ho, wo], widths::<Portable>(wo));
+                let want = want.into_data().try_to_vec::<f32>().unwrap();
+                let diff = plain
+                    .iter()
+                    .zip(&want)
+                    .map(|(p, q)| (p - q).abs())
+                    .fold(0.0, f32::max);
+                assert!(
+                    diff < 1e-5,
+                    "plain lanes, case {i}, c_out {c_out}: max diff {diff}"
+                );
             }
         }
     }
