@@ -9,14 +9,15 @@
 //! 8 accumulators (larger blocks spill on x86's 16 vector registers and
 //! measured slower in wasm) and loops over input channels and kernel taps,
 //! with the weights packed so that each tap's 4 output-channel weights are
-//! adjacent. Vectors are simd128 in wasm (4 lanes, one thread) and AVX2 with
-//! FMA natively where the CPU has it (8 lanes; blocks of channels spread over
-//! rayon's threads), else 4 plain lanes.
+//! adjacent. Vectors are simd128 in wasm (4 lanes, one thread); natively
+//! AVX-512 (16 lanes) or AVX2 with FMA (8 lanes) where the CPU has them,
+//! else 4 plain lanes, with blocks of channels spread over rayon's threads.
 //!
 //! Measured (README: Benchmarks): in chromium the shipped model's decoder
 //! takes 0.48× and a UNet step 0.8× of their time on flex's path
-//! (`tools/bench_ort.mjs --baseline`); natively `tools/bench.sh`'s decoder
-//! 0.66× and its UNet 0.95×. A Winograd F(2×2, 3×3) version (16 products per
+//! (`tools/bench_ort.mjs --baseline`); natively, with AVX2, `tools/bench.sh`'s
+//! decoder 0.66× and its UNet 0.95×, and AVX-512 took the decoder from ~30
+//! to ~23 ms. A Winograd F(2×2, 3×3) version (16 products per
 //! 2×2 tile instead of 36, with scalar tile transforms) measured slower in
 //! wasm: 1.34× this kernel's decode time.
 //!
@@ -312,60 +313,84 @@ struct Geometry {
 type ChannelBlock = fn(&Geometry, &[f32], &[f32], &[f32], &mut [f32]);
 
 /// The kernel for output rows `wo` wide and its block width in pixels: the
-/// widest instruction set this machine runs (simd128 in wasm; AVX2 with FMA
-/// natively where the CPU has it, else 4 plain lanes), one vector per block
-/// where a row fits in one (a UNet's 4×4 level), two otherwise.
+/// widest instruction set this machine runs.
 fn kernel(wo: usize) -> (ChannelBlock, usize) {
+    kernels(wo).next().expect("every target has a kernel")
+}
+
+/// Every kernel this machine runs for output rows `wo` wide, widest first,
+/// with its block width in pixels: simd128 in wasm; natively AVX-512, AVX2
+/// with FMA where the CPU has them (checked at run time), and 4 plain lanes.
+/// Each takes one vector per block where a row fits in one (a UNet's 4×4
+/// level), two otherwise.
+fn kernels(wo: usize) -> impl Iterator<Item = (ChannelBlock, usize)> {
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    {
-        widths::<Wasm128>(wo)
-    }
-    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-    {
-        #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            return if wo <= Avx2::W {
-                (avx2::<1>, Avx2::W)
-            } else {
-                (avx2::<2>, 2 * Avx2::W)
-            };
-        }
-        widths::<Portable>(wo)
-    }
+    let wide = [Some(widths::<Wasm128>(
+        wo,
+        channel_block::<Wasm128, 1>,
+        channel_block::<Wasm128, 2>,
+    ))];
+    #[cfg(target_arch = "x86_64")]
+    let wide = [
+        std::is_x86_feature_detected!("avx512f")
+            .then(|| widths::<Avx512>(wo, avx512::<1>, avx512::<2>)),
+        (std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"))
+            .then(|| widths::<Avx2>(wo, avx2::<1>, avx2::<2>)),
+    ];
+    #[cfg(not(any(
+        all(target_arch = "wasm32", target_feature = "simd128"),
+        target_arch = "x86_64"
+    )))]
+    let wide: [Option<(ChannelBlock, usize)>; 0] = [];
+    #[cfg(any(test, not(all(target_arch = "wasm32", target_feature = "simd128"))))]
+    let plain = Some(widths::<Portable>(
+        wo,
+        channel_block::<Portable, 1>,
+        channel_block::<Portable, 2>,
+    ));
+    #[cfg(not(any(test, not(all(target_arch = "wasm32", target_feature = "simd128")))))]
+    let plain = None;
+    wide.into_iter().flatten().chain(plain)
 }
 
-/// `channel_block` on `S` with one or two vectors per block.
-fn widths<S: Simd>(wo: usize) -> (ChannelBlock, usize) {
+/// The one- or two-vector form of a kernel on `S` for rows `wo` wide.
+fn widths<S: Simd>(wo: usize, one: ChannelBlock, two: ChannelBlock) -> (ChannelBlock, usize) {
     if wo <= S::W {
-        (channel_block::<S, 1>, S::W)
+        (one, S::W)
     } else {
-        (channel_block::<S, 2>, 2 * S::W)
+        (two, 2 * S::W)
     }
 }
 
-/// `channel_block` compiled for AVX2 and FMA; `kernel` picks it only on a CPU
-/// that has both.
-#[cfg(target_arch = "x86_64")]
-fn avx2<const NV: usize>(
-    g: &Geometry,
-    padded: &[f32],
-    weights: &[f32],
-    bias: &[f32],
-    out: &mut [f32],
-) {
-    #[target_feature(enable = "avx2,fma")]
-    fn inner<const NV: usize>(
-        g: &Geometry,
-        padded: &[f32],
-        weights: &[f32],
-        bias: &[f32],
-        out: &mut [f32],
-    ) {
-        channel_block::<Avx2, NV>(g, padded, weights, bias, out)
-    }
-    // SAFETY: `kernel` checked that the CPU has AVX2 and FMA.
-    unsafe { inner::<NV>(g, padded, weights, bias, out) }
+/// `$name::<NV>`: `channel_block` on `$simd` compiled with the CPU features
+/// `$features`; `kernels` offers it only on a CPU that has them.
+macro_rules! feature_kernel {
+    ($name:ident, $simd:ty, $features:literal) => {
+        #[cfg(target_arch = "x86_64")]
+        fn $name<const NV: usize>(
+            g: &Geometry,
+            padded: &[f32],
+            weights: &[f32],
+            bias: &[f32],
+            out: &mut [f32],
+        ) {
+            #[target_feature(enable = $features)]
+            fn inner<const NV: usize>(
+                g: &Geometry,
+                padded: &[f32],
+                weights: &[f32],
+                bias: &[f32],
+                out: &mut [f32],
+            ) {
+                channel_block::<$simd, NV>(g, padded, weights, bias, out)
+            }
+            // SAFETY: `kernels` checked that the CPU has `$features`.
+            unsafe { inner::<NV>(g, padded, weights, bias, out) }
+        }
+    };
 }
+feature_kernel!(avx2, Avx2, "avx2,fma");
+feature_kernel!(avx512, Avx512, "avx512f");
 
 /// Every block of `CO` channels × `NV` vectors of one output row, stored in
 /// `out`'s planes.
@@ -548,6 +573,41 @@ impl Simd for Avx2 {
     }
 }
 
+/// x86-64's AVX-512: 16 lanes, fused multiply-add. Only reached through
+/// `avx512`, which runs on CPUs that have it.
+#[cfg(target_arch = "x86_64")]
+struct Avx512;
+
+#[cfg(target_arch = "x86_64")]
+impl Simd for Avx512 {
+    type V = core::arch::x86_64::__m512;
+    const W: usize = 16;
+    #[inline(always)]
+    unsafe fn load(v: &[f32], at: usize) -> Self::V {
+        debug_assert!(at + 16 <= v.len());
+        unsafe { core::arch::x86_64::_mm512_loadu_ps(v.as_ptr().add(at)) }
+    }
+    #[inline(always)]
+    unsafe fn splat_at(v: &[f32], at: usize) -> Self::V {
+        debug_assert!(at < v.len());
+        unsafe { core::arch::x86_64::_mm512_set1_ps(*v.as_ptr().add(at)) }
+    }
+    #[inline(always)]
+    fn splat(x: f32) -> Self::V {
+        // SAFETY (all three): only compiled into `avx512`, on CPUs with AVX-512.
+        unsafe { core::arch::x86_64::_mm512_set1_ps(x) }
+    }
+    #[inline(always)]
+    fn mul_add(acc: Self::V, a: Self::V, b: Self::V) -> Self::V {
+        unsafe { core::arch::x86_64::_mm512_fmadd_ps(a, b, acc) }
+    }
+    #[inline(always)]
+    fn store(v: Self::V, out: &mut [f32]) {
+        assert!(out.len() >= 16);
+        unsafe { core::arch::x86_64::_mm512_storeu_ps(out.as_mut_ptr(), v) }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -622,8 +682,8 @@ mod tests {
                 assert_eq!(got.dims(), want.dims(), "case {i}, c_out {c_out}");
                 let diff = (got - want.clone()).abs().max().into_scalar::<f32>();
                 assert!(diff < 1e-5, "case {i}, c_out {c_out}: max diff {diff}");
-                // The plain 4-lane kernel too, which `direct` does not pick
-                // where the CPU has something wider.
+                // Every kernel this machine runs (`direct` takes the widest):
+                // AVX-512, AVX2 and the plain 4 lanes on x86-64.
                 let [_, _, ho, wo] = want.dims();
                 let packed = Packed::new(
                     &values(c_out * c_in * kh * kw, seed),
@@ -631,17 +691,19 @@ mod tests {
                     [c_out, c_in, kh, kw],
                 );
                 let xv = values(n * c_in * h * w, seed + 2000);
-                let plain = packed.run(&xv, [n, h, w], [t, l], [ho, wo], widths::<Portable>(wo));
                 let want = want.into_data().try_to_vec::<f32>().unwrap();
-                let diff = plain
-                    .iter()
-                    .zip(&want)
-                    .map(|(p, q)| (p - q).abs())
-                    .fold(0.0, f32::max);
-                assert!(
-                    diff < 1e-5,
-                    "plain lanes, case {i}, c_out {c_out}: max diff {diff}"
-                );
+                for (k, (kernel, px)) in kernels(wo).enumerate() {
+                    let got = packed.run(&xv, [n, h, w], [t, l], [ho, wo], (kernel, px));
+                    let diff = got
+                        .iter()
+                        .zip(&want)
+                        .map(|(p, q)| (p - q).abs())
+                        .fold(0.0, f32::max);
+                    assert!(
+                        diff < 1e-5,
+                        "kernel {k} ({px} px), case {i}, c_out {c_out}: max diff {diff}"
+                    );
+                }
             }
         }
     }
