@@ -538,75 +538,56 @@ impl Simd for Wasm128 {
     }
 }
 
-/// x86-64's AVX2 with FMA: 8 lanes, fused multiply-add. Only reached through
-/// `avx2`, which runs on CPUs that have both.
-#[cfg(target_arch = "x86_64")]
-struct Avx2;
+/// An x86-64 vector set with fused multiply-add: `$name` with `$w` lanes of
+/// `$v`, through its `loadu` / `set1` / `fmadd` / `storeu` intrinsics. Only
+/// reached through the `feature_kernel!` of the same features, which runs on
+/// CPUs that have them.
+macro_rules! x86_simd {
+    ($(#[$doc:meta])* $name:ident, $v:ident, $w:literal, $load:ident, $set1:ident, $fmadd:ident, $store:ident) => {
+        $(#[$doc])*
+        #[cfg(target_arch = "x86_64")]
+        struct $name;
 
-#[cfg(target_arch = "x86_64")]
-impl Simd for Avx2 {
-    type V = core::arch::x86_64::__m256;
-    const W: usize = 8;
-    #[inline(always)]
-    unsafe fn load(v: &[f32], at: usize) -> Self::V {
-        debug_assert!(at + 8 <= v.len());
-        unsafe { core::arch::x86_64::_mm256_loadu_ps(v.as_ptr().add(at)) }
-    }
-    #[inline(always)]
-    unsafe fn splat_at(v: &[f32], at: usize) -> Self::V {
-        debug_assert!(at < v.len());
-        unsafe { core::arch::x86_64::_mm256_broadcast_ss(&*v.as_ptr().add(at)) }
-    }
-    #[inline(always)]
-    fn splat(x: f32) -> Self::V {
-        // SAFETY (all three): only compiled into `avx2`, on CPUs with AVX2 and FMA.
-        unsafe { core::arch::x86_64::_mm256_set1_ps(x) }
-    }
-    #[inline(always)]
-    fn mul_add(acc: Self::V, a: Self::V, b: Self::V) -> Self::V {
-        unsafe { core::arch::x86_64::_mm256_fmadd_ps(a, b, acc) }
-    }
-    #[inline(always)]
-    fn store(v: Self::V, out: &mut [f32]) {
-        assert!(out.len() >= 8);
-        unsafe { core::arch::x86_64::_mm256_storeu_ps(out.as_mut_ptr(), v) }
-    }
+        #[cfg(target_arch = "x86_64")]
+        impl Simd for $name {
+            type V = core::arch::x86_64::$v;
+            const W: usize = $w;
+            #[inline(always)]
+            unsafe fn load(v: &[f32], at: usize) -> Self::V {
+                debug_assert!(at + $w <= v.len());
+                unsafe { core::arch::x86_64::$load(v.as_ptr().add(at)) }
+            }
+            #[inline(always)]
+            unsafe fn splat_at(v: &[f32], at: usize) -> Self::V {
+                debug_assert!(at < v.len());
+                Self::splat(unsafe { *v.as_ptr().add(at) })
+            }
+            // SAFETY (the three below): only compiled into the kernel for
+            // these features, on CPUs that have them.
+            #[inline(always)]
+            fn splat(x: f32) -> Self::V {
+                unsafe { core::arch::x86_64::$set1(x) }
+            }
+            #[inline(always)]
+            fn mul_add(acc: Self::V, a: Self::V, b: Self::V) -> Self::V {
+                unsafe { core::arch::x86_64::$fmadd(a, b, acc) }
+            }
+            #[inline(always)]
+            fn store(v: Self::V, out: &mut [f32]) {
+                assert!(out.len() >= $w);
+                unsafe { core::arch::x86_64::$store(out.as_mut_ptr(), v) }
+            }
+        }
+    };
 }
-
-/// x86-64's AVX-512: 16 lanes, fused multiply-add. Only reached through
-/// `avx512`, which runs on CPUs that have it.
-#[cfg(target_arch = "x86_64")]
-struct Avx512;
-
-#[cfg(target_arch = "x86_64")]
-impl Simd for Avx512 {
-    type V = core::arch::x86_64::__m512;
-    const W: usize = 16;
-    #[inline(always)]
-    unsafe fn load(v: &[f32], at: usize) -> Self::V {
-        debug_assert!(at + 16 <= v.len());
-        unsafe { core::arch::x86_64::_mm512_loadu_ps(v.as_ptr().add(at)) }
-    }
-    #[inline(always)]
-    unsafe fn splat_at(v: &[f32], at: usize) -> Self::V {
-        debug_assert!(at < v.len());
-        unsafe { core::arch::x86_64::_mm512_set1_ps(*v.as_ptr().add(at)) }
-    }
-    #[inline(always)]
-    fn splat(x: f32) -> Self::V {
-        // SAFETY (all three): only compiled into `avx512`, on CPUs with AVX-512.
-        unsafe { core::arch::x86_64::_mm512_set1_ps(x) }
-    }
-    #[inline(always)]
-    fn mul_add(acc: Self::V, a: Self::V, b: Self::V) -> Self::V {
-        unsafe { core::arch::x86_64::_mm512_fmadd_ps(a, b, acc) }
-    }
-    #[inline(always)]
-    fn store(v: Self::V, out: &mut [f32]) {
-        assert!(out.len() >= 16);
-        unsafe { core::arch::x86_64::_mm512_storeu_ps(out.as_mut_ptr(), v) }
-    }
-}
+x86_simd!(
+    /// AVX2 with FMA: 8 lanes.
+    Avx2, __m256, 8, _mm256_loadu_ps, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_storeu_ps
+);
+x86_simd!(
+    /// AVX-512: 16 lanes.
+    Avx512, __m512, 16, _mm512_loadu_ps, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_storeu_ps
+);
 
 #[cfg(test)]
 mod tests {
