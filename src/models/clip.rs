@@ -7,12 +7,12 @@ use std::collections::HashMap;
 use crate::models::activations::{gelu, quick_gelu};
 use burn::nn::{Embedding, LayerNorm, Linear};
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
-use regex::Regex;
 use serde::Deserialize;
 use unicode_normalization::UnicodeNormalization;
 
 use super::attention::scaled_dot_product;
 use super::to_dtype;
+use super::unicode_tables;
 use crate::config::parse_config;
 use crate::error::{Error, Result};
 use crate::weights::{VarBuilder, embedding, layer_norm, linear};
@@ -223,7 +223,6 @@ pub struct ClipTokenizer {
     vocab: HashMap<String, u32>,
     ranks: HashMap<(String, String), usize>,
     byte_symbols: Vec<char>,
-    pattern: Regex,
     bos: u32,
     eos: u32,
     pad: u32,
@@ -299,8 +298,6 @@ impl ClipTokenizer {
             vocab,
             ranks,
             byte_symbols: bytes_to_unicode(),
-            pattern: Regex::new(r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+")
-                .expect("valid pattern"),
             max_length,
         })
     }
@@ -319,8 +316,7 @@ impl ClipTokenizer {
             .join(" ")
             .to_lowercase();
         let mut ids = Vec::new();
-        for m in self.pattern.find_iter(&normalized) {
-            let word = m.as_str();
+        for word in pre_tokenize(&normalized) {
             if let Some(&id) = (word == Self::BOS || word == Self::EOS).then(|| &self.vocab[word]) {
                 ids.push(id);
                 continue;
@@ -381,6 +377,61 @@ impl ClipTokenizer {
     }
 }
 
+/// The words of `text` as transformers' CLIP pattern finds them,
+/// `<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+`,
+/// scanned by hand: the same alternatives tried in the same order at each
+/// position, whitespace between matches skipped. (A regex engine would bring
+/// every Unicode property table into the wasm: about 0.2 MB of its gzip size.)
+fn pre_tokenize(text: &str) -> impl Iterator<Item = &str> {
+    const FIXED: [&str; 9] = [
+        ClipTokenizer::BOS,
+        ClipTokenizer::EOS,
+        "'s",
+        "'t",
+        "'re",
+        "'ve",
+        "'m",
+        "'ll",
+        "'d",
+    ];
+    let letter = |c: char| in_table(unicode_tables::LETTER, c);
+    let number = |c: char| in_table(unicode_tables::NUMBER, c);
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        rest = rest.trim_start_matches(char::is_whitespace);
+        let first = rest.chars().next()?;
+        let len = if let Some(f) = FIXED.iter().find(|f| rest.starts_with(**f)) {
+            f.len()
+        } else if letter(first) {
+            rest.find(|c| !letter(c)).unwrap_or(rest.len())
+        } else if number(first) {
+            first.len_utf8()
+        } else {
+            rest.find(|c: char| c.is_whitespace() || letter(c) || number(c))
+                .unwrap_or(rest.len())
+        };
+        let (word, tail) = rest.split_at(len);
+        rest = tail;
+        Some(word)
+    })
+}
+
+/// Whether `c` lies in one of `table`'s sorted, disjoint inclusive ranges.
+fn in_table(table: &[(u32, u32)], c: char) -> bool {
+    let c = c as u32;
+    table
+        .binary_search_by(|&(lo, hi)| {
+            if hi < c {
+                std::cmp::Ordering::Less
+            } else if lo > c {
+                std::cmp::Ordering::Greater
+            } else {
+                std::cmp::Ordering::Equal
+            }
+        })
+        .is_ok()
+}
+
 /// GPT-2's reversible byte → printable character table.
 fn bytes_to_unicode() -> Vec<char> {
     let printable = |b: u32| {
@@ -397,4 +448,88 @@ fn bytes_to_unicode() -> Vec<char> {
         };
     }
     table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use regex_syntax::hir::{Class, HirKind};
+
+    /// The ranges of a Unicode class as regex-syntax reads it.
+    fn class_ranges(pattern: &str) -> Vec<(u32, u32)> {
+        let hir = regex_syntax::Parser::new().parse(pattern).unwrap();
+        let HirKind::Class(Class::Unicode(class)) = hir.kind() else {
+            panic!("{pattern} is not a Unicode class")
+        };
+        class
+            .ranges()
+            .iter()
+            .map(|r| (r.start() as u32, r.end() as u32))
+            .collect()
+    }
+
+    /// `unicode_tables.rs` is exactly what this writes from regex-syntax's
+    /// `\p{L}` and `\p{N}` (the classes the regex crate matched before).
+    /// To regenerate it: `UNICODE_TABLES=src/models/unicode_tables.rs cargo
+    /// test --lib unicode_tables`.
+    #[test]
+    fn unicode_tables_are_regex_syntax_classes() {
+        let mut text = String::from(
+            "//! `\\p{L}` and `\\p{N}` as inclusive code point ranges, for the CLIP\n\
+             //! pre-tokenizer. Generated from regex-syntax's Unicode tables by the\n\
+             //! test `models::clip::tests::unicode_tables_are_regex_syntax_classes`.\n",
+        );
+        for (name, pattern) in [("LETTER", r"\p{L}"), ("NUMBER", r"\p{N}")] {
+            text += &format!("\n#[rustfmt::skip]\npub const {name}: &[(u32, u32)] = &[\n");
+            for line in class_ranges(pattern).chunks(6) {
+                let pairs: Vec<String> = line
+                    .iter()
+                    .map(|(a, b)| format!("(0x{a:05X}, 0x{b:05X})"))
+                    .collect();
+                text += &format!("    {},\n", pairs.join(", "));
+            }
+            text += "];\n";
+        }
+        if let Ok(path) = std::env::var("UNICODE_TABLES") {
+            std::fs::write(path, &text).unwrap();
+        }
+        assert!(
+            text == include_str!("unicode_tables.rs"),
+            "unicode_tables.rs is stale; see this test's comment"
+        );
+    }
+
+    /// The scanner finds the same words as the regex it replaces, on text
+    /// built from every kind of character the alternatives distinguish.
+    #[test]
+    fn pre_tokenize_matches_the_regex() {
+        let pattern = regex::Regex::new(
+            r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+",
+        )
+        .unwrap();
+        // Letters (cased, titlecase, modifier, other, one outside the BMP),
+        // numbers (digits, letter-like, fractions, and U+11DE0: a number to
+        // Rust's Unicode 17 `char::is_numeric`, not to regex-syntax's 16), a
+        // combining mark, a circled letter (alphabetic, not a letter),
+        // spaces, the contractions' letters, punctuation, emoji, joiners.
+        let chars = "azéß日ǅʰ\u{1e900}\u{16f0}1٣Ⅻ½\u{11de0}\u{301}ⓐ \t\u{3000}\u{85}'strevmld!🍕\u{200d}\u{fe0f}_";
+        let pieces: Vec<String> = chars
+            .chars()
+            .map(String::from)
+            .chain(["<|startoftext|>", "<|endoftext|>", "<|", "|>"].map(String::from))
+            .collect();
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for case in 0..20_000 {
+            let mut text = String::new();
+            for _ in 0..case % 24 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                text += &pieces[(state % pieces.len() as u64) as usize];
+            }
+            let want: Vec<&str> = pattern.find_iter(&text).map(|m| m.as_str()).collect();
+            let got: Vec<&str> = pre_tokenize(&text).collect();
+            assert_eq!(got, want, "{text:?}");
+        }
+    }
 }

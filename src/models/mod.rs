@@ -11,6 +11,7 @@ pub mod embeddings;
 pub mod resnet;
 pub mod unet_2d_blocks;
 pub mod unet_2d_condition;
+mod unicode_tables;
 
 use burn::tensor::{DType, Tensor};
 use serde::Deserialize;
