@@ -46,6 +46,10 @@ fn load_file(dir: &str, sub: &str, device: &Device) -> (String, WeightFile) {
 }
 
 fn main() {
+    latent_diffusion_web::run_on_cpu_pool(bench);
+}
+
+fn bench() {
     let args: Vec<String> = std::env::args().filter(|a| a != "--bench").collect();
     let backend = args.get(1).map(String::as_str).unwrap_or("flex");
     let dir = args.get(2).map(String::as_str).unwrap_or("/tmp/ldw-bench");

@@ -17,6 +17,10 @@ const RUNS: usize = 10;
 const PROMPTS: [&str; 2] = ["red heart", "blue car"];
 
 fn main() {
+    latent_diffusion_web::run_on_cpu_pool(bench);
+}
+
+fn bench() {
     let args: Vec<String> = std::env::args().filter(|a| a != "--bench").collect();
     let backend = args.get(1).map(String::as_str).unwrap_or("flex");
     let default = concat!(env!("CARGO_MANIFEST_DIR"), "/www/models/emoji-4step");

@@ -23,6 +23,10 @@ use common::peak_rss_mb;
 const RUNS: usize = 2;
 
 fn main() {
+    latent_diffusion_web::run_on_cpu_pool(bench);
+}
+
+fn bench() {
     let args: Vec<String> = std::env::args().filter(|a| a != "--bench").collect();
     let dir = args
         .get(1)

@@ -103,7 +103,7 @@ enum Backend {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    match run(args) {
+    match latent_diffusion_web::run_on_cpu_pool(|| run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

@@ -12,6 +12,10 @@
 //! adjacent. Vectors are simd128 in wasm (4 lanes, one thread); natively
 //! AVX-512 (16 lanes) or AVX2 with FMA (8 lanes) where the CPU has them,
 //! else 4 plain lanes, with blocks of channels spread over rayon's threads.
+//! Where output rows are narrower than a block (a UNet's 8×8 and 4×4 levels
+//! under AVX-512), blocks run through the padded rows end to end instead of
+//! starting at each row, computing the `kw - 1` padding columns between rows
+//! rather than idle lanes (`tools/bench.sh`'s UNet: 35–40 → 28–32 ms).
 //!
 //! Measured (README: Benchmarks): in chromium the shipped model's decoder
 //! takes 0.48× and a UNet step 0.8× of their time on flex's path
@@ -238,13 +242,11 @@ impl Packed {
             "kernel larger than the input"
         );
         let out = [h + top + bottom + 1 - kh, w + left + right + 1 - kw];
-        (
-            self.run(x, [n, h, w], [top, left], out, kernel(out[1])),
-            out,
-        )
+        let layout = Layout::choose(kernel(), self.kernel, out);
+        (self.run(x, [n, h, w], [top, left], out, layout), out)
     }
 
-    /// `conv` by `kernel`: the padded input, then every block of `CO`
+    /// `conv` in `layout`: the padded input, then every block of `CO`
     /// output channels (in parallel natively), batch item by batch item.
     fn run(
         &self,
@@ -252,26 +254,20 @@ impl Packed {
         [n, h, w]: [usize; 3],
         [top, left]: [usize; 2],
         [ho, wo]: [usize; 2],
-        (kernel, px): (ChannelBlock, usize),
+        layout: Layout,
     ) -> Vec<f32> {
         let [kh, kw] = self.kernel;
-        // Rows as wide as whole blocks need, so every block's loads stay
-        // inside its rows.
-        let g = Geometry {
-            c_in: self.c_in,
-            kernel: self.kernel,
-            padded: [ho + kh - 1, wo.div_ceil(px) * px + kw - 1],
-            out: [ho, wo],
-        };
+        let g = layout.geometry(self.c_in, self.kernel, [ho, wo]);
+        let kernel = layout.block;
         let [hp, wp] = g.padded;
-        let mut padded = vec![0.0f32; self.c_in * hp * wp];
+        let mut padded = vec![0.0f32; self.c_in * hp * wp + g.slack];
         let mut y = vec![0.0f32; n * self.c_out * ho * wo];
         let block_weights = self.c_in * kh * kw * CO;
         for (xb, yb) in x
             .chunks_exact(self.c_in * h * w)
             .zip(y.chunks_exact_mut(self.c_out * ho * wo))
         {
-            for (plane, src) in padded.chunks_exact_mut(hp * wp).zip(xb.chunks_exact(h * w)) {
+            for (plane, src) in padded.chunks_mut(hp * wp).zip(xb.chunks_exact(h * w)) {
                 for (r, row) in src.chunks_exact(w).enumerate() {
                     let at = (r + top) * wp + left;
                     plane[at..at + w].copy_from_slice(row);
@@ -298,53 +294,65 @@ impl Packed {
     }
 }
 
-/// The sizes every block of one convolution shares.
+/// The sizes every block of one convolution shares, and where its blocks lie.
 struct Geometry {
     c_in: usize,
     kernel: [usize; 2],
-    /// `[hp, wp]` of the zero-padded input.
+    /// `[hp, wp]` of the zero-padded input's planes.
     padded: [usize; 2],
     /// `[ho, wo]`.
     out: [usize; 2],
+    /// Pixels per block.
+    px: usize,
+    /// Blocks run through each plane's rows end to end (`wp = wo + kw - 1`),
+    /// a block crossing from one row into the next; else each row starts a
+    /// block (`wp` whole blocks plus `kw - 1`).
+    flat: bool,
+    /// Zeros after the last plane, for the loads of a flat layout's last block.
+    slack: usize,
 }
 
 /// One block of `CO` output channels over the whole output: its packed
 /// weights and bias, and `out`, the planes of its (up to `CO`) channels.
 type ChannelBlock = fn(&Geometry, &[f32], &[f32], &[f32], &mut [f32]);
 
-/// The kernel for output rows `wo` wide and its block width in pixels: the
-/// widest instruction set this machine runs.
-fn kernel(wo: usize) -> (ChannelBlock, usize) {
-    kernels(wo).next().expect("every target has a kernel")
+/// A kernel on one instruction set: its block forms of one and two vectors
+/// per block, and the lanes of a vector.
+#[derive(Clone, Copy)]
+struct Kernel {
+    one: ChannelBlock,
+    two: ChannelBlock,
+    lanes: usize,
 }
 
-/// Every kernel this machine runs for output rows `wo` wide, widest first,
-/// with its block width in pixels: simd128 in wasm; natively AVX-512, AVX2
-/// with FMA where the CPU has them (checked at run time), and 4 plain lanes.
-/// Each takes one vector per block where a row fits in one (a UNet's 4×4
-/// level), two otherwise.
-fn kernels(wo: usize) -> impl Iterator<Item = (ChannelBlock, usize)> {
+/// The widest kernel this machine runs.
+fn kernel() -> Kernel {
+    kernels().next().expect("every target has a kernel")
+}
+
+/// Every kernel this machine runs, widest first: simd128 in wasm; natively
+/// AVX-512, AVX2 with FMA where the CPU has them (checked at run time), and
+/// 4 plain lanes.
+fn kernels() -> impl Iterator<Item = Kernel> {
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    let wide = [Some(widths::<Wasm128>(
-        wo,
+    let wide = [Some(Kernel::on::<Wasm128>(
         channel_block::<Wasm128, 1>,
         channel_block::<Wasm128, 2>,
     ))];
     #[cfg(target_arch = "x86_64")]
     let wide = [
         std::is_x86_feature_detected!("avx512f")
-            .then(|| widths::<Avx512>(wo, avx512::<1>, avx512::<2>)),
+            .then(|| Kernel::on::<Avx512>(avx512::<1>, avx512::<2>)),
         (std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"))
-            .then(|| widths::<Avx2>(wo, avx2::<1>, avx2::<2>)),
+            .then(|| Kernel::on::<Avx2>(avx2::<1>, avx2::<2>)),
     ];
     #[cfg(not(any(
         all(target_arch = "wasm32", target_feature = "simd128"),
         target_arch = "x86_64"
     )))]
-    let wide: [Option<(ChannelBlock, usize)>; 0] = [];
+    let wide: [Option<Kernel>; 0] = [];
     #[cfg(any(test, not(all(target_arch = "wasm32", target_feature = "simd128"))))]
-    let plain = Some(widths::<Portable>(
-        wo,
+    let plain = Some(Kernel::on::<Portable>(
         channel_block::<Portable, 1>,
         channel_block::<Portable, 2>,
     ));
@@ -353,12 +361,88 @@ fn kernels(wo: usize) -> impl Iterator<Item = (ChannelBlock, usize)> {
     wide.into_iter().flatten().chain(plain)
 }
 
-/// The one- or two-vector form of a kernel on `S` for rows `wo` wide.
-fn widths<S: Simd>(wo: usize, one: ChannelBlock, two: ChannelBlock) -> (ChannelBlock, usize) {
-    if wo <= S::W {
-        (one, S::W)
-    } else {
-        (two, 2 * S::W)
+impl Kernel {
+    fn on<S: Simd>(one: ChannelBlock, two: ChannelBlock) -> Self {
+        Self {
+            one,
+            two,
+            lanes: S::W,
+        }
+    }
+}
+
+/// How a kernel covers one convolution's output: its block form, pixels per
+/// block and whether blocks run through rows end to end.
+#[derive(Clone, Copy)]
+struct Layout {
+    block: ChannelBlock,
+    px: usize,
+    flat: bool,
+}
+
+impl Layout {
+    /// Every layout of `kernel`, the preferred first among equally costly
+    /// ones: blocks per row (one vector where a row fits in one, else two),
+    /// then flat with two vectors and with one.
+    fn all(kernel: Kernel, wo: usize) -> [Self; 3] {
+        let w = kernel.lanes;
+        let (block, px) = if wo <= w {
+            (kernel.one, w)
+        } else {
+            (kernel.two, 2 * w)
+        };
+        [
+            Self {
+                block,
+                px,
+                flat: false,
+            },
+            Self {
+                block: kernel.two,
+                px: 2 * w,
+                flat: true,
+            },
+            Self {
+                block: kernel.one,
+                px: w,
+                flat: true,
+            },
+        ]
+    }
+
+    /// The layout of `kernel` that computes the fewest pixels for an output
+    /// `[ho, wo]`. Rows narrower than a block waste lanes when each starts a
+    /// block (AVX-512 on a UNet's 8×8 level: half of them, at 4×4 three
+    /// quarters); a flat layout wastes only the `kw - 1` padding columns
+    /// between rows, which wide rows do not need to.
+    fn choose(kernel: Kernel, [_, kw]: [usize; 2], [ho, wo]: [usize; 2]) -> Self {
+        let cost = |l: &Self| {
+            let row = if l.flat { wo + kw - 1 } else { wo };
+            let per_plane = if l.flat { ho * row } else { row };
+            let blocks = per_plane.div_ceil(l.px) * if l.flat { 1 } else { ho };
+            blocks * l.px
+        };
+        Self::all(kernel, wo)
+            .into_iter()
+            .reduce(|best, l| if cost(&l) < cost(&best) { l } else { best })
+            .expect("three layouts")
+    }
+
+    fn geometry(&self, c_in: usize, [kh, kw]: [usize; 2], [ho, wo]: [usize; 2]) -> Geometry {
+        let wp = if self.flat {
+            wo + kw - 1
+        } else {
+            wo.div_ceil(self.px) * self.px + kw - 1
+        };
+        Geometry {
+            c_in,
+            kernel: [kh, kw],
+            padded: [ho + kh - 1, wp],
+            out: [ho, wo],
+            px: self.px,
+            flat: self.flat,
+            slack: if self.flat { self.px + kw } else { 0 },
+        }
     }
 }
 
@@ -392,8 +476,7 @@ macro_rules! feature_kernel {
 feature_kernel!(avx2, Avx2, "avx2,fma");
 feature_kernel!(avx512, Avx512, "avx512f");
 
-/// Every block of `CO` channels × `NV` vectors of one output row, stored in
-/// `out`'s planes.
+/// Every block of `CO` channels × `NV` vectors, stored in `out`'s planes.
 #[inline(always)]
 fn channel_block<S: Simd, const NV: usize>(
     g: &Geometry,
@@ -402,46 +485,70 @@ fn channel_block<S: Simd, const NV: usize>(
     bias: &[f32],
     out: &mut [f32],
 ) {
-    let [ho, wo] = g.out;
-    let px = S::W * NV;
+    let ([ho, wo], [_, wp]) = (g.out, g.padded);
+    debug_assert_eq!(g.px, S::W * NV);
     let channels = out.len() / (ho * wo);
-    for oy in 0..ho {
-        for x0 in (0..wo).step_by(px) {
-            let acc = block::<S, NV>(g, padded, weights, bias, [oy, x0]);
-            let len = px.min(wo - x0);
+    // Blocks start at every row (or only at the first, running through all
+    // of them), then every `px` pixels. (A loop, not a closure: a closure
+    // would not inherit the caller's target features, and the vector
+    // intrinsics inlined into it would become calls.)
+    let (rows, per_row) = if g.flat {
+        (1, (ho * wp).div_ceil(g.px))
+    } else {
+        (ho, wo.div_ceil(g.px))
+    };
+    for row in 0..rows {
+        for b in 0..per_row {
+            let start = row * wp + b * g.px;
+            let acc = block::<S, NV>(g, padded, weights, bias, start);
             for (j, lanes) in acc.iter().take(channels).enumerate() {
                 let mut vals = [0.0f32; 32];
                 for (i, &v) in lanes.iter().enumerate() {
                     S::store(v, &mut vals[S::W * i..S::W * (i + 1)]);
                 }
-                let at = (j * ho + oy) * wo + x0;
-                out[at..at + len].copy_from_slice(&vals[..len]);
+                // The block's pixels, row piece by row piece, less the
+                // padding columns (and rows) a flat block also computes.
+                let mut p = start;
+                while p < start + g.px {
+                    let (r, c) = (p / wp, p % wp);
+                    let end = (p - c + wp).min(start + g.px);
+                    if r < ho && c < wo {
+                        let len = (end - p).min(wo - c);
+                        let at = (j * ho + r) * wo + c;
+                        out[at..at + len].copy_from_slice(&vals[p - start..p - start + len]);
+                    }
+                    p = end;
+                }
             }
         }
     }
 }
 
-/// One block: `CO` output channels × `NV` vectors of pixels from (`oy`,
-/// `x0`) on, summed over input channels and taps, starting from the bias.
+/// One block: `CO` output channels × `NV` vectors of pixels from `start`
+/// (an offset into a padded plane) on, summed over input channels and taps,
+/// starting from the bias.
 #[inline(always)]
 fn block<S: Simd, const NV: usize>(
     g: &Geometry,
     padded: &[f32],
     weights: &[f32],
     bias: &[f32],
-    [oy, x0]: [usize; 2],
+    start: usize,
 ) -> [[S::V; NV]; CO] {
     let (c_in, [kh, kw], [hp, wp]) = (g.c_in, g.kernel, g.padded);
-    // Every load below stays in bounds: rows oy..oy + kh <= hp, columns
-    // x0 + kx .. x0 + kx + W·NV <= wp (the row width rounds the output up to
-    // whole blocks), and `weights` holds c_in · kh · kw · CO values.
-    assert!(oy + kh <= hp && x0 + kw - 1 + S::W * NV <= wp);
-    assert!(padded.len() >= c_in * hp * wp && weights.len() >= c_in * kh * kw * CO);
+    // Every load below stays in bounds: the furthest reads the last input
+    // channel's plane at start + (kh - 1)·wp + kw - 1 + W·NV - 1, and
+    // `weights` holds c_in · kh · kw · CO values.
+    assert!(
+        c_in.saturating_sub(1) * hp * wp + start + (kh - 1) * wp + kw - 1 + S::W * NV
+            <= padded.len()
+    );
+    assert!(weights.len() >= c_in * kh * kw * CO);
     let mut acc: [[S::V; NV]; CO] = std::array::from_fn(|j| [S::splat(bias[j]); NV]);
     let mut wi = 0;
     for ci in 0..c_in {
         for ky in 0..kh {
-            let row = (ci * hp + oy + ky) * wp + x0;
+            let row = (ci * hp + ky) * wp + start;
             for kx in 0..kw {
                 // SAFETY: in bounds by the asserts above.
                 let inp: [S::V; NV] =
@@ -663,8 +770,9 @@ mod tests {
                 assert_eq!(got.dims(), want.dims(), "case {i}, c_out {c_out}");
                 let diff = (got - want.clone()).abs().max().into_scalar::<f32>();
                 assert!(diff < 1e-5, "case {i}, c_out {c_out}: max diff {diff}");
-                // Every kernel this machine runs (`direct` takes the widest):
-                // AVX-512, AVX2 and the plain 4 lanes on x86-64.
+                // Every kernel this machine runs (`direct` takes the widest:
+                // AVX-512, AVX2 and the plain 4 lanes on x86-64) in every
+                // layout (`direct` takes the cheapest).
                 let [_, _, ho, wo] = want.dims();
                 let packed = Packed::new(
                     &values(c_out * c_in * kh * kw, seed),
@@ -673,17 +781,20 @@ mod tests {
                 );
                 let xv = values(n * c_in * h * w, seed + 2000);
                 let want = want.into_data().try_to_vec::<f32>().unwrap();
-                for (k, (kernel, px)) in kernels(wo).enumerate() {
-                    let got = packed.run(&xv, [n, h, w], [t, l], [ho, wo], (kernel, px));
-                    let diff = got
-                        .iter()
-                        .zip(&want)
-                        .map(|(p, q)| (p - q).abs())
-                        .fold(0.0, f32::max);
-                    assert!(
-                        diff < 1e-5,
-                        "kernel {k} ({px} px), case {i}, c_out {c_out}: max diff {diff}"
-                    );
+                for (k, kernel) in kernels().enumerate() {
+                    for layout in Layout::all(kernel, wo) {
+                        let got = packed.run(&xv, [n, h, w], [t, l], [ho, wo], layout);
+                        let diff = got
+                            .iter()
+                            .zip(&want)
+                            .map(|(p, q)| (p - q).abs())
+                            .fold(0.0, f32::max);
+                        let (px, flat) = (layout.px, layout.flat);
+                        assert!(
+                            diff < 1e-5,
+                            "kernel {k} ({px} px, flat {flat}), case {i}, c_out {c_out}: max diff {diff}"
+                        );
+                    }
                 }
             }
         }
