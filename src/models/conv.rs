@@ -417,10 +417,11 @@ impl Layout {
     /// between rows, which wide rows do not need to.
     fn choose(kernel: Kernel, [_, kw]: [usize; 2], [ho, wo]: [usize; 2]) -> Self {
         let cost = |l: &Self| {
-            let row = if l.flat { wo + kw - 1 } else { wo };
-            let per_plane = if l.flat { ho * row } else { row };
-            let blocks = per_plane.div_ceil(l.px) * if l.flat { 1 } else { ho };
-            blocks * l.px
+            if l.flat {
+                (ho * (wo + kw - 1)).div_ceil(l.px) * l.px
+            } else {
+                ho * wo.div_ceil(l.px) * l.px
+            }
         };
         Self::all(kernel, wo)
             .into_iter()
@@ -798,6 +799,29 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// With 16 lanes, narrow rows take a flat layout (8×8: 80 pixels computed
+    /// for 64 instead of 128) and wide rows keep a block per row.
+    #[test]
+    fn layout_computes_the_fewest_pixels() {
+        let plain = |g: &Geometry, p: &[f32], w: &[f32], b: &[f32], o: &mut [f32]| {
+            channel_block::<Portable, 1>(g, p, w, b, o)
+        };
+        let sixteen = Kernel {
+            one: plain,
+            two: plain,
+            lanes: 16,
+        };
+        let pick = |out| {
+            let l = Layout::choose(sixteen, [3, 3], out);
+            (l.flat, l.px)
+        };
+        assert_eq!(pick([8, 8]), (true, 16));
+        // 24 padded pixels: one block of 32 or two of 16; the wider is preferred.
+        assert_eq!(pick([4, 4]), (true, 32));
+        assert_eq!(pick([16, 16]), (false, 16));
+        assert_eq!(pick([64, 64]), (false, 32));
     }
 
     /// The four-phase 2×2 form of upsample + 3×3 convolution against Burn's
