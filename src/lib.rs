@@ -24,6 +24,11 @@ pub mod weights;
 mod web;
 
 pub use error::{Error, Result};
+pub use noise::NoiseGenerator;
+pub use schedulers::{
+    DDIMScheduler, DDIMSchedulerConfig, DDPMScheduler, DDPMSchedulerConfig, NoiseSchedule,
+    PredictionType, SchedulerOutput, TimestepSpacing,
+};
 
 /// Runs `f` on a thread of rayon's global pool, the pool that flex's ops,
 /// gemm and the convolution kernel split their work over; natively, call
@@ -38,8 +43,3 @@ pub fn run_on_cpu_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     // `scope` (unlike `in_place_scope`) runs its closure in the pool.
     rayon::scope(|_| f())
 }
-pub use noise::NoiseGenerator;
-pub use schedulers::{
-    DDIMScheduler, DDIMSchedulerConfig, DDPMScheduler, DDPMSchedulerConfig, NoiseSchedule,
-    PredictionType, SchedulerOutput, TimestepSpacing,
-};

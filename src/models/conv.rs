@@ -260,7 +260,7 @@ impl Packed {
         let g = layout.geometry(self.c_in, self.kernel, [ho, wo]);
         let kernel = layout.block;
         let [hp, wp] = g.padded;
-        let mut padded = vec![0.0f32; self.c_in * hp * wp + g.slack];
+        let mut padded = vec![0.0f32; self.c_in * hp * wp + g.slack()];
         let mut y = vec![0.0f32; n * self.c_out * ho * wo];
         let block_weights = self.c_in * kh * kw * CO;
         for (xb, yb) in x
@@ -308,8 +308,18 @@ struct Geometry {
     /// a block crossing from one row into the next; else each row starts a
     /// block (`wp` whole blocks plus `kw - 1`).
     flat: bool,
-    /// Zeros after the last plane, for the loads of a flat layout's last block.
-    slack: usize,
+}
+
+impl Geometry {
+    /// Zeros after the last plane, for the loads of a flat layout's last
+    /// block (which may read up to `px + kw - 2` values past it).
+    fn slack(&self) -> usize {
+        if self.flat {
+            self.px + self.kernel[1]
+        } else {
+            0
+        }
+    }
 }
 
 /// One block of `CO` output channels over the whole output: its packed
@@ -442,7 +452,6 @@ impl Layout {
             out: [ho, wo],
             px: self.px,
             flat: self.flat,
-            slack: if self.flat { self.px + kw } else { 0 },
         }
     }
 }
