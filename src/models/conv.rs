@@ -8,8 +8,8 @@
 //! copy), keeps blocks of 4 output channels × 2 vectors of one output row in
 //! 8 accumulators (larger blocks spill on x86's 16 vector registers and
 //! measured slower in wasm) and loops over input channels and kernel taps,
-//! with the weights packed so that each tap's 4 output-channel weights are
-//! adjacent. Vectors are simd128 in wasm (4 lanes, one thread); natively
+//! reading the 4 filters in PyTorch's layout in place (packing them side by
+//! side on every call cost 4% of `tools/bench.sh`'s UNet). Vectors are simd128 in wasm (4 lanes, one thread); natively
 //! AVX-512 (16 lanes) or AVX2 with FMA (8 lanes) where the CPU has them,
 //! else 4 plain lanes, with blocks of channels spread over rayon's threads.
 //! Where output rows are narrower than a block (a UNet's 8×8 and 4×4 levels
@@ -34,6 +34,7 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{DType, Device, Tensor, TensorData};
+use std::borrow::Cow;
 
 /// Output channels per block of the kernel.
 const CO: usize = 4;
@@ -75,8 +76,8 @@ fn direct(conv: &Conv2d, x: Tensor<4>, padding: [usize; 4]) -> Tensor<4> {
         conv,
         x,
         |xv, wv, bias| {
-            let packed = Packed::new(wv, bias, [c_out, c_in, kh, kw]);
-            let (out, [ho, wo]) = packed.conv(xv, [n, h, w], padding);
+            let filters = Filters::new(wv, bias, [c_out, c_in, kh, kw]);
+            let (out, [ho, wo]) = filters.conv(xv, [n, h, w], padding);
             (out, [n, c_out, ho, wo])
         },
         |x| conv.forward(x),
@@ -140,9 +141,9 @@ fn upsampled(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
         let mut out = vec![0.0f32; n * c_out * 4 * h * w];
         for py in 0..2 {
             for px in 0..2 {
-                let packed = Packed::upsample_phase(wv, bias, [c_out, c_in], [py, px]);
+                let filters = Filters::upsample_phase(wv, bias, [c_out, c_in], [py, px]);
                 // Even rows (py = 0) read rows i - 1 and i, odd rows i and i + 1.
-                let (phase, _) = packed.conv(xv, [n, h, w], [1 - py, 1 - px, py, px]);
+                let (phase, _) = filters.conv(xv, [n, h, w], [1 - py, 1 - px, py, px]);
                 for (plane, src) in out
                     .chunks_exact_mut(4 * h * w)
                     .zip(phase.chunks_exact(h * w))
@@ -161,41 +162,23 @@ fn upsampled(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     on_host(conv, x, phases, |x| conv.forward(upsample_nearest(x)))
 }
 
-/// A convolution's weights packed for the kernel:
-/// `[c_out / CO][c_in][kh][kw][CO]`, zero past `c_out`.
-struct Packed {
-    c_out: usize,
+/// A convolution's weights, `[c_out][c_in][kh][kw]` as PyTorch stores them
+/// (each block reads its `CO` filters side by side, in place), and its bias.
+struct Filters<'a> {
     c_in: usize,
     kernel: [usize; 2],
-    weight: Vec<f32>,
-    bias: Vec<f32>,
+    weight: Cow<'a, [f32]>,
+    bias: &'a [f32],
 }
 
-impl Packed {
-    /// From PyTorch's layout, `weight` `[c_out][c_in][kh][kw]` and `bias` `[c_out]`.
-    fn new(weight: &[f32], bias: &[f32], [c_out, c_in, kh, kw]: [usize; 4]) -> Self {
+impl<'a> Filters<'a> {
+    fn new(weight: &'a [f32], bias: &'a [f32], [c_out, c_in, kh, kw]: [usize; 4]) -> Self {
         assert_eq!(weight.len(), c_out * c_in * kh * kw, "weight shape");
         assert_eq!(bias.len(), c_out, "bias shape");
-        let taps = kh * kw;
-        let filter = c_in * taps;
-        let blocks = c_out.div_ceil(CO);
-        let mut packed = vec![0.0; blocks * filter * CO];
-        // Written in order; each block reads CO filters side by side.
-        for (blk, dst) in packed.chunks_exact_mut(filter * CO).enumerate() {
-            let filters = &weight[blk * CO * filter..((blk + 1) * CO).min(c_out) * filter];
-            for (j, src) in filters.chunks_exact(filter).enumerate() {
-                for (d, &v) in dst[j..].iter_mut().step_by(CO).zip(src) {
-                    *d = v;
-                }
-            }
-        }
-        let mut bias = bias.to_vec();
-        bias.resize(blocks * CO, 0.0);
         Self {
-            c_out,
             c_in,
             kernel: [kh, kw],
-            weight: packed,
+            weight: Cow::Borrowed(weight),
             bias,
         }
     }
@@ -206,7 +189,7 @@ impl Packed {
     /// through (0 + 1, 2).
     fn upsample_phase(
         weight: &[f32],
-        bias: &[f32],
+        bias: &'a [f32],
         [c_out, c_in]: [usize; 2],
         [py, px]: [usize; 2],
     ) -> Self {
@@ -224,7 +207,12 @@ impl Packed {
                 }
             }
         }
-        Self::new(&folded, bias, [c_out, c_in, 2, 2])
+        Self {
+            c_in,
+            kernel: [2, 2],
+            weight: Cow::Owned(folded),
+            bias,
+        }
     }
 
     /// The convolution (stride 1, zero padding top, left, bottom, right) of
@@ -261,11 +249,12 @@ impl Packed {
         let kernel = layout.block;
         let [hp, wp] = g.padded;
         let mut padded = vec![0.0f32; self.c_in * hp * wp + g.slack()];
-        let mut y = vec![0.0f32; n * self.c_out * ho * wo];
+        let c_out = self.bias.len();
+        let mut y = vec![0.0f32; n * c_out * ho * wo];
         let block_weights = self.c_in * kh * kw * CO;
         for (xb, yb) in x
             .chunks_exact(self.c_in * h * w)
-            .zip(y.chunks_exact_mut(self.c_out * ho * wo))
+            .zip(y.chunks_exact_mut(c_out * ho * wo))
         {
             for (plane, src) in padded.chunks_mut(hp * wp).zip(xb.chunks_exact(h * w)) {
                 for (r, row) in src.chunks_exact(w).enumerate() {
@@ -280,14 +269,14 @@ impl Packed {
             {
                 use rayon::prelude::*;
                 yb.par_chunks_mut(CO * ho * wo)
-                    .zip(self.weight.par_chunks_exact(block_weights))
-                    .zip(self.bias.par_chunks_exact(CO))
+                    .zip(self.weight.par_chunks(block_weights))
+                    .zip(self.bias.par_chunks(CO))
                     .for_each(job);
             }
             #[cfg(target_family = "wasm")]
             yb.chunks_mut(CO * ho * wo)
-                .zip(self.weight.chunks_exact(block_weights))
-                .zip(self.bias.chunks_exact(CO))
+                .zip(self.weight.chunks(block_weights))
+                .zip(self.bias.chunks(CO))
                 .for_each(job);
         }
         y
@@ -322,8 +311,8 @@ impl Geometry {
     }
 }
 
-/// One block of `CO` output channels over the whole output: its packed
-/// weights and bias, and `out`, the planes of its (up to `CO`) channels.
+/// One block of `CO` output channels over the whole output: its filters
+/// and biases, and `out`, the planes of its (up to `CO`) channels.
 type ChannelBlock = fn(&Geometry, &[f32], &[f32], &[f32], &mut [f32]);
 
 /// A kernel on one instruction set: its block forms of one and two vectors
@@ -536,7 +525,10 @@ fn channel_block<S: Simd, const NV: usize>(
 
 /// One block: `CO` output channels × `NV` vectors of pixels from `start`
 /// (an offset into a padded plane) on, summed over input channels and taps,
-/// starting from the bias.
+/// starting from the bias. `weights` holds the block's filters one after
+/// another and `bias` their biases; a block of fewer than `CO` channels (the
+/// last) computes its last channel again in the unused ones, which are not
+/// stored.
 #[inline(always)]
 fn block<S: Simd, const NV: usize>(
     g: &Geometry,
@@ -546,15 +538,18 @@ fn block<S: Simd, const NV: usize>(
     start: usize,
 ) -> [[S::V; NV]; CO] {
     let (c_in, [kh, kw], [hp, wp]) = (g.c_in, g.kernel, g.padded);
+    let (filter, channels) = (c_in * kh * kw, bias.len());
     // Every load below stays in bounds: the furthest reads the last input
-    // channel's plane at start + (kh - 1)·wp + kw - 1 + W·NV - 1, and
-    // `weights` holds c_in · kh · kw · CO values.
+    // channel's plane at start + (kh - 1)·wp + kw - 1 + W·NV - 1, and the
+    // weights at (channels - 1)·filter + filter - 1.
     assert!(
         c_in.saturating_sub(1) * hp * wp + start + (kh - 1) * wp + kw - 1 + S::W * NV
             <= padded.len()
     );
-    assert!(weights.len() >= c_in * kh * kw * CO);
-    let mut acc: [[S::V; NV]; CO] = std::array::from_fn(|j| [S::splat(bias[j]); NV]);
+    assert!((1..=CO).contains(&channels) && weights.len() >= channels * filter);
+    let first: [usize; CO] = std::array::from_fn(|j| j.min(channels - 1) * filter);
+    let mut acc: [[S::V; NV]; CO] =
+        std::array::from_fn(|j| [S::splat(bias[j.min(channels - 1)]); NV]);
     let mut wi = 0;
     for ci in 0..c_in {
         for ky in 0..kh {
@@ -563,13 +558,13 @@ fn block<S: Simd, const NV: usize>(
                 // SAFETY: in bounds by the asserts above.
                 let inp: [S::V; NV] =
                     std::array::from_fn(|i| unsafe { S::load(padded, row + kx + S::W * i) });
-                for (j, a) in acc.iter_mut().enumerate() {
-                    let wv = unsafe { S::splat_at(weights, wi + j) };
+                for (a, &at) in acc.iter_mut().zip(&first) {
+                    let wv = unsafe { S::splat_at(weights, at + wi) };
                     for (a, &x) in a.iter_mut().zip(&inp) {
                         *a = S::mul_add(*a, wv, x);
                     }
                 }
-                wi += CO;
+                wi += 1;
             }
         }
     }
@@ -784,16 +779,13 @@ mod tests {
                 // AVX-512, AVX2 and the plain 4 lanes on x86-64) in every
                 // layout (`direct` takes the cheapest).
                 let [_, _, ho, wo] = want.dims();
-                let packed = Packed::new(
-                    &values(c_out * c_in * kh * kw, seed),
-                    &values(c_out, seed + 1000),
-                    [c_out, c_in, kh, kw],
-                );
+                let (wv, bv) = (values(c_out * c_in * kh * kw, seed), values(c_out, seed + 1000));
+                let filters = Filters::new(&wv, &bv, [c_out, c_in, kh, kw]);
                 let xv = values(n * c_in * h * w, seed + 2000);
                 let want = want.into_data().try_to_vec::<f32>().unwrap();
                 for (k, kernel) in kernels().enumerate() {
                     for layout in Layout::all(kernel, wo) {
-                        let got = packed.run(&xv, [n, h, w], [t, l], [ho, wo], layout);
+                        let got = filters.run(&xv, [n, h, w], [t, l], [ho, wo], layout);
                         let diff = got
                             .iter()
                             .zip(&want)
