@@ -30,9 +30,11 @@ fn qkv(b: usize, n: usize, m: usize, inner: usize, d: &Device) -> [Tensor<3>; 3]
 
 /// Any slice size, down to one query at a time, with and without a mask
 /// (the CLIP causal mask is sliced with the queries), gives the same result.
+/// On wgpu: f32 attention on flex takes a kernel of its own, which bounds its
+/// memory without these slices.
 #[test]
 fn slices_change_nothing() {
-    let d = Device::flex();
+    let d = Device::wgpu(DeviceKind::DefaultDevice);
     let [q, k, v] = qkv(2, 37, 37, 32, &d);
     let mut mask = vec![0f32; 37 * 37];
     for i in 0..37 {

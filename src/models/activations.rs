@@ -72,12 +72,15 @@ pub fn softmax<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     let row = x.dims()[D - 1];
     on_host(
         x,
-        |v| {
-            v.chunks_exact_mut(row)
-                .for_each(|r| widest_vectors!(softmax_row, r))
-        },
+        |v| softmax_rows(v, row),
         |x| activation::softmax(x, D - 1),
     )
+}
+
+/// Softmax of each `row` values of `v`, in place.
+pub(super) fn softmax_rows(v: &mut [f32], row: usize) {
+    v.chunks_exact_mut(row)
+        .for_each(|r| widest_vectors!(softmax_row, r))
 }
 
 /// `f` over the values of an f32 tensor on flex, in place in host memory;

@@ -779,7 +779,10 @@ mod tests {
                 // AVX-512, AVX2 and the plain 4 lanes on x86-64) in every
                 // layout (`direct` takes the cheapest).
                 let [_, _, ho, wo] = want.dims();
-                let (wv, bv) = (values(c_out * c_in * kh * kw, seed), values(c_out, seed + 1000));
+                let (wv, bv) = (
+                    values(c_out * c_in * kh * kw, seed),
+                    values(c_out, seed + 1000),
+                );
                 let filters = Filters::new(&wv, &bv, [c_out, c_in, kh, kw]);
                 let xv = values(n * c_in * h * w, seed + 2000);
                 let want = want.into_data().try_to_vec::<f32>().unwrap();
