@@ -854,8 +854,21 @@ impl VarBuilder {
     }
 }
 /// `nn.Linear(d_in, d_out, bias)`: PyTorch stores `[out, in]`, Burn `[in, out]`.
+/// On the CPU the weight is laid out `[in, out]` once, here: Burn's linear
+/// reshapes it on every call, and flex copies a transposed view whole to
+/// reshape it (7% of `tools/bench.sh`'s UNet). Elsewhere it stays a view.
 pub fn linear(vb: &VarBuilder, d_in: usize, d_out: usize, bias: bool) -> Linear {
     let w = vb.tensor("weight", [d_out, d_in]).transpose();
+    let device = w.device();
+    let w = if device == Device::flex() {
+        let dtype = w.dtype();
+        Tensor::from_data(
+            w.into_data(),
+            TensorCreationOptions::new(device).with_dtype(dtype),
+        )
+    } else {
+        w
+    };
     Linear {
         weight: Param::from_tensor(w),
         bias: bias.then(|| vb.param("bias", [d_out])),
