@@ -8,8 +8,9 @@
 //! copy), keeps blocks of 4 output channels × 2 vectors of one output row in
 //! 8 accumulators (larger blocks spill on x86's 16 vector registers and
 //! measured slower in wasm) and loops over input channels and kernel taps,
-//! reading the 4 filters in PyTorch's layout in place (packing them side by
-//! side on every call cost 4% of `tools/bench.sh`'s UNet). Vectors are simd128 in wasm (4 lanes, one thread); natively
+//! reading the weights as PyTorch stores them or, for large outputs, with each
+//! job's 4 filters packed side by side so that a tap's 4 weights are
+//! adjacent. Vectors are simd128 in wasm (4 lanes, one thread); natively
 //! AVX-512 (16 lanes) or AVX2 with FMA (8 lanes) where the CPU has them,
 //! else 4 plain lanes, with blocks of channels spread over rayon's threads.
 //! Where output rows are narrower than a block (a UNet's 8×8 and 4×4 levels
@@ -162,8 +163,8 @@ fn upsampled(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     on_host(conv, x, phases, |x| conv.forward(upsample_nearest(x)))
 }
 
-/// A convolution's weights, `[c_out][c_in][kh][kw]` as PyTorch stores them
-/// (each block reads its `CO` filters side by side, in place), and its bias.
+/// A convolution's weights, `[c_out][c_in][kh][kw]` as PyTorch stores them,
+/// and its bias.
 struct Filters<'a> {
     c_in: usize,
     kernel: [usize; 2],
@@ -251,7 +252,8 @@ impl<'a> Filters<'a> {
         let mut padded = vec![0.0f32; self.c_in * hp * wp + g.slack()];
         let c_out = self.bias.len();
         let mut y = vec![0.0f32; n * c_out * ho * wo];
-        let block_weights = self.c_in * kh * kw * CO;
+        let filter = self.c_in * kh * kw;
+        let block_weights = filter * CO;
         for (xb, yb) in x
             .chunks_exact(self.c_in * h * w)
             .zip(y.chunks_exact_mut(c_out * ho * wo))
@@ -262,8 +264,12 @@ impl<'a> Filters<'a> {
                     plane[at..at + w].copy_from_slice(row);
                 }
             }
-            let job = |((out, weights), bias): ((&mut [f32], &[f32]), &[f32])| {
-                kernel(&g, &padded, weights, bias, out)
+            let job = |((out, filters), bias): ((&mut [f32], &[f32]), &[f32])| {
+                if g.packed {
+                    kernel(&g, &padded, &side_by_side(filters, filter), bias, out)
+                } else {
+                    kernel(&g, &padded, filters, bias, out)
+                }
             };
             #[cfg(not(target_family = "wasm"))]
             {
@@ -283,6 +289,28 @@ impl<'a> Filters<'a> {
     }
 }
 
+/// A block's filters, `[channels][filter]` (up to `CO` channels), side by
+/// side: `[filter][CO]`, zeros past the last channel, so that the kernel
+/// reads each tap's `CO` weights together. Each job packs its own, where
+/// outputs are large ([`PACK_FROM`]).
+fn side_by_side(filters: &[f32], filter: usize) -> Vec<f32> {
+    let mut packed = vec![0.0f32; filter * CO];
+    for (j, src) in filters.chunks_exact(filter).take(CO).enumerate() {
+        for (d, &v) in packed[j..].iter_mut().step_by(CO).zip(src) {
+            *d = v;
+        }
+    }
+    packed
+}
+
+/// Output pixels per plane from which each job packs its filters side by
+/// side: every weight is then read for many pixel blocks. Measured against
+/// reading them in place everywhere, alternating builds: the same UNet time
+/// natively (`tools/bench.sh`: 13.7 / 13.6 ms) and decoder 0.98×; in wasm
+/// (`tools/bench_ort.mjs`) 0.98× for both a UNet step and the decoder.
+/// Packing at every size (as before) cost the native UNet 1.08×.
+const PACK_FROM: usize = 32 * 32;
+
 /// The sizes every block of one convolution shares, and where its blocks lie.
 struct Geometry {
     c_in: usize,
@@ -297,6 +325,9 @@ struct Geometry {
     /// a block crossing from one row into the next; else each row starts a
     /// block (`wp` whole blocks plus `kw - 1`).
     flat: bool,
+    /// A block's filters come side by side ([`side_by_side`]), else as
+    /// PyTorch stores them, one after another.
+    packed: bool,
 }
 
 impl Geometry {
@@ -441,6 +472,7 @@ impl Layout {
             out: [ho, wo],
             px: self.px,
             flat: self.flat,
+            packed: ho * wo >= PACK_FROM,
         }
     }
 }
@@ -525,10 +557,10 @@ fn channel_block<S: Simd, const NV: usize>(
 
 /// One block: `CO` output channels × `NV` vectors of pixels from `start`
 /// (an offset into a padded plane) on, summed over input channels and taps,
-/// starting from the bias. `weights` holds the block's filters one after
-/// another and `bias` their biases; a block of fewer than `CO` channels (the
-/// last) computes its last channel again in the unused ones, which are not
-/// stored.
+/// starting from the bias. `weights` holds the block's filters, side by side
+/// or one after another (`g.packed`), and `bias` their biases; a block of
+/// fewer than `CO` channels (the last) computes something in the others,
+/// which is not stored.
 #[inline(always)]
 fn block<S: Simd, const NV: usize>(
     g: &Geometry,
@@ -538,18 +570,27 @@ fn block<S: Simd, const NV: usize>(
     start: usize,
 ) -> [[S::V; NV]; CO] {
     let (c_in, [kh, kw], [hp, wp]) = (g.c_in, g.kernel, g.padded);
-    let (filter, channels) = (c_in * kh * kw, bias.len());
+    let (filter, last) = (c_in * kh * kw, bias.len().clamp(1, CO) - 1);
+    // Where channel j's weight of the first tap is, and the step to the next.
+    let (first, step): ([usize; CO], usize) = if g.packed {
+        (std::array::from_fn(|j| j), CO)
+    } else {
+        (std::array::from_fn(|j| j.min(last) * filter), 1)
+    };
     // Every load below stays in bounds: the furthest reads the last input
     // channel's plane at start + (kh - 1)·wp + kw - 1 + W·NV - 1, and the
-    // weights at (channels - 1)·filter + filter - 1.
+    // weights at first[j] + (filter - 1)·step.
     assert!(
         c_in.saturating_sub(1) * hp * wp + start + (kh - 1) * wp + kw - 1 + S::W * NV
             <= padded.len()
     );
-    assert!((1..=CO).contains(&channels) && weights.len() >= channels * filter);
-    let first: [usize; CO] = std::array::from_fn(|j| j.min(channels - 1) * filter);
+    assert!(
+        first
+            .iter()
+            .all(|&f| f + filter.saturating_sub(1) * step < weights.len())
+    );
     let mut acc: [[S::V; NV]; CO] =
-        std::array::from_fn(|j| [S::splat(bias[j.min(channels - 1)]); NV]);
+        std::array::from_fn(|j| [S::splat(bias.get(j).copied().unwrap_or(0.0)); NV]);
     let mut wi = 0;
     for ci in 0..c_in {
         for ky in 0..kh {
@@ -564,7 +605,7 @@ fn block<S: Simd, const NV: usize>(
                         *a = S::mul_add(*a, wv, x);
                     }
                 }
-                wi += 1;
+                wi += step;
             }
         }
     }
@@ -745,11 +786,12 @@ mod tests {
 
     /// The kernel against Burn's convolution on flex, for shapes that cover
     /// both block widths, row tails, output channels that are not a multiple
-    /// of 4, batches, rectangular kernels and asymmetric padding.
+    /// of 4, batches, rectangular kernels, asymmetric padding, and filters
+    /// read in place and packed.
     #[test]
     fn matches_burn_convolution() {
         let device = Device::flex();
-        let cases: [([usize; 4], [usize; 2], [usize; 4]); 9] = [
+        let cases: [([usize; 4], [usize; 2], [usize; 4]); 11] = [
             // [n, c_in, h, w], [kh, kw], [top, left, bottom, right]
             ([1, 4, 16, 16], [3, 3], [1, 1, 1, 1]),
             ([2, 8, 9, 13], [3, 3], [1, 1, 1, 1]),
@@ -760,6 +802,9 @@ mod tests {
             ([1, 2, 5, 6], [3, 3], [0, 0, 0, 0]),
             ([1, 16, 12, 12], [3, 3], [2, 2, 2, 2]),
             ([1, 3, 1, 1], [3, 3], [1, 1, 1, 1]),
+            // Outputs of PACK_FROM pixels and more: filters packed per job.
+            ([2, 5, 32, 33], [3, 3], [1, 1, 1, 1]),
+            ([1, 3, 40, 30], [2, 5], [0, 2, 1, 2]),
         ];
         for (i, ([n, c_in, h, w], [kh, kw], [t, l, b, r])) in cases.into_iter().enumerate() {
             for c_out in [1, 3, 4, 7, 12] {
