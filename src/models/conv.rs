@@ -292,7 +292,7 @@ impl<'a> Filters<'a> {
 /// A block's filters, `[channels][filter]` (up to `CO` channels), side by
 /// side: `[filter][CO]`, zeros past the last channel, so that the kernel
 /// reads each tap's `CO` weights together. Each job packs its own, where
-/// outputs are large ([`PACK_FROM`]).
+/// outputs are large ([`PACK_FROM`] blocks).
 fn side_by_side(filters: &[f32], filter: usize) -> Vec<f32> {
     let mut packed = vec![0.0f32; filter * CO];
     for (j, src) in filters.chunks_exact(filter).take(CO).enumerate() {
@@ -303,13 +303,18 @@ fn side_by_side(filters: &[f32], filter: usize) -> Vec<f32> {
     packed
 }
 
-/// Output pixels per plane from which each job packs its filters side by
-/// side: every weight is then read for many pixel blocks. Measured against
-/// reading them in place everywhere, alternating builds: the same UNet time
-/// natively (`tools/bench.sh`: 13.7 / 13.6 ms) and decoder 0.98×; in wasm
-/// (`tools/bench_ort.mjs`) 0.98× for both a UNet step and the decoder.
-/// Packing at every size (as before) cost the native UNet 1.08×.
-const PACK_FROM: usize = 32 * 32;
+/// Pixel blocks per output plane from which each job packs its filters
+/// side by side: every weight is then read for that many blocks. Natively
+/// (AVX-512, 32-pixel blocks) that is the decoder's 32×32 and 64×64 levels;
+/// in wasm (8-pixel blocks) from 16×16 on. Measured, alternating builds:
+/// natively (`tools/bench.sh`) reading the filters in place everywhere gave
+/// the same UNet time and a 1.02× decoder, packing at every size (as all
+/// convolutions once did, ahead of the jobs) a 1.08× UNet; in wasm
+/// (`tools/bench_ort.mjs`, with the attention and linear changes of the
+/// same day) a UNet step took 0.94× and the decoder 0.99× the time of
+/// packing at every size, where reading in place everywhere took the
+/// decoder 1.08×.
+const PACK_FROM: usize = 32;
 
 /// The sizes every block of one convolution shares, and where its blocks lie.
 struct Geometry {
@@ -465,6 +470,11 @@ impl Layout {
         } else {
             wo.div_ceil(self.px) * self.px + kw - 1
         };
+        let blocks = if self.flat {
+            (ho * wp).div_ceil(self.px)
+        } else {
+            ho * wo.div_ceil(self.px)
+        };
         Geometry {
             c_in,
             kernel: [kh, kw],
@@ -472,7 +482,7 @@ impl Layout {
             out: [ho, wo],
             px: self.px,
             flat: self.flat,
-            packed: ho * wo >= PACK_FROM,
+            packed: blocks >= PACK_FROM,
         }
     }
 }
@@ -531,7 +541,12 @@ fn channel_block<S: Simd, const NV: usize>(
     for row in 0..rows {
         for b in 0..per_row {
             let start = row * wp + b * g.px;
-            let acc = block::<S, NV>(g, padded, weights, bias, start);
+            // Two forms, so that a packed block's weight offsets are constants.
+            let acc = if g.packed {
+                block::<S, NV, true>(g, padded, weights, bias, start)
+            } else {
+                block::<S, NV, false>(g, padded, weights, bias, start)
+            };
             for (j, lanes) in acc.iter().take(channels).enumerate() {
                 let mut vals = [0.0f32; 32];
                 for (i, &v) in lanes.iter().enumerate() {
@@ -558,11 +573,11 @@ fn channel_block<S: Simd, const NV: usize>(
 /// One block: `CO` output channels × `NV` vectors of pixels from `start`
 /// (an offset into a padded plane) on, summed over input channels and taps,
 /// starting from the bias. `weights` holds the block's filters, side by side
-/// or one after another (`g.packed`), and `bias` their biases; a block of
+/// or one after another (`PACKED`, as `g.packed`), and `bias` their biases; a block of
 /// fewer than `CO` channels (the last) computes something in the others,
 /// which is not stored.
 #[inline(always)]
-fn block<S: Simd, const NV: usize>(
+fn block<S: Simd, const NV: usize, const PACKED: bool>(
     g: &Geometry,
     padded: &[f32],
     weights: &[f32],
@@ -572,7 +587,8 @@ fn block<S: Simd, const NV: usize>(
     let (c_in, [kh, kw], [hp, wp]) = (g.c_in, g.kernel, g.padded);
     let (filter, last) = (c_in * kh * kw, bias.len().clamp(1, CO) - 1);
     // Where channel j's weight of the first tap is, and the step to the next.
-    let (first, step): ([usize; CO], usize) = if g.packed {
+    debug_assert_eq!(PACKED, g.packed);
+    let (first, step): ([usize; CO], usize) = if PACKED {
         (std::array::from_fn(|j| j), CO)
     } else {
         (std::array::from_fn(|j| j.min(last) * filter), 1)
@@ -802,7 +818,8 @@ mod tests {
             ([1, 2, 5, 6], [3, 3], [0, 0, 0, 0]),
             ([1, 16, 12, 12], [3, 3], [2, 2, 2, 2]),
             ([1, 3, 1, 1], [3, 3], [1, 1, 1, 1]),
-            // Outputs of PACK_FROM pixels and more: filters packed per job.
+            // Outputs of PACK_FROM blocks and more: filters packed per job
+            // (also the 16×16 case above with fewer than 32 lanes).
             ([2, 5, 32, 33], [3, 3], [1, 1, 1, 1]),
             ([1, 3, 40, 30], [2, 5], [0, 2, 1, 2]),
         ];
