@@ -7,10 +7,10 @@
 //! products. The kernel below reads the NCHW input in place (one zero-padded
 //! copy), keeps blocks of 4 output channels × 2 vectors of one output row in
 //! 8 accumulators (larger blocks spill on x86's 16 vector registers and
-//! measured slower in wasm) and loops over input channels and kernel taps,
-//! reading the weights as PyTorch stores them or, for large outputs, with each
-//! job's 4 filters packed side by side so that a tap's 4 weights are
-//! adjacent. Vectors are simd128 in wasm (4 lanes, one thread); natively
+//! measured slower in wasm; with AVX-512's 32 registers, 8 channels in 16)
+//! and loops over input channels and kernel taps, reading the weights as
+//! PyTorch stores them or, for large outputs, with each job's filters packed
+//! side by side so that a tap's weights for the block are adjacent. Vectors are simd128 in wasm (4 lanes, one thread); natively
 //! AVX-512 (16 lanes) or AVX2 with FMA (8 lanes) where the CPU has them,
 //! else 4 plain lanes, with blocks of channels spread over rayon's threads.
 //! Where output rows are narrower than a block (a UNet's 8×8 and 4×4 levels
@@ -37,8 +37,15 @@ use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use std::borrow::Cow;
 
-/// Output channels per block of the kernel.
+/// Output channels per block where the kernel has 16 vector registers (wasm,
+/// AVX2): 8 accumulators (larger blocks spill, and measured slower in wasm).
 const CO: usize = 4;
+/// Output channels per block with AVX-512's 32 registers: 16 accumulators,
+/// 8 weights per pair of input loads (`tools/bench.sh`'s forward bench,
+/// four alternations of the builds: decoder 17.8 → 16.0 ms, UNet 13.6 →
+/// 12.6 ms against 4).
+#[cfg(target_arch = "x86_64")]
+const CO_AVX512: usize = 8;
 
 /// `conv(x)`, as `nn.Conv2d` computes it.
 pub fn forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
@@ -253,7 +260,8 @@ impl<'a> Filters<'a> {
         let c_out = self.bias.len();
         let mut y = vec![0.0f32; n * c_out * ho * wo];
         let filter = self.c_in * kh * kw;
-        let block_weights = filter * CO;
+        let co = g.channels;
+        let block_weights = filter * co;
         for (xb, yb) in x
             .chunks_exact(self.c_in * h * w)
             .zip(y.chunks_exact_mut(c_out * ho * wo))
@@ -266,7 +274,7 @@ impl<'a> Filters<'a> {
             }
             let job = |((out, filters), bias): ((&mut [f32], &[f32]), &[f32])| {
                 if g.packed {
-                    kernel(&g, &padded, &side_by_side(filters, filter), bias, out)
+                    kernel(&g, &padded, &side_by_side(filters, filter, co), bias, out)
                 } else {
                     kernel(&g, &padded, filters, bias, out)
                 }
@@ -274,15 +282,15 @@ impl<'a> Filters<'a> {
             #[cfg(not(target_family = "wasm"))]
             {
                 use rayon::prelude::*;
-                yb.par_chunks_mut(CO * ho * wo)
+                yb.par_chunks_mut(co * ho * wo)
                     .zip(self.weight.par_chunks(block_weights))
-                    .zip(self.bias.par_chunks(CO))
+                    .zip(self.bias.par_chunks(co))
                     .for_each(job);
             }
             #[cfg(target_family = "wasm")]
-            yb.chunks_mut(CO * ho * wo)
+            yb.chunks_mut(co * ho * wo)
                 .zip(self.weight.chunks(block_weights))
-                .zip(self.bias.chunks(CO))
+                .zip(self.bias.chunks(co))
                 .for_each(job);
         }
         y
@@ -293,10 +301,10 @@ impl<'a> Filters<'a> {
 /// side: `[filter][CO]`, zeros past the last channel, so that the kernel
 /// reads each tap's `CO` weights together. Each job packs its own, where
 /// outputs are large ([`PACK_FROM`] blocks).
-fn side_by_side(filters: &[f32], filter: usize) -> Vec<f32> {
-    let mut packed = vec![0.0f32; filter * CO];
-    for (j, src) in filters.chunks_exact(filter).take(CO).enumerate() {
-        for (d, &v) in packed[j..].iter_mut().step_by(CO).zip(src) {
+fn side_by_side(filters: &[f32], filter: usize, co: usize) -> Vec<f32> {
+    let mut packed = vec![0.0f32; filter * co];
+    for (j, src) in filters.chunks_exact(filter).take(co).enumerate() {
+        for (d, &v) in packed[j..].iter_mut().step_by(co).zip(src) {
             *d = v;
         }
     }
@@ -333,6 +341,8 @@ struct Geometry {
     /// A block's filters come side by side ([`side_by_side`]), else as
     /// PyTorch stores them, one after another.
     packed: bool,
+    /// Output channels per block.
+    channels: usize,
 }
 
 impl Geometry {
@@ -352,12 +362,13 @@ impl Geometry {
 type ChannelBlock = fn(&Geometry, &[f32], &[f32], &[f32], &mut [f32]);
 
 /// A kernel on one instruction set: its block forms of one and two vectors
-/// per block, and the lanes of a vector.
+/// per block, the lanes of a vector and the output channels of a block.
 #[derive(Clone, Copy)]
 struct Kernel {
     one: ChannelBlock,
     two: ChannelBlock,
     lanes: usize,
+    channels: usize,
 }
 
 /// The widest kernel this machine runs.
@@ -370,16 +381,17 @@ fn kernel() -> Kernel {
 /// 4 plain lanes.
 fn kernels() -> impl Iterator<Item = Kernel> {
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    let wide = [Some(Kernel::on::<Wasm128>(
-        channel_block::<Wasm128, 1>,
-        channel_block::<Wasm128, 2>,
+    let wide = [Some(Kernel::on::<Wasm128, CO>(
+        channel_block::<Wasm128, 1, CO>,
+        channel_block::<Wasm128, 2, CO>,
     ))];
     #[cfg(target_arch = "x86_64")]
     let wide = [
-        std::is_x86_feature_detected!("avx512f")
-            .then(|| Kernel::on::<Avx512>(avx512::<1>, avx512::<2>)),
+        std::is_x86_feature_detected!("avx512f").then(|| {
+            Kernel::on::<Avx512, CO_AVX512>(avx512::<1, CO_AVX512>, avx512::<2, CO_AVX512>)
+        }),
         (std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"))
-            .then(|| Kernel::on::<Avx2>(avx2::<1>, avx2::<2>)),
+            .then(|| Kernel::on::<Avx2, CO>(avx2::<1, CO>, avx2::<2, CO>)),
     ];
     #[cfg(not(any(
         all(target_arch = "wasm32", target_feature = "simd128"),
@@ -387,9 +399,9 @@ fn kernels() -> impl Iterator<Item = Kernel> {
     )))]
     let wide: [Option<Kernel>; 0] = [];
     #[cfg(any(test, not(all(target_arch = "wasm32", target_feature = "simd128"))))]
-    let plain = Some(Kernel::on::<Portable>(
-        channel_block::<Portable, 1>,
-        channel_block::<Portable, 2>,
+    let plain = Some(Kernel::on::<Portable, CO>(
+        channel_block::<Portable, 1, CO>,
+        channel_block::<Portable, 2, CO>,
     ));
     #[cfg(not(any(test, not(all(target_arch = "wasm32", target_feature = "simd128")))))]
     let plain = None;
@@ -397,11 +409,12 @@ fn kernels() -> impl Iterator<Item = Kernel> {
 }
 
 impl Kernel {
-    fn on<S: Simd>(one: ChannelBlock, two: ChannelBlock) -> Self {
+    fn on<S: Simd, const CO: usize>(one: ChannelBlock, two: ChannelBlock) -> Self {
         Self {
             one,
             two,
             lanes: S::W,
+            channels: CO,
         }
     }
 }
@@ -413,6 +426,7 @@ struct Layout {
     block: ChannelBlock,
     px: usize,
     flat: bool,
+    channels: usize,
 }
 
 impl Layout {
@@ -420,7 +434,7 @@ impl Layout {
     /// ones: blocks per row (one vector where a row fits in one, else two),
     /// then flat with two vectors and with one.
     fn all(kernel: Kernel, wo: usize) -> [Self; 3] {
-        let w = kernel.lanes;
+        let (w, channels) = (kernel.lanes, kernel.channels);
         let (block, px) = if wo <= w {
             (kernel.one, w)
         } else {
@@ -431,16 +445,19 @@ impl Layout {
                 block,
                 px,
                 flat: false,
+                channels,
             },
             Self {
                 block: kernel.two,
                 px: 2 * w,
                 flat: true,
+                channels,
             },
             Self {
                 block: kernel.one,
                 px: w,
                 flat: true,
+                channels,
             },
         ]
     }
@@ -483,16 +500,17 @@ impl Layout {
             px: self.px,
             flat: self.flat,
             packed: blocks >= PACK_FROM,
+            channels: self.channels,
         }
     }
 }
 
-/// `$name::<NV>`: `channel_block` on `$simd` compiled with the CPU features
-/// `$features`; `kernels` offers it only on a CPU that has them.
+/// `$name::<NV, CO>`: `channel_block` on `$simd` compiled with the CPU
+/// features `$features`; `kernels` offers it only on a CPU that has them.
 macro_rules! feature_kernel {
     ($name:ident, $simd:ty, $features:literal) => {
         #[cfg(target_arch = "x86_64")]
-        fn $name<const NV: usize>(
+        fn $name<const NV: usize, const CO: usize>(
             g: &Geometry,
             padded: &[f32],
             weights: &[f32],
@@ -500,17 +518,17 @@ macro_rules! feature_kernel {
             out: &mut [f32],
         ) {
             #[target_feature(enable = $features)]
-            fn inner<const NV: usize>(
+            fn inner<const NV: usize, const CO: usize>(
                 g: &Geometry,
                 padded: &[f32],
                 weights: &[f32],
                 bias: &[f32],
                 out: &mut [f32],
             ) {
-                channel_block::<$simd, NV>(g, padded, weights, bias, out)
+                channel_block::<$simd, NV, CO>(g, padded, weights, bias, out)
             }
             // SAFETY: `kernels` checked that the CPU has `$features`.
-            unsafe { inner::<NV>(g, padded, weights, bias, out) }
+            unsafe { inner::<NV, CO>(g, padded, weights, bias, out) }
         }
     };
 }
@@ -519,7 +537,7 @@ feature_kernel!(avx512, Avx512, "avx512f");
 
 /// Every block of `CO` channels × `NV` vectors, stored in `out`'s planes.
 #[inline(always)]
-fn channel_block<S: Simd, const NV: usize>(
+fn channel_block<S: Simd, const NV: usize, const CO: usize>(
     g: &Geometry,
     padded: &[f32],
     weights: &[f32],
@@ -527,7 +545,7 @@ fn channel_block<S: Simd, const NV: usize>(
     out: &mut [f32],
 ) {
     let ([ho, wo], [_, wp]) = (g.out, g.padded);
-    debug_assert_eq!(g.px, S::W * NV);
+    debug_assert_eq!((g.px, g.channels), (S::W * NV, CO));
     let channels = out.len() / (ho * wo);
     // Blocks start at every row (or only at the first, running through all
     // of them), then every `px` pixels. (A loop, not a closure: a closure
@@ -543,9 +561,9 @@ fn channel_block<S: Simd, const NV: usize>(
             let start = row * wp + b * g.px;
             // Two forms, so that a packed block's weight offsets are constants.
             let acc = if g.packed {
-                block::<S, NV, true>(g, padded, weights, bias, start)
+                block::<S, NV, CO, true>(g, padded, weights, bias, start)
             } else {
-                block::<S, NV, false>(g, padded, weights, bias, start)
+                block::<S, NV, CO, false>(g, padded, weights, bias, start)
             };
             for (j, lanes) in acc.iter().take(channels).enumerate() {
                 let mut vals = [0.0f32; 32];
@@ -577,7 +595,7 @@ fn channel_block<S: Simd, const NV: usize>(
 /// fewer than `CO` channels (the last) computes something in the others,
 /// which is not stored.
 #[inline(always)]
-fn block<S: Simd, const NV: usize, const PACKED: bool>(
+fn block<S: Simd, const NV: usize, const CO: usize, const PACKED: bool>(
     g: &Geometry,
     padded: &[f32],
     weights: &[f32],
@@ -872,12 +890,13 @@ mod tests {
     #[test]
     fn layout_computes_the_fewest_pixels() {
         let plain = |g: &Geometry, p: &[f32], w: &[f32], b: &[f32], o: &mut [f32]| {
-            channel_block::<Portable, 1>(g, p, w, b, o)
+            channel_block::<Portable, 1, CO>(g, p, w, b, o)
         };
         let sixteen = Kernel {
             one: plain,
             two: plain,
             lanes: 16,
+            channels: CO,
         };
         let pick = |out| {
             let l = Layout::choose(sixteen, [3, 3], out);
