@@ -241,9 +241,10 @@ mod host {
                     &k[bi * m * inner + h * d..],
                     &v[bi * m * inner + h * d..],
                 );
-                // SAFETY: every pointer below stays in its slice: the last
-                // row of a head's columns starts (rows - 1)·inner past the
-                // head's first value, d values long.
+                // SAFETY: every read stays in its slice: a head's last row
+                // (the r-th query, the m-th key or value) starts (r - 1)·inner
+                // or (m - 1)·inner past the slice's start and is d values
+                // long, within q, k and v by the length asserts.
                 unsafe {
                     // scores = scale · Q Kᵀ (Kᵀ: column j is key j's row).
                     gemm::gemm(
