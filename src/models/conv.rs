@@ -10,7 +10,8 @@
 //! measured slower in wasm; with AVX-512's 32 registers, 8 channels in 16)
 //! and loops over input channels and kernel taps, reading the weights as
 //! PyTorch stores them or, for large outputs, with each job's filters packed
-//! side by side so that a tap's weights for the block are adjacent. Vectors are simd128 in wasm (4 lanes, one thread); natively
+//! side by side so that a tap's weights for the block are adjacent. Vectors
+//! are simd128 in wasm (4 lanes, one thread); natively
 //! AVX-512 (16 lanes) or AVX2 with FMA (8 lanes) where the CPU has them,
 //! else 4 plain lanes, with blocks of channels spread over rayon's threads.
 //! Where output rows are narrower than a block (a UNet's 8×8 and 4×4 levels
@@ -297,9 +298,9 @@ impl<'a> Filters<'a> {
     }
 }
 
-/// A block's filters, `[channels][filter]` (up to `CO` channels), side by
-/// side: `[filter][CO]`, zeros past the last channel, so that the kernel
-/// reads each tap's `CO` weights together. Each job packs its own, where
+/// A block's filters, `[channels][filter]` (up to `co` channels), side by
+/// side: `[filter][co]`, zeros past the last channel, so that the kernel
+/// reads each tap's `co` weights together. Each job packs its own, where
 /// outputs are large ([`PACK_FROM`] blocks).
 fn side_by_side(filters: &[f32], filter: usize, co: usize) -> Vec<f32> {
     let mut packed = vec![0.0f32; filter * co];
