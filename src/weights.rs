@@ -26,10 +26,11 @@ use std::rc::Rc;
 
 use burn::module::Param;
 use burn::nn::conv::Conv2d;
-use burn::nn::{Embedding, GroupNorm, LayerNorm, LayerNormConfig, Linear, PaddingConfig2d};
+use burn::nn::{Embedding, GroupNorm, LayerNorm, LayerNormConfig, PaddingConfig2d};
 use burn::tensor::{DType, Device, Tensor, TensorCreationOptions, TensorData};
 
 use crate::error::{Error, Result};
+use crate::models::linear::Linear;
 
 /// The most header bytes a file may declare (the safetensors crate's limit).
 pub const MAX_HEADER_BYTES: u64 = 100_000_000;
@@ -853,24 +854,10 @@ impl VarBuilder {
         Param::from_tensor(self.tensor(name, shape))
     }
 }
-/// `nn.Linear(d_in, d_out, bias)`: PyTorch stores `[out, in]`, Burn `[in, out]`.
-/// On the CPU the weight is laid out `[in, out]` once, here: Burn's linear
-/// reshapes it on every call, and flex copies a transposed view whole to
-/// reshape it (7% of `tools/bench.sh`'s UNet). Elsewhere it stays a view.
+/// `nn.Linear(d_in, d_out, bias)`, its weight `[d_out, d_in]` as stored.
 pub fn linear(vb: &VarBuilder, d_in: usize, d_out: usize, bias: bool) -> Linear {
-    let w = vb.tensor("weight", [d_out, d_in]).transpose();
-    let device = w.device();
-    let w = if device == Device::flex() {
-        let dtype = w.dtype();
-        Tensor::from_data(
-            w.into_data(),
-            TensorCreationOptions::new(device).with_dtype(dtype),
-        )
-    } else {
-        w
-    };
     Linear {
-        weight: Param::from_tensor(w),
+        weight: vb.param("weight", [d_out, d_in]),
         bias: bias.then(|| vb.param("bias", [d_out])),
     }
 }

@@ -3,9 +3,10 @@
 //! `transformers/transformer_2d.py`).
 
 use super::conv;
+use super::linear::Linear;
 use crate::models::activations::{gelu, softmax};
 use burn::nn::conv::Conv2d;
-use burn::nn::{GroupNorm, LayerNorm, Linear};
+use burn::nn::{GroupNorm, LayerNorm};
 use burn::tensor::{DType, Device, Tensor};
 use std::sync::atomic::{AtomicU64, Ordering};
 

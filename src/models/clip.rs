@@ -4,8 +4,9 @@
 
 use std::collections::HashMap;
 
+use super::linear::Linear;
 use crate::models::activations::{gelu, quick_gelu};
-use burn::nn::{Embedding, LayerNorm, Linear};
+use burn::nn::{Embedding, LayerNorm};
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use serde::Deserialize;
 use unicode_normalization::UnicodeNormalization;

@@ -1,7 +1,7 @@
 //! Timestep embeddings (diffusers `embeddings.py`).
 
+use super::linear::Linear;
 use crate::models::activations::silu;
-use burn::nn::Linear;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::weights::{VarBuilder, linear};

@@ -8,6 +8,7 @@ pub mod autoencoder_tiny;
 pub mod clip;
 pub mod conv;
 pub mod embeddings;
+pub mod linear;
 pub mod resnet;
 pub mod unet_2d_blocks;
 pub mod unet_2d_condition;

@@ -2,9 +2,10 @@
 //! `downsampling.py`, `upsampling.py`).
 
 use super::conv;
+use super::linear::Linear;
 use crate::models::activations::silu;
+use burn::nn::GroupNorm;
 use burn::nn::conv::Conv2d;
-use burn::nn::{GroupNorm, Linear};
 use burn::tensor::Tensor;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
