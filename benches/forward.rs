@@ -3,7 +3,7 @@
 //! Burn backend, using the weights `tools/bench_forward.py` saved. Prints JSON
 //! like the Python side; `tools/bench.sh` runs both and prints the ratios.
 //!
-//!     cargo bench --bench forward -- <flex|wgpu> <model dir>
+//!     cargo bench --bench forward -- <flex|wgpu> <model dir> [f32|f16]
 
 use std::time::Instant;
 
@@ -35,13 +35,13 @@ fn median_ms(mut f: impl FnMut()) -> f64 {
     (t[RUNS / 2 - 1] + t[RUNS / 2]) / 2.0
 }
 
-fn load_file(dir: &str, sub: &str, device: &Device) -> (String, WeightFile) {
+fn load_file(dir: &str, sub: &str, device: &Device, dtype: DType) -> (String, WeightFile) {
     let config = std::fs::read_to_string(format!("{dir}/{sub}/config.json"))
         .expect("run tools/bench_forward.py first");
     let path = format!("{dir}/{sub}/diffusion_pytorch_model.safetensors");
     (
         config,
-        WeightFile::read(path.as_ref(), sub, device, |_| false, DType::F32).unwrap(),
+        WeightFile::read(path.as_ref(), sub, device, |_| false, dtype).unwrap(),
     )
 }
 
@@ -53,18 +53,23 @@ fn bench() {
     let args: Vec<String> = std::env::args().filter(|a| a != "--bench").collect();
     let backend = args.get(1).map(String::as_str).unwrap_or("flex");
     let dir = args.get(2).map(String::as_str).unwrap_or("/tmp/ldw-bench");
+    let (precision, dtype) = match args.get(3).map(String::as_str).unwrap_or("f32") {
+        "f32" => ("f32", DType::F32),
+        "f16" => ("f16", DType::F16),
+        other => panic!("unknown precision {other}; use f32 or f16"),
+    };
     let device = match backend {
         "flex" => Device::flex(),
         "wgpu" => Device::wgpu(DeviceKind::DefaultDevice),
         other => panic!("unknown backend {other}; use flex or wgpu"),
     };
 
-    let (config, file) = load_file(dir, "unet", &device);
+    let (config, file) = load_file(dir, "unet", &device, dtype);
     let config = UNet2DConditionConfig::from_json(&config).unwrap();
     let unet = file
         .build(|_| false, |vb| UNet2DConditionModel::load(vb, &config))
         .unwrap();
-    let (config, file) = load_file(dir, "vae", &device);
+    let (config, file) = load_file(dir, "vae", &device, dtype);
     let config = AutoencoderKLConfig::from_json(&config).unwrap();
     let vae = file
         .build(|_| false, |vb| Ok(AutoencoderKL::load(vb, &config)))
@@ -83,7 +88,7 @@ fn bench() {
         vae.decode(latents.clone()).into_data();
     });
     println!(
-        "{{\"backend\": \"burn {backend}\", \"unet_ms\": {unet_ms:.2}, \"decoder_ms\": {decoder_ms:.2}, \"peak_rss_mb\": {:.1}}}",
+        "{{\"backend\": \"burn {backend} {precision}\", \"unet_ms\": {unet_ms:.2}, \"decoder_ms\": {decoder_ms:.2}, \"peak_rss_mb\": {:.1}}}",
         peak_rss_mb()
     );
 }

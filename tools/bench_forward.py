@@ -3,10 +3,11 @@
 Builds the benchmark UNet and AutoencoderKL with fixed random weights, saves
 them in the diffusers layout under OUT_DIR (so the Rust bench loads the very
 same weights), then times one UNet forward (batch 2: a guidance pair) and
-one decoder forward on the CPU and prints JSON with median milliseconds and
-peak resident memory.
+one decoder forward on the CPU (or on CUDA, in f32 or f16) and prints JSON
+with median milliseconds and peak resident memory. The saved weights are f32
+either way.
 
-    python tools/bench_forward.py OUT_DIR
+    python tools/bench_forward.py OUT_DIR [cpu|cuda] [f32|f16]
 """
 
 import json
@@ -29,31 +30,41 @@ VAE = dict(in_channels=3, out_channels=3, block_out_channels=(64, 128, 128), lay
 RUNS = 10
 
 
-def timed(fn):
-    for _ in range(2):
+def timed(fn, device="cpu"):
+    def run():
         fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(2):
+        run()
     times = []
     for _ in range(RUNS):
         t = time.perf_counter()
-        fn()
+        run()
         times.append((time.perf_counter() - t) * 1e3)
     return statistics.median(times)
 
 
 def main():
     out = sys.argv[1]
+    device = sys.argv[2] if len(sys.argv) > 2 else "cpu"
+    precision = sys.argv[3] if len(sys.argv) > 3 else "f32"
+    dtype = {"f32": torch.float32, "f16": torch.float16}[precision]
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**UNET).eval()
     vae = AutoencoderKL(**VAE).eval()
     unet.save_pretrained(os.path.join(out, "unet"))
     vae.save_pretrained(os.path.join(out, "vae"))
-    sample = torch.randn(2, 4, 16, 16)
-    ctx = torch.randn(2, 77, 128)
-    latents = torch.randn(1, 4, 16, 16)
+    unet, vae = unet.to(device, dtype), vae.to(device, dtype)
+    sample = torch.randn(2, 4, 16, 16).to(device, dtype)
+    ctx = torch.randn(2, 77, 128).to(device, dtype)
+    latents = torch.randn(1, 4, 16, 16).to(device, dtype)
     with torch.no_grad():
-        unet_ms = timed(lambda: unet(sample, 500, encoder_hidden_states=ctx))
-        dec_ms = timed(lambda: vae.decode(latents))
-    print(json.dumps({"backend": f"pytorch {torch.__version__} cpu ({torch.get_num_threads()} threads)",
+        unet_ms = timed(lambda: unet(sample, 500, encoder_hidden_states=ctx), device)
+        dec_ms = timed(lambda: vae.decode(latents), device)
+    where = torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    print(json.dumps({"backend": f"pytorch {torch.__version__} {where} {precision}",
                       "unet_ms": unet_ms, "decoder_ms": dec_ms,
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "unet_params": sum(p.numel() for p in unet.parameters()),
