@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use burn::tensor::{DType, Device, DeviceKind, Tensor};
+use burn::tensor::{DType, Device, Tensor};
 use latent_diffusion_web::NoiseGenerator;
 use latent_diffusion_web::models::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
 use latent_diffusion_web::models::unet_2d_condition::{
@@ -52,17 +52,9 @@ fn main() {
 fn bench() {
     let args: Vec<String> = std::env::args().filter(|a| a != "--bench").collect();
     let backend = args.get(1).map(String::as_str).unwrap_or("flex");
+    let device = common::device(args.get(1));
     let dir = args.get(2).map(String::as_str).unwrap_or("/tmp/ldw-bench");
-    let (precision, dtype) = match args.get(3).map(String::as_str).unwrap_or("f32") {
-        "f32" => ("f32", DType::F32),
-        "f16" => ("f16", DType::F16),
-        other => panic!("unknown precision {other}; use f32 or f16"),
-    };
-    let device = match backend {
-        "flex" => Device::flex(),
-        "wgpu" => Device::wgpu(DeviceKind::DefaultDevice),
-        other => panic!("unknown backend {other}; use flex or wgpu"),
-    };
+    let dtype = common::precision(args.get(3));
 
     let (config, file) = load_file(dir, "unet", &device, dtype);
     let config = UNet2DConditionConfig::from_json(&config).unwrap();
@@ -88,7 +80,7 @@ fn bench() {
         vae.decode(latents.clone()).into_data();
     });
     println!(
-        "{{\"backend\": \"burn {backend} {precision}\", \"unet_ms\": {unet_ms:.2}, \"decoder_ms\": {decoder_ms:.2}, \"peak_rss_mb\": {:.1}}}",
+        "{{\"backend\": \"burn {backend} {dtype:?}\", \"unet_ms\": {unet_ms:.2}, \"decoder_ms\": {decoder_ms:.2}, \"peak_rss_mb\": {:.1}}}",
         peak_rss_mb()
     );
 }

@@ -8,8 +8,9 @@
 
 use std::time::Instant;
 
-use burn::tensor::{Device, DeviceKind};
 use latent_diffusion_web::pipeline::{GenerateOptions, StableDiffusion};
+
+mod common;
 
 const RUNS: usize = 10;
 /// Alternated by seed, as in tools/bench_generate.py: the pipeline reuses the
@@ -25,11 +26,7 @@ fn bench() {
     let backend = args.get(1).map(String::as_str).unwrap_or("flex");
     let default = concat!(env!("CARGO_MANIFEST_DIR"), "/www/models/emoji-4step");
     let dir = args.get(2).map(String::as_str).unwrap_or(default);
-    let device = match backend {
-        "flex" => Device::flex(),
-        "wgpu" => Device::wgpu(DeviceKind::DefaultDevice),
-        other => panic!("unknown backend {other}; use flex or wgpu"),
-    };
+    let device = common::device(args.get(1));
     let t = Instant::now();
     let sd =
         std::rc::Rc::new(StableDiffusion::load_dir(std::path::Path::new(dir), &device).unwrap());

@@ -9,7 +9,7 @@
 
 use std::time::Instant;
 
-use burn::tensor::{DType, Device, DeviceKind, Tensor};
+use burn::tensor::Tensor;
 use latent_diffusion_web::NoiseGenerator;
 use latent_diffusion_web::models::unet_2d_condition::{
     UNet2DConditionConfig, UNet2DConditionModel,
@@ -32,16 +32,8 @@ fn bench() {
         .get(1)
         .expect("usage: layout_unet <folder> [flex|wgpu] [f32|f16]");
     let backend = args.get(2).map(String::as_str).unwrap_or("flex");
-    let dtype = match args.get(3).map(String::as_str).unwrap_or("f32") {
-        "f32" => DType::F32,
-        "f16" => DType::F16,
-        other => panic!("unknown precision {other}; use f32 or f16"),
-    };
-    let device = match backend {
-        "flex" => Device::flex(),
-        "wgpu" => Device::wgpu(DeviceKind::DefaultDevice),
-        other => panic!("unknown backend {other}; use flex or wgpu"),
-    };
+    let device = common::device(args.get(2));
+    let dtype = common::precision(args.get(3));
     let json = std::fs::read_to_string(format!("{dir}/unet/config.json")).unwrap();
     let config = UNet2DConditionConfig::from_json(&json).unwrap();
     let load = Instant::now();

@@ -30,7 +30,8 @@ RUNS = 2
 def main():
     folder = sys.argv[1]
     device = sys.argv[2] if len(sys.argv) > 2 else "cpu"
-    dtype = {"f32": torch.float32, "f16": torch.float16}[sys.argv[3] if len(sys.argv) > 3 else "f32"]
+    precision = sys.argv[3] if len(sys.argv) > 3 else "f32"
+    dtype = {"f32": torch.float32, "f16": torch.float16}[precision]
     t0 = time.perf_counter()
     unet = UNet2DConditionModel.from_pretrained(os.path.join(folder, "unet"), torch_dtype=dtype).to(device).eval()
     load_ms = (time.perf_counter() - t0) * 1e3
@@ -53,7 +54,7 @@ def main():
         call()
         times.append((time.perf_counter() - s) * 1e3)
     where = torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    result = {"backend": f"torch {torch.__version__} {where} {sys.argv[3] if len(sys.argv) > 3 else 'f32'}",
+    result = {"backend": f"torch {torch.__version__} {where} {precision}",
               "unet_ms": round(statistics.mean(times)), "load_ms": round(load_ms),
               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
     ours = os.path.join(folder, "crate_unet_out.f32")

@@ -21,6 +21,16 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// PyTorch's `in_features`.
+    pub fn in_features(&self) -> usize {
+        self.weight.dims()[1]
+    }
+
+    /// PyTorch's `out_features`.
+    pub fn out_features(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
     /// `x` `[..., in]` → `[..., out]`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let mut dims = x.dims();

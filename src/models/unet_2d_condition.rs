@@ -420,7 +420,7 @@ impl UNet2DConditionModel {
         self.time_embedding
             .cond_proj
             .as_ref()
-            .map(|p| p.weight.dims()[1])
+            .map(|p| p.in_features())
     }
 
     /// `sample`: `[B, C_in, H, W]` latents; `timesteps`: one per batch element
@@ -462,7 +462,7 @@ impl UNet2DConditionModel {
             temb = temb
                 + emb
                     .forward(ids)
-                    .reshape([b, self.time_embedding.linear_2.weight.dims()[0]]);
+                    .reshape([b, self.time_embedding.linear_2.out_features()]);
         }
 
         let mut x = if self.center_input_sample {
