@@ -63,6 +63,48 @@ with_clippy() {
     CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__" "$@"
 }
 
+# The threaded CPU module needs wasm32 atomics, so std must be rebuilt with
+# them (-Z build-std): a std source and a compiler that allows that flag.
+# rustup offers neither here (no rust-src, no nightly), Debian's security
+# archive does: rustc-web, cargo-web and rust-web-src (Rust 1.96), used with
+# RUSTC_BOOTSTRAP and linked by rustup's own rust-lld.
+ensure_threads_toolchain() {
+  local need=() p
+  for p in rustc-web cargo-web rust-web-src; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
+  if [ ${#need[@]} -gt 0 ]; then
+    log "apt-get install ${need[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+  fi
+}
+
+# www/pkg-threads: the CPU path on a rayon pool of Web Workers, without
+# WebGPU (wgpu's browser handles cannot cross threads). The page loads it
+# where it is cross-origin isolated. Shared memory up to wasm32's 4 GiB; the
+# TLS exports are what wasm-bindgen's thread start-up calls.
+build_wasm_threads() {
+  ensure_threads_toolchain
+  local lld flags
+  lld="$(rustc --print sysroot)/lib/rustlib/x86_64-unknown-linux-gnu/bin/rust-lld"
+  flags="-C linker=$lld -C target-feature=+simd128,+atomics,+bulk-memory,+mutable-globals"
+  flags+=" -C link-arg=--shared-memory -C link-arg=--import-memory -C link-arg=--max-memory=4294967296"
+  flags+=" -C link-arg=--export=__wasm_init_tls -C link-arg=--export=__tls_size"
+  flags+=" -C link-arg=--export=__tls_align -C link-arg=--export=__tls_base"
+  local dir="${CARGO_TARGET_DIR:-target}/threads"
+  log "cargo build --features threads (std with atomics, Debian's Rust $(/usr/bin/rustc --version | cut -d' ' -f2))"
+  RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 RUSTFLAGS="$flags" RUSTC_WORKSPACE_WRAPPER='' \
+    /usr/bin/cargo build -Z build-std=std,panic_abort --profile wasm-release --target "$WASM_TARGET" \
+    --lib --no-default-features --features threads --target-dir "$dir"
+  wasm-bindgen --target web --no-typescript --out-dir www/pkg-threads \
+    "$dir/$WASM_TARGET/wasm-release/$CRATE.wasm"
+  if [ "${WASM_OPT:-1}" != 0 ]; then
+    log "wasm-opt -Oz (threads)"
+    node_modules/.bin/wasm-opt -Oz --enable-bulk-memory --enable-nontrapping-float-to-int \
+      --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue \
+      --enable-simd --enable-threads "www/pkg-threads/${CRATE}_bg.wasm" -o "www/pkg-threads/${CRATE}_bg.wasm"
+  fi
+}
+
 build_wasm() {
   ensure_wasm_target
   ensure_wasm_bindgen
@@ -89,10 +131,13 @@ build_wasm() {
   rm -rf www/models/tiny-random && mkdir -p www/models/tiny-random
   tar -C tests/fixtures/pipelines/tiny -chf - --exclude='expected.*' --exclude=cases.json . \
     | tar -C www/models/tiny-random -xf -
-  local raw gz
-  raw=$(stat -c %s "www/pkg/${CRATE}_bg.wasm")
-  gz=$(gzip -9c "www/pkg/${CRATE}_bg.wasm" | wc -c)
-  log "www/pkg/${CRATE}_bg.wasm: $raw bytes raw, $gz bytes gzip -9"
+  build_wasm_threads
+  local raw gz pkg
+  for pkg in pkg pkg-threads; do
+    raw=$(stat -c %s "www/$pkg/${CRATE}_bg.wasm")
+    gz=$(gzip -9c "www/$pkg/${CRATE}_bg.wasm" | wc -c)
+    log "www/$pkg/${CRATE}_bg.wasm: $raw bytes raw, $gz bytes gzip -9"
+  done
 }
 
 run_tests() {

@@ -29,7 +29,7 @@ fn bench() {
     let device = common::device(args.get(1));
     let t = Instant::now();
     let sd =
-        std::rc::Rc::new(StableDiffusion::load_dir(std::path::Path::new(dir), &device).unwrap());
+        std::sync::Arc::new(StableDiffusion::load_dir(std::path::Path::new(dir), &device).unwrap());
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
     let opts = GenerateOptions {
         steps: 4,

@@ -7,7 +7,8 @@
 //! worker awaits between steps; native code just loops). Nothing is read back
 //! from the device inside the loop.
 
-use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use serde::Deserialize;
@@ -855,11 +856,11 @@ pub struct StableDiffusion {
     pub device: Device,
     footprint: Footprint,
     /// The largest single buffer the device takes (see [`StableDiffusion::set_max_buffer_bytes`]).
-    max_buffer_bytes: std::cell::Cell<u64>,
+    max_buffer_bytes: std::sync::atomic::AtomicU64,
     /// The last [`StableDiffusion::encode_prompt`]'s token ids and result:
     /// a page run again with the same prompt (another seed, more steps)
     /// skips the text encoder.
-    last_prompt: std::cell::RefCell<Option<(Vec<i64>, Tensor<3>)>>,
+    last_prompt: std::sync::Mutex<Option<(Vec<i64>, Tensor<3>)>>,
 }
 
 /// The default per-buffer limit natively (RAM); the page sets the adapter's.
@@ -1021,7 +1022,7 @@ impl StableDiffusion {
         let footprint = config.footprint();
         Ok(Self {
             footprint,
-            max_buffer_bytes: std::cell::Cell::new(NATIVE_MAX_BUFFER_BYTES),
+            max_buffer_bytes: NATIVE_MAX_BUFFER_BYTES.into(),
             last_prompt: Default::default(),
             text_encoder,
             unet,
@@ -1055,11 +1056,11 @@ impl StableDiffusion {
     /// `maxStorageBufferBindingSize`, or what memory is left on the CPU);
     /// sizes whose activations would not fit are then refused by `start`.
     pub fn set_max_buffer_bytes(&self, bytes: u64) {
-        self.max_buffer_bytes.set(bytes.max(1));
+        self.max_buffer_bytes.store(bytes.max(1), Relaxed);
     }
 
     pub fn max_buffer_bytes(&self) -> u64 {
-        self.max_buffer_bytes.get()
+        self.max_buffer_bytes.load(Relaxed)
     }
 
     /// The largest f32 activation (bytes) and the model holding it, for an
@@ -1320,7 +1321,9 @@ impl StableDiffusion {
                 .iter()
                 .map(|&i| i as i64),
         );
-        if let Some((last, context)) = &*self.last_prompt.borrow()
+        // A poisoned lock only means a panic elsewhere: the pair is still whole.
+        let mut last_prompt = self.last_prompt.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((last, context)) = &*last_prompt
             && *last == ids
         {
             return context.clone();
@@ -1330,7 +1333,7 @@ impl StableDiffusion {
         let table = self.text_encoder.token_device();
         let input = Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [b, l]), &table);
         let context = self.text_encoder.forward(input);
-        *self.last_prompt.borrow_mut() = Some((ids, context.clone()));
+        *last_prompt = Some((ids, context.clone()));
         context
     }
 
@@ -1344,7 +1347,7 @@ impl StableDiffusion {
     /// form the page and the CLI have them in). The options are checked
     /// before any image is converted.
     pub fn start_rgba(
-        self: &Rc<Self>,
+        self: &Arc<Self>,
         o: &GenerateOptions,
         image: Option<&[u8]>,
         mask: Option<&[u8]>,
@@ -1363,7 +1366,7 @@ impl StableDiffusion {
     /// Starts sampling. `init` (image in [-1, 1], `[1, 3, H, W]`) turns this
     /// into image-to-image; `mask` (`[1, 1, H, W]`, 1 = repaint) into inpainting.
     pub fn start(
-        self: &Rc<Self>,
+        self: &Arc<Self>,
         o: &GenerateOptions,
         init: Option<Tensor<4>>,
         mask: Option<Tensor<4>>,
@@ -1422,7 +1425,7 @@ impl StableDiffusion {
         };
         Ok(Sampling {
             probes: vec![context.clone().sum()],
-            sd: Rc::clone(self),
+            sd: Arc::clone(self),
             scheduler,
             timesteps,
             index: 0,
@@ -1465,7 +1468,7 @@ impl StableDiffusion {
     /// `vae_scale_factor` times larger. The seeded stream gives the image's
     /// noise first, then the latents', in the pipeline's order.
     fn start_upscale(
-        self: &Rc<Self>,
+        self: &Arc<Self>,
         o: &GenerateOptions,
         up: &UpscaleConfig,
         image: Option<Tensor<4>>,
@@ -1495,7 +1498,7 @@ impl StableDiffusion {
         let initial_noise = noise.tensor([1, self.latent_channels, h, w], &self.device);
         Ok(Sampling {
             probes: vec![context.clone().sum()],
-            sd: Rc::clone(self),
+            sd: Arc::clone(self),
             timesteps: scheduler.timesteps().to_vec(),
             scheduler,
             index: 0,
@@ -1873,7 +1876,7 @@ pub struct StepTrace {
 /// A run in progress: call [`Sampling::step`] until it returns `false`,
 /// then [`Sampling::decode`].
 pub struct Sampling {
-    sd: Rc<StableDiffusion>,
+    sd: Arc<StableDiffusion>,
     scheduler: Scheduler,
     timesteps: Vec<usize>,
     index: usize,
@@ -1916,7 +1919,7 @@ impl Sampling {
         let Some(&t) = self.timesteps.get(self.index) else {
             return Ok(false);
         };
-        let sd = Rc::clone(&self.sd);
+        let sd = Arc::clone(&self.sd);
         let guidance = sd.classifier_free(self.guidance_scale);
         let mut input = self.latents.clone();
         if let (Some(m), Some(z)) = (&self.latent_mask, &self.masked_image_latents) {

@@ -2,7 +2,7 @@
 //! JS errors. No logic lives here.
 
 use std::cell::RefCell;
-use std::rc::Rc;
+use std::sync::Arc;
 
 use burn::tensor::{Device, Tensor};
 use wasm_bindgen::prelude::*;
@@ -18,7 +18,7 @@ use crate::pipeline::{
 };
 use crate::prompts::{PromptCheck, PromptVocabulary};
 use crate::weights::{Header, WeightFile, WeightReader};
-use crate::{DDIMScheduler, NoiseGenerator};
+use crate::{DDIMScheduler, NoiseGenerator, run_on_cpu_pool};
 
 /// The message of the last panic, for the page to show after a trap.
 static LAST_PANIC: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
@@ -210,6 +210,14 @@ fn lost() -> Result<(), JsError> {
     }
 }
 
+/// The threaded CPU module has no WebGPU (see the `threads` feature): the
+/// page loads it only for the CPU path, and "auto" says so plainly.
+#[cfg(not(feature = "webgpu"))]
+async fn webgpu() -> Result<Gpu, String> {
+    Err("this module is the threaded CPU build, without WebGPU".into())
+}
+
+#[cfg(feature = "webgpu")]
 async fn webgpu() -> Result<Gpu, String> {
     // A lost device stays lost for this page: "auto" then picks the CPU.
     if let Some(m) = lost_reason() {
@@ -246,6 +254,17 @@ async fn webgpu() -> Result<Gpu, String> {
         .map_err(|e| format!("{e}"));
     GPU.with(|cell| *cell.borrow_mut() = Some(g.clone()));
     g
+}
+
+/// The CPU path's name, with its threads where the module has a pool.
+fn cpu_name() -> String {
+    #[cfg(feature = "threads")]
+    return format!(
+        "CPU (WebAssembly, {} threads)",
+        rayon::current_num_threads()
+    );
+    #[cfg(not(feature = "threads"))]
+    "CPU (WebAssembly)".to_string()
 }
 
 /// The most f32 weight bytes the CPU path accepts: wasm32 memory ends at
@@ -285,12 +304,7 @@ async fn choose_device(
             )));
         }
         set_attention_max_bytes(128 << 20);
-        Ok((
-            Device::flex(),
-            "CPU (WebAssembly)".to_string(),
-            notice,
-            CPU_BUFFER_LIMIT,
-        ))
+        Ok((Device::flex(), cpu_name(), notice, CPU_BUFFER_LIMIT))
     };
     if !matches!(backend, "auto" | "webgpu" | "cpu") {
         return Err(JsError::new(&format!(
@@ -307,13 +321,7 @@ async fn choose_device(
             mb(g.max_binding),
             mb(need)
         ),
-        Ok(g) if g.software && backend == "auto" => {
-            return cpu(Some(
-                "The only WebGPU adapter here is a software renderer, slower than the CPU \
-                 path, so the CPU is used (ask for \"webgpu\" to force it)."
-                    .into(),
-            ));
-        }
+        Ok(g) if g.software && backend == "auto" => return cpu(Some(SOFTWARE_ADAPTER.into())),
         Ok(g) => {
             // Attention slices fit one binding (and at most 256 MiB, to bound
             // the temporaries of softmax on large adapters).
@@ -324,12 +332,38 @@ async fn choose_device(
             };
             return Ok((g.device, name, None, g.max_binding));
         }
-        Err(e) => format!("WebGPU is not available in this browser or on this GPU ({e})"),
+        Err(e) => unavailable(&e),
     };
     if backend == "webgpu" {
         return Err(JsError::new(&format!("{problem}.")));
     }
-    cpu(Some(format!("{problem}; running on the CPU instead.")))
+    cpu(Some(on_the_cpu(&problem)))
+}
+
+/// "auto"'s notice on a software adapter.
+const SOFTWARE_ADAPTER: &str = "The only WebGPU adapter here is a software renderer, slower \
+     than the CPU path, so the CPU is used (ask for \"webgpu\" to force it).";
+
+fn unavailable(e: &str) -> String {
+    format!("WebGPU is not available in this browser or on this GPU ({e})")
+}
+
+fn on_the_cpu(problem: &str) -> String {
+    format!("{problem}; running on the CPU instead.")
+}
+
+/// Whether "auto" takes the CPU path whatever the model: the notice it then
+/// gives (no WebGPU, or only a software adapter), or `undefined` where a
+/// hardware adapter is there (a model may still be too large for it). The
+/// page asks before loading, to run the CPU path on the threaded module
+/// where it can.
+#[wasm_bindgen(js_name = cpuNotice)]
+pub async fn cpu_notice() -> Option<String> {
+    match webgpu().await {
+        Ok(g) if g.software => Some(SOFTWARE_ADAPTER.into()),
+        Ok(_) => None,
+        Err(e) => Some(on_the_cpu(&unavailable(&e))),
+    }
 }
 
 /// A loaded pipeline and the run in progress.
@@ -343,7 +377,7 @@ async fn choose_device(
 /// one is running is an error, not a mixed-up image.
 #[wasm_bindgen]
 pub struct Generator {
-    sd: Rc<StableDiffusion>,
+    sd: Arc<StableDiffusion>,
     run: RefCell<Option<Sampling>>,
     busy: std::cell::Cell<bool>,
     backend: String,
@@ -750,7 +784,7 @@ impl Generator {
         let sd = StableDiffusion::load(config, files, &device).map_err(to_js)?;
         sd.set_max_buffer_bytes(buffer_limit);
         Ok(Generator {
-            sd: Rc::new(sd),
+            sd: Arc::new(sd),
             run: RefCell::new(None),
             busy: std::cell::Cell::new(false),
             backend,
@@ -852,8 +886,8 @@ impl Generator {
     ) -> Result<(), JsError> {
         lost()?;
         let o = Self::options(options)?;
-        let run = (self.sd)
-            .start_rgba(&o, image.as_deref(), mask.as_deref())
+        let sd = &self.sd;
+        let run = run_on_cpu_pool(|| sd.start_rgba(&o, image.as_deref(), mask.as_deref()))
             .map_err(to_js)?;
         *self.run.borrow_mut() = Some(run);
         Ok(())
@@ -875,12 +909,11 @@ impl Generator {
     /// Queues one denoising step on the GPU; false when the run is complete.
     pub fn step(&self) -> Result<bool, JsError> {
         lost()?;
-        self.run
-            .borrow_mut()
+        let mut run = self.run.borrow_mut();
+        let run = run
             .as_mut()
-            .ok_or_else(|| JsError::new("no run: call start first"))?
-            .step()
-            .map_err(to_js)
+            .ok_or_else(|| JsError::new("no run: call start first"))?;
+        run_on_cpu_pool(|| run.step()).map_err(to_js)
     }
 
     /// Steps done and in total.
@@ -970,9 +1003,8 @@ impl Generator {
         width: usize,
     ) -> Result<js_sys::Promise, JsError> {
         lost()?;
-        let image = self
-            .sd
-            .decode_values(&values, [channels, height, width])
+        let sd = &*self.sd;
+        let image = run_on_cpu_pool(|| sd.decode_values(&values, [channels, height, width]))
             .map_err(to_js)?;
         Ok(wasm_bindgen_futures::future_to_promise(async move {
             let [_, _, h, w] = image.dims();
@@ -993,7 +1025,8 @@ impl Generator {
         height: usize,
     ) -> Result<js_sys::Promise, JsError> {
         lost()?;
-        let z = self.sd.encode_rgba(&rgba, width, height).map_err(to_js)?;
+        let sd = &*self.sd;
+        let z = run_on_cpu_pool(|| sd.encode_rgba(&rgba, width, height)).map_err(to_js)?;
         Ok(wasm_bindgen_futures::future_to_promise(async move {
             Ok(read_values(z).await?.into())
         }))
@@ -1062,11 +1095,13 @@ impl Generator {
         let run = run
             .as_ref()
             .ok_or_else(|| JsError::new("no run: call start first"))?;
-        let image = if run.steps_done() == run.total_steps() {
-            run.finish()
-        } else {
-            run.decode()
-        };
+        let image = run_on_cpu_pool(|| {
+            if run.steps_done() == run.total_steps() {
+                run.finish()
+            } else {
+                run.decode()
+            }
+        });
         Ok(Checked {
             image,
             probes: run.probes(),

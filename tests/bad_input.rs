@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
+use std::sync::Arc;
 
 use burn::tensor::Device;
 use latent_diffusion_web::image::{rgba_len, tensor_values_to_rgba};
@@ -165,7 +165,7 @@ fn bytes(spec: &Value, w: usize, h: usize) -> Option<Vec<u8>> {
 /// A whole run the way the CLI makes one; the error's message if any.
 fn run(dir: &Path, case: &Value, base: &Value) -> Result<(), String> {
     let e = |e: latent_diffusion_web::Error| e.to_string();
-    let sd = Rc::new(StableDiffusion::load_dir(dir, &Device::flex()).map_err(e)?);
+    let sd = Arc::new(StableDiffusion::load_dir(dir, &Device::flex()).map_err(e)?);
     sd.set_max_buffer_bytes(BUFFER_LIMIT);
     let mut options = base.clone();
     for (k, v) in case["options"].as_object().into_iter().flatten() {

@@ -118,7 +118,7 @@ fn check(
     fixtures: &std::path::Path,
     scale_and_size: (usize, usize),
     tolerance: f32,
-) -> std::rc::Rc<StableDiffusion> {
+) -> std::sync::Arc<StableDiffusion> {
     check_as(
         model,
         fixtures,
@@ -134,9 +134,9 @@ fn check_as(
     scale_and_size: (usize, usize),
     tolerance: f32,
     (device, precision): (&Device, Precision),
-) -> std::rc::Rc<StableDiffusion> {
+) -> std::sync::Arc<StableDiffusion> {
     let sd = StableDiffusion::load_dir_with(model, None, precision, device).unwrap();
-    let sd = std::rc::Rc::new(sd);
+    let sd = std::sync::Arc::new(sd);
     assert_eq!((sd.vae_scale_factor, sd.default_size), scale_and_size);
     let cases: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixtures.join("cases.json")).unwrap())
@@ -276,7 +276,7 @@ fn swapped_vae_decodes_the_same_latents() {
     };
     let run = |vae: Option<&std::path::Path>| {
         let sd =
-            std::rc::Rc::new(StableDiffusion::load_dir_with_vae(&model, vae, &device).unwrap());
+            std::sync::Arc::new(StableDiffusion::load_dir_with_vae(&model, vae, &device).unwrap());
         let mut run = sd.start(&opts, None, None).unwrap();
         while run.step().unwrap() {}
         let latents: Vec<f32> = run.latents().to_data().try_to_vec().unwrap();
@@ -322,7 +322,7 @@ fn max_diff<const D: usize>(a: burn::tensor::Tensor<D>, b: burn::tensor::Tensor<
 fn a_traced_run_lays_each_step_open() {
     let device = Device::flex();
     let dir = path("tests/fixtures/pipelines/tiny");
-    let sd = std::rc::Rc::new(StableDiffusion::load_dir(&dir, &device).unwrap());
+    let sd = std::sync::Arc::new(StableDiffusion::load_dir(&dir, &device).unwrap());
     let opts = GenerateOptions {
         prompt: "a red heart".into(),
         steps: 4,

@@ -45,7 +45,7 @@ fn shard_unet(dir: &Path, n: usize) -> Vec<String> {
 
 fn image(dir: &Path) -> Result<Vec<f32>, String> {
     let sd = StableDiffusion::load_dir(dir, &Device::flex()).map_err(|e| e.to_string())?;
-    let sd = std::rc::Rc::new(sd);
+    let sd = std::sync::Arc::new(sd);
     let o = GenerateOptions {
         prompt: "a red heart".into(),
         steps: 2,

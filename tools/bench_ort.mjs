@@ -45,7 +45,7 @@ const STEPS = 4;
 if (baseline && !existsSync(`${baseline}/latent_diffusion_web.js`)) {
   throw new Error(`--baseline ${baseline} has no latent_diffusion_web.js (a copy of www/pkg is expected)`);
 }
-const mounts = { '/onnx/': ONNX, '/ort/': ORT, ...(baseline ? { '/pkg-base/': `${resolve(baseline)}/` } : {}) };
+const mounts = { '/onnx/': ONNX, '/ort/': ORT, '/bench/': `${ROOT}tools/`, ...(baseline ? { '/pkg-base/': `${resolve(baseline)}/` } : {}) };
 const server = await serve('www', mounts, { isolate: true });
 const browser = await launch({ webgpu });
 
@@ -59,23 +59,17 @@ async function engine(name, kind, threads, pkg = '/pkg/') {
     await m.default();
     const base = `/models/${model}/`;
     if (kind.startsWith('ours')) {
-      const g = await m.Generator.fromUrl(base, kind === 'ours-webgpu' ? 'webgpu' : 'cpu');
-      window.run = async ({ seed, prompt }) => {
-        const t0 = performance.now();
-        g.start({ prompt, seed, steps, guidanceScale: 1 });
-        const t1 = performance.now();
-        const step = [];
-        while (g.stepsDone() < g.totalSteps()) {
-          const s = performance.now();
-          g.step();
-          step.push(performance.now() - s);
-        }
-        const t2 = performance.now();
-        const rgba = await g.result();
-        const t3 = performance.now();
-        return { text: t1 - t0, step, decode: t3 - t2, total: t3 - t0, rgba: Array.from(rgba) };
-      };
-      return { backend: g.backend, isolated: crossOriginIsolated };
+      const w = new Worker('/bench/bench_worker.mjs', { type: 'module' });
+      const ask = (msg) => new Promise((ok, fail) => {
+        w.onmessage = ({ data }) => (data.error ? fail(new Error(data.error)) : ok(data));
+        w.postMessage(msg);
+      });
+      const { backend } = await ask({
+        pkg: `${location.origin}${pkg}latent_diffusion_web.js`, backend: kind === 'ours-webgpu' ? 'webgpu' : 'cpu',
+        threads, model, steps,
+      });
+      window.run = ask;
+      return { backend, isolated: crossOriginIsolated };
     }
     // onnxruntime-web; our module only supplies the tokenizer, noise and
     // DDIM schedule (computed before the clock starts).
@@ -146,8 +140,11 @@ async function engine(name, kind, threads, pkg = '/pkg/') {
   return { name, page, ...info };
 }
 
-const engines = [await engine('ours-cpu', 'ours-cpu'), await engine('ort-wasm-1', 'ort-wasm', 1),
+const engines = [await engine('ours-cpu', 'ours-cpu', 1), await engine('ort-wasm-1', 'ort-wasm', 1),
   await engine('ort-wasm-2', 'ort-wasm', 2)];
+if (existsSync(`${ROOT}www/pkg-threads/latent_diffusion_web.js`)) {
+  engines.push(await engine('ours-cpu-2', 'ours-cpu', 2, '/pkg-threads/'));
+}
 if (baseline) engines.push(await engine('ours-cpu-base', 'ours-cpu', 1, '/pkg-base/'));
 if (webgpu) engines.push(await engine('ours-webgpu', 'ours-webgpu'), await engine('ort-webgpu', 'ort-webgpu', 1));
 for (const e of engines) console.log(`${e.name}: ${e.backend}, crossOriginIsolated ${e.isolated}`);
@@ -189,7 +186,8 @@ for (const e of engines) {
 console.log('\nours ÷ peer (≤ 1.00 is the goal):\n');
 console.log(`| ours ÷ | ${parts.join(' | ')} |`);
 console.log(`|---|${parts.map(() => '---:').join('|')}|`);
-for (const [ours, peer] of [['ours-cpu', 'ort-wasm-1'], ['ours-cpu', 'ort-wasm-2'], ['ours-webgpu', 'ort-webgpu'],
+for (const [ours, peer] of [['ours-cpu', 'ort-wasm-1'], ['ours-cpu', 'ort-wasm-2'], ['ours-cpu-2', 'ort-wasm-2'],
+  ['ours-cpu-2', 'ours-cpu'], ['ours-webgpu', 'ort-webgpu'],
   ['ours-cpu', 'ours-cpu-base'], ['ours-cpu-base', 'ort-wasm-1']]) {
   if (!times[ours] || !times[peer]) continue;
   console.log(`| ${ours} ÷ ${peer} | ${parts.map((p) => (median(times[ours][p]) / median(times[peer][p])).toFixed(2)).join(' | ')} |`);

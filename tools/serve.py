@@ -21,6 +21,9 @@ class Handler(http.server.SimpleHTTPRequestHandler):
     def end_headers(self):
         # Development server: always revalidate so a rebuild is picked up.
         self.send_header("Cache-Control", "no-cache")
+        # Cross-origin isolated, so the page may run the threaded CPU module.
+        self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+        self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
         super().end_headers()
 
 

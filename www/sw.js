@@ -18,6 +18,19 @@ const OLD_MODEL_CACHES = ['ldw-models-v1'];
 self.addEventListener('activate', (e) => e.waitUntil(
   Promise.all(OLD_MODEL_CACHES.map((c) => caches.delete(c))).then(() => self.clients.claim())));
 
+// The app's files go out cross-origin isolated (COOP/COEP), so that on a
+// host that does not send those headers the page still gets
+// SharedArrayBuffer, and with it the threaded CPU module, from the second
+// visit on (the first is not yet under this worker). Its only cross-origin
+// requests are the weights, fetched with CORS, which isolation allows.
+function isolated(res) {
+  if (res.type === 'opaque' || res.type === 'opaqueredirect' || res.status === 0) return res;
+  const headers = new Headers(res.headers);
+  if (!headers.has('cross-origin-opener-policy')) headers.set('cross-origin-opener-policy', 'same-origin');
+  if (!headers.has('cross-origin-embedder-policy')) headers.set('cross-origin-embedder-policy', 'require-corp');
+  return new Response(res.body, { status: res.status, statusText: res.statusText, headers });
+}
+
 self.addEventListener('fetch', (e) => {
   const url = new URL(e.request.url);
   if (e.request.method !== 'GET' || url.origin !== self.location.origin || url.pathname.includes('/models/')) return;
@@ -26,10 +39,10 @@ self.addEventListener('fetch', (e) => {
     try {
       const res = await fetch(e.request);
       if (res.ok) await cache.put(e.request, res.clone());
-      return res;
+      return isolated(res);
     } catch (err) {
       const hit = await cache.match(e.request, { ignoreSearch: true });
-      if (hit) return hit;
+      if (hit) return isolated(hit);
       throw err;
     }
   })());

@@ -17,9 +17,40 @@
 //      {type: 'trace', details, images: {sample, predOriginal, prevSample}, width, height, done, total}
 //      {type: 'forwarded', latents, noisy, decoded, shape, t}
 // `fatal`: the wasm instance trapped and cannot be trusted; the page replaces this worker.
-import init, { Generator, Prompts, addNoise, debugPanic, lastPanic } from './pkg/latent_diffusion_web.js';
+import init, * as webgpuModule from './pkg/latent_diffusion_web.js';
 
+const { Prompts, addNoise, debugPanic } = webgpuModule;
 const ready = init();
+
+/** The CPU path's module: the threaded one (./build.sh builds it into
+ * pkg-threads/; a rayon pool of Web Workers, no WebGPU) where the page is
+ * cross-origin isolated and the machine has cores to share; else the WebGPU
+ * module's own CPU path, one thread. */
+let cpuModule = null;
+function threadedCpu() {
+  if (!self.crossOriginIsolated || (navigator.hardwareConcurrency ?? 1) < 2) return Promise.resolve(null);
+  cpuModule ??= (async () => {
+    const m = await import('./pkg-threads/latent_diffusion_web.js');
+    await m.default();
+    await m.initThreadPool(navigator.hardwareConcurrency);
+    return m;
+  })().catch((e) => {
+    console.warn('the threaded CPU module did not start; the CPU path runs on one thread:', e);
+    return null;
+  });
+  return cpuModule;
+}
+
+/** The module that runs `backend` for this page, and the notice "auto"
+ * gives when it picks the CPU (the WebGPU module's `cpuNotice`). */
+async function engineFor(backend) {
+  if (backend === 'webgpu') return { engine: webgpuModule };
+  const notice = backend === 'auto' ? await webgpuModule.cpuNotice() : undefined;
+  if (backend === 'auto' && notice === undefined) return { engine: webgpuModule };
+  const threaded = await threadedCpu();
+  return threaded ? { engine: threaded, backend: 'cpu', notice } : { engine: webgpuModule };
+}
+let engine = webgpuModule; // the module of the last run's pipeline
 // One loaded pipeline per role: the generator, and an upscaler beside it.
 const slots = { generate: { gen: null, key: null }, upscale: { gen: null, key: null } };
 let generator = null; // the pipeline of the run in progress (or the last one)
@@ -29,23 +60,27 @@ let prompts = null, promptsBase = null; // the inspected model's prompt reading
 async function load(base, backend, vae, precision, role = 'generate') {
   const slot = slots[role] ?? slots.generate;
   const key = `${backend} ${base} ${vae ?? ''} ${precision ?? 'auto'}`;
-  if (slot.gen && slot.key === key) { generator = slot.gen; return; }
+  if (slot.gen && slot.key === key) { generator = slot.gen; engine = slot.engine; return; }
   slot.gen?.free();
   slot.gen = null;
   slot.key = null;
   generator = null;
   download = new AbortController();
+  const route = await engineFor(backend);
   try {
-    slot.gen = await Generator.fromUrl(base, backend,
+    slot.gen = await route.engine.Generator.fromUrl(base, route.backend ?? backend,
       (file, loaded, total) => postMessage({ type: 'download', file, loaded, total }),
       { signal: download.signal, ...(vae ? { vae } : {}), ...(precision ? { precision } : {}) });
   } finally {
     download = null;
   }
   slot.key = key;
+  slot.engine = route.engine;
+  slot.notice = route.notice ?? slot.gen.notice;
   generator = slot.gen;
+  engine = slot.engine;
   postMessage({
-    type: 'loaded', role, base, backend: generator.backend, notice: generator.notice, maxSize: generator.maxSize,
+    type: 'loaded', role, base, backend: generator.backend, notice: slot.notice, maxSize: generator.maxSize,
     precision: generator.precision, weightBytes: generator.weightBytes,
     defaultSize: generator.defaultSize, sizeStep: generator.sizeStep, upscaleFactor: generator.upscaleFactor,
   });
@@ -114,7 +149,7 @@ const fatal = (e) => e instanceof WebAssembly.RuntimeError;
 /** What a trap was about: the panic's message where Rust panicked. */
 function crash(e) {
   let why = e?.message ?? String(e);
-  try { why = lastPanic() ?? why; } catch { /* the module is too broken to say */ }
+  try { why = engine.lastPanic() ?? webgpuModule.lastPanic() ?? why; } catch { /* the module is too broken to say */ }
   return `The generator crashed (${why}); it has been restarted, so try again.`;
 }
 
@@ -135,7 +170,7 @@ onmessage = async ({ data }) => {
   if (data.type === 'inspect') {
     try {
       await ready;
-      const info = await Generator.inspect(data.base, data.vae ? { vae: data.vae } : {});
+      const info = await webgpuModule.Generator.inspect(data.base, data.vae ? { vae: data.vae } : {});
       if (promptsBase !== data.base) {
         prompts?.free();
         prompts = null;

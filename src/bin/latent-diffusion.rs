@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::rc::Rc;
+use std::sync::Arc;
 
 use burn::tensor::{DType, Device, DeviceKind};
 use clap::{Parser, ValueEnum};
@@ -175,7 +175,7 @@ fn run(a: Args) -> Result<(), String> {
     };
     let precision = Precision::parse(&a.precision).map_err(|e| e.to_string())?;
     let sd = StableDiffusion::load_dir_with(&a.model, a.vae.as_deref(), precision, &device);
-    let sd = Rc::new(sd.map_err(|e| e.to_string())?);
+    let sd = Arc::new(sd.map_err(|e| e.to_string())?);
     let init = init.map(|(rgba, ..)| rgba);
     let mask = mask.map(|(rgba, ..)| rgba);
     // The upscaler is read before the image is made: a wrong folder fails fast.
@@ -189,7 +189,7 @@ fn run(a: Args) -> Result<(), String> {
                     dir.display()
                 ));
             }
-            Some(Rc::new(up))
+            Some(Arc::new(up))
         }
         None => None,
     };
@@ -208,7 +208,7 @@ fn run(a: Args) -> Result<(), String> {
 
 /// One run of a pipeline, to RGBA bytes and their size.
 fn generate(
-    sd: &Rc<StableDiffusion>,
+    sd: &Arc<StableDiffusion>,
     opts: &GenerateOptions,
     init: Option<&[u8]>,
     mask: Option<&[u8]>,

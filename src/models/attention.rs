@@ -307,7 +307,7 @@ mod host {
                 }
             }
         };
-        #[cfg(not(target_family = "wasm"))]
+        #[cfg(any(not(target_family = "wasm"), feature = "threads"))]
         {
             use rayon::prelude::*;
             out.par_chunks_mut(n * inner)
@@ -318,7 +318,7 @@ mod host {
                         .for_each(|(i, block)| job(bi, i * rows, block))
                 });
         }
-        #[cfg(target_family = "wasm")]
+        #[cfg(all(target_family = "wasm", not(feature = "threads")))]
         for (bi, item) in out.chunks_mut(n * inner).enumerate() {
             for (i, block) in item.chunks_mut(rows * inner).enumerate() {
                 job(bi, i * rows, block)

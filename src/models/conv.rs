@@ -280,7 +280,7 @@ impl<'a> Filters<'a> {
                     kernel(&g, &padded, filters, bias, out)
                 }
             };
-            #[cfg(not(target_family = "wasm"))]
+            #[cfg(any(not(target_family = "wasm"), feature = "threads"))]
             {
                 use rayon::prelude::*;
                 yb.par_chunks_mut(co * ho * wo)
@@ -288,7 +288,7 @@ impl<'a> Filters<'a> {
                     .zip(self.bias.par_chunks(co))
                     .for_each(job);
             }
-            #[cfg(target_family = "wasm")]
+            #[cfg(all(target_family = "wasm", not(feature = "threads")))]
             yb.chunks_mut(co * ho * wo)
                 .zip(self.weight.chunks(block_weights))
                 .zip(self.bias.chunks(co))

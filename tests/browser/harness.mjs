@@ -100,8 +100,8 @@ export async function launch({ webgpu = true } = {}) {
 
 /** Serves `dir`, opens `path` in a fresh browser and waits for the page's
  * `data-ready`. Returns { server, browser, page }; `close()` ends both. */
-export async function openPage(dir, path, options) {
-  const server = await serve(dir);
+export async function openPage(dir, path, options, serveOptions) {
+  const server = await serve(dir, {}, serveOptions);
   const browser = await launch(options);
   const page = await browser.context.newPage();
   await page.goto(server.url + path);

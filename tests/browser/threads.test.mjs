@@ -1,0 +1,53 @@
+// A cross-origin isolated page (COOP/COEP, as tools/serve.py and the service
+// worker send them) runs the CPU path on the threaded module (www/pkg-threads,
+// a rayon pool of Web Workers) and still makes diffusers' images within one
+// level; WebGPU, asked for, stays on the WebGPU module; an error on the
+// threaded path leaves the page usable.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { openPage, runPage, worstLevel } from './harness.mjs';
+
+let ctx;
+
+before(async () => { ctx = await openPage('www', '', {}, { isolate: true }); });
+after(async () => ctx?.close());
+
+test('isolated: "auto" on a software adapter runs the threaded CPU module, diffusers\' red heart', async () => {
+  const { page } = ctx;
+  assert.equal(await page.evaluate(() => crossOriginIsolated), true);
+  await page.selectOption('#preset', 'models/emoji-4step/');
+  assert.equal(await runPage(page, { prompt: 'red heart', negative: '', seed: 0, eta: 0 }), 'done',
+    await page.textContent('#error'));
+  // The notice is the WebGPU module's, as on a page without threads.
+  assert.match(await page.textContent('#backend-info'),
+    /^Running on CPU \(WebAssembly, [2-9]\d* threads\)\. The only WebGPU adapter here is a software renderer/);
+  const worst = await worstLevel(page, 'emoji-4step', 'red_heart', 64);
+  assert.ok(worst <= 1, `threads: worst pixel differs by ${worst} levels`);
+});
+
+test('isolated: the CPU choice, guided, with a negative prompt, matches diffusers; WebGPU stays WebGPU', async () => {
+  const { page } = ctx;
+  await page.click('details summary'); // "More settings"
+  await page.selectOption('#backend', 'cpu');
+  assert.equal(await runPage(page, { model: 'models/tiny-random/', prompt: 'a red heart', negative: 'blurry',
+    seed: 42, steps: 4, guidance: 3, eta: 0 }), 'done', await page.textContent('#error'));
+  assert.match(await page.textContent('#backend-info'), /^Running on CPU \(WebAssembly, \d+ threads\)/);
+  let worst = await worstLevel(page, 'tiny', 'guided_eta0', 16);
+  assert.ok(worst <= 1, `threads: worst pixel differs by ${worst} levels`);
+  await page.selectOption('#backend', 'webgpu');
+  assert.equal(await runPage(page, {}), 'done', await page.textContent('#error'));
+  assert.match(await page.textContent('#backend-info'), /^Running on WebGPU/);
+  worst = await worstLevel(page, 'tiny', 'guided_eta0', 16);
+  assert.ok(worst <= 1, `WebGPU: worst pixel differs by ${worst} levels`);
+  await page.selectOption('#backend', 'cpu');
+});
+
+test('isolated: a bad model URL on the threaded path is an error; the next run works', async () => {
+  const { page } = ctx;
+  assert.equal(await runPage(page, { model: 'models/no-such-model/', steps: 2 }), 'error');
+  assert.match(await page.textContent('#error'), /no-such-model\/unet\/config\.json: HTTP 404/);
+  assert.equal(await runPage(page, { model: 'models/tiny-random/', steps: 2 }), 'done',
+    await page.textContent('#error'));
+  assert.match(await page.textContent('#backend-info'), /threads\)/);
+  assert.deepEqual(ctx.browser.errors, []);
+});
