@@ -97,12 +97,20 @@ build_wasm_threads() {
     --lib --no-default-features --features threads --target-dir "$dir"
   wasm-bindgen --target web --no-typescript --out-dir www/pkg-threads \
     "$dir/$WASM_TARGET/wasm-release/$CRATE.wasm"
-  if [ "${WASM_OPT:-1}" != 0 ]; then
-    log "wasm-opt -Oz (threads)"
-    node_modules/.bin/wasm-opt -Oz --enable-bulk-memory --enable-nontrapping-float-to-int \
-      --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue \
-      --enable-simd --enable-threads "www/pkg-threads/${CRATE}_bg.wasm" -o "www/pkg-threads/${CRATE}_bg.wasm"
-  fi
+  optimize_wasm pkg-threads --enable-threads
+}
+
+# wasm-opt -Oz on www/$1's module (unless WASM_OPT=0), with the features
+# rustc enables by default for wasm32-unknown-unknown, SIMD
+# (.cargo/config.toml) and any given after the folder.
+optimize_wasm() {
+  local file="www/$1/${CRATE}_bg.wasm"
+  shift
+  [ "${WASM_OPT:-1}" != 0 ] || return 0
+  log "wasm-opt -Oz $file"
+  node_modules/.bin/wasm-opt -Oz --enable-bulk-memory --enable-nontrapping-float-to-int \
+    --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue \
+    --enable-simd "$@" "$file" -o "$file"
 }
 
 build_wasm() {
@@ -117,14 +125,7 @@ build_wasm() {
   fi
   wasm-bindgen --target web --no-typescript --out-dir www/pkg \
     "${CARGO_TARGET_DIR:-target}/$WASM_TARGET/wasm-release/$CRATE.wasm"
-  if [ "${WASM_OPT:-1}" != 0 ]; then
-    log "wasm-opt -Oz"
-    # The features rustc enables by default for wasm32-unknown-unknown, and
-    # SIMD (.cargo/config.toml).
-    node_modules/.bin/wasm-opt -Oz --enable-bulk-memory --enable-nontrapping-float-to-int \
-      --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue \
-      --enable-simd "www/pkg/${CRATE}_bg.wasm" -o "www/pkg/${CRATE}_bg.wasm"
-  fi
+  optimize_wasm pkg
   # The page's default model (www/models/emoji-4step) is committed; the
   # random-weight test pipeline is copied beside it for the tests and as a
   # preset (symlinks resolved, reference outputs left out).

@@ -24,7 +24,7 @@ self.addEventListener('activate', (e) => e.waitUntil(
 // visit on (the first is not yet under this worker). Its only cross-origin
 // requests are the weights, fetched with CORS, which isolation allows.
 function isolated(res) {
-  if (res.type === 'opaque' || res.type === 'opaqueredirect' || res.status === 0) return res;
+  if (res.type === 'opaque' || res.type === 'opaqueredirect') return res;
   const headers = new Headers(res.headers);
   if (!headers.has('cross-origin-opener-policy')) headers.set('cross-origin-opener-policy', 'same-origin');
   if (!headers.has('cross-origin-embedder-policy')) headers.set('cross-origin-embedder-policy', 'require-corp');
