@@ -123,17 +123,38 @@ $('model').addEventListener('input', () => {
 $('model').addEventListener('change', () => inspect());
 $('taesd').addEventListener('change', () => inspect());
 
+// The notes and example chips above the buttons follow the chosen model, and
+// a new model is chosen by leaving its field: often by pressing Generate,
+// whose press blurs the field before the click. Were the notes to change
+// between press and release, the button would move away from the pointer and
+// the click would be lost, so while a pointer is down they wait for its
+// release (and the click that follows it).
+let pointerDown = false;
+const whenReleased = [];
+addEventListener('pointerdown', () => { pointerDown = true; }, true);
+for (const type of ['pointerup', 'pointercancel']) {
+  addEventListener(type, () => {
+    pointerDown = false;
+    setTimeout(() => { for (const f of whenReleased.splice(0)) f(); });
+  }, true);
+}
+const afterRelease = (f) => (pointerDown ? whenReleased.push(f) : f());
+
 // What the chosen model needs, read from its configs and weight headers
 // before anything large is downloaded (Generator.inspect in the worker).
 let inspections = 0;
 function inspect() {
   const base = $('model').value.trim();
   model = { base, vae: $('taesd').checked, info: null, loaded: null };
-  showSizes();
-  showGuidance();
-  showExamples([], []);
+  const id = ++inspections;
+  afterRelease(() => {
+    if (id !== inspections) return;
+    showSizes();
+    showGuidance();
+    showExamples([], []);
+  });
   $('model-info').textContent = base ? 'Checking what this model needs…' : '';
-  if (base) worker.postMessage({ type: 'inspect', id: ++inspections, base, vae: $('taesd').checked ? TAESD : null });
+  if (base) worker.postMessage({ type: 'inspect', id, base, vae: $('taesd').checked ? TAESD : null });
 }
 const gb = (b) => (b >= 1e9 ? `${(b / 1e9).toFixed(2)} GB` : `${(b / 1e6).toFixed(1)} MB`);
 function showInspection(m) {
@@ -531,7 +552,7 @@ function onWorkerMessage({ data: m }) {
     setBusy(false);
     document.body.dataset.state = 'cancelled';
   } else if (m.type === 'inspected') {
-    showInspection(m);
+    afterRelease(() => showInspection(m));
   } else if (m.type === 'prompt-checked') {
     showPromptCheck(m);
   } else if (m.type === 'error') {

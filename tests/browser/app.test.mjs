@@ -219,6 +219,27 @@ test('the model line says what a folder needs before it is downloaded', async ()
   assert.equal(await run({ model: 'models/tiny-random/', steps: 2 }), 'done');
 });
 
+test('typing a model URL, then pressing Generate as a person does, starts the run', async () => {
+  await page.fill('#model', 'models/emoji-4step/');
+  await page.dispatchEvent('#model', 'change');
+  await page.waitForFunction(() => /made for 64×64/.test(document.getElementById('model-info').textContent));
+  await page.fill('#steps', '2');
+  await page.fill('#model', 'models/tiny-random/'); // the field keeps the focus: no 'change' yet
+  const box = await page.locator('#generate').boundingBox();
+  await page.evaluate(() => { document.body.dataset.state = 'idle'; });
+  await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
+  await page.mouse.down(); // blurs the field: 'change', and the new model is inspected
+  await page.waitForTimeout(1000); // a slow press, long enough for the inspection to answer
+  await page.mouse.up();
+  const started = await page.waitForFunction(() => ['done', 'error'].includes(document.body.dataset.state),
+    null, { timeout: 60_000 }).then(() => true, () => false);
+  assert.ok(started, `the click was lost: state ${await page.evaluate(() => document.body.dataset.state)}`);
+  assert.equal(await page.evaluate(() => document.body.dataset.state), 'done', await page.textContent('#error'));
+  // The notes the press held back are there now.
+  assert.match(await page.textContent('#model-info'), /made for 16×16/);
+  assert.match(await page.textContent('#guidance-info'), /runs each step twice/);
+});
+
 test('a corrupted safetensors download shows an error and the page stays usable', async () => {
   assert.equal(await run({ model: 'models/corrupt/', steps: 2 }), 'error');
   assert.match(await page.textContent('#error'), /not a valid safetensors file.*truncated/);
