@@ -3,16 +3,21 @@ StableDiffusionUpscalePipeline layout, in time-budgeted, resumable phases:
 
 1. vae:     the emoji AutoencoderKL (configs.UPSCALER_VAE: the generator's
             VAE without the mid-block attention, so it is a pure convolution
-            network) fine-tuned from the shipped one on random 64x64 crops of
-            the 256x256 originals: 256x256 RGB <-> 64x64x4 latents.
+            network) fine-tuned on random 64x64 crops of the 256x256
+            originals: 256x256 RGB <-> 64x64x4 *anchored* latents, whose
+            first three channels are the 4x box-filtered image itself and
+            the fourth a detail channel (see train_vae).
 2. teacher: UNet2DConditionModel (configs.UPSCALER_UNET), input = noisy
             latents (4) + the noised 64x64 image (3), the low-res noise level
             as class label (diffusers' `num_class_embeds`, as the SD x4
             upscaler); v-prediction on the emoji cosine schedule (T = 1024),
-            trained on aligned 32x32-latent / 32x32-pixel crops (the network
-            is fully convolutional), EMA weights.
+            the anchored channels weighted ANCHOR_WEIGHT in the loss, trained
+            on aligned 32x32-latent / 32x32-pixel crops (the network is fully
+            convolutional), EMA weights.
 3. distill: a 4-step student (trailing DDIM grid) that learns in one step
             what SUBSTEPS deterministic DDIM steps of the teacher do.
+4. decoder: the VAE's decoder fine-tuned to decode the student's own
+            latents (of SAMPLED training images) into the real images.
 
 The UNet has no attention, so it never reads the prompt; diffusers' pipeline
 still runs a text encoder, so the folder carries a tiny one
@@ -24,7 +29,8 @@ OUT/log.txt; a phase whose output exists is skipped, and the teacher and
 student save every --save-every seconds, continuing from there when run
 again until their budgets (seconds, summed over calls) are spent.
 
-    python tools/train/train_upscaler.py WORK OUT --vae 600 --teacher 1500 --distill 900
+    python tools/train/train_upscaler.py WORK OUT --vae 900 --teacher 3900 --distill 480 --decoder 540 \
+        [--vae-init OLD/vae.safetensors --teacher-init OLD/teacher.safetensors]
     python tools/train/train_upscaler.py WORK OUT --export www/models/emoji-upscaler
 
 WORK holds emoji64.npz and emoji256.npz (prepare_data.py --size 64 / 256).
@@ -50,6 +56,21 @@ ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 GENERATOR = os.path.join(ROOT, "www", "models", "emoji-4step")
 CROP = 32  # latents (= low-res pixels) per side of a training crop
 VAE_CROP = 64  # pixels per side of a VAE training crop
+ANCHORED = 3  # latent channels that are the low-res image itself
+DETAIL_NOISE = 0.5  # most noise added to the detail channel (RMS ~1) when training the decoder
+DETAIL_DROP = 0.1  # share of decoder training crops whose detail channel is zeros
+# The UNet's loss weighs the anchored channels this much more than the detail
+# channel: they must be the input image to the pixel, which a loss averaged
+# over all four channels (the detail channel's error the larger) taught too
+# slowly (at 5000 steps their x0 still missed by 0.11 RMS at t = T - 1).
+ANCHOR_WEIGHT = 8.0
+SAMPLED = 1024  # training images the decoder sees as the student makes them
+
+
+def latent_mse(v, target):
+    w = torch.tensor([ANCHOR_WEIGHT] * ANCHORED + [1.0] * (v.shape[1] - ANCHORED), device=v.device)
+    w = w / w.mean()
+    return ((v - target).pow(2) * w[None, :, None, None]).mean()
 
 
 def load_data(work, dev):
@@ -87,14 +108,32 @@ def random_flip(gen, *xs):
     return [torch.where(flip[:, None, None, None], x.flip(-1), x) for x in xs]
 
 
-def vae_psnr(vae, images, batch=16):
-    """Mean PSNR (dB) of 256x256 images through encode (mean) and decode."""
+def low_res(x):
+    """The 4x box-filtered image (what prepare_data.py makes at 64x64 and the
+    generator is trained on): the first three latent channels."""
+    return F.avg_pool2d(x, 4)
+
+
+def latents_of(vae, x):
+    """Anchored latents of 256x256 images x in [-1, 1]: the low-res image
+    itself (3 channels) and the encoder's detail channel (its mean)."""
+    d = vae.encode(x).latent_dist.mean[:, ANCHORED:]
+    return torch.cat([low_res(x), d], 1)
+
+
+def vae_psnr(vae, images, batch=16, detail=True):
+    """Mean PSNR (dB) of 256x256 images decoded from their anchored latents;
+    detail=False replaces the detail channel by zeros, so the decoder alone
+    upscales the low-res image (what a UNet that knows nothing gives)."""
     vae.eval()
     total = 0.0
     with torch.no_grad():
         for i in range(0, len(images), batch):
             x = to_float(images[i:i + batch])
-            y = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
+            z = latents_of(vae, x)
+            if not detail:
+                z[:, ANCHORED:] = 0
+            y = vae.decode(z).sample.clamp(-1, 1)
             mse = ((y - x) / 2).pow(2).flatten(1).mean(1)
             total += (10 * torch.log10(1 / mse)).sum().item()
     vae.train()
@@ -102,34 +141,56 @@ def vae_psnr(vae, images, batch=16):
 
 
 def train_vae(r, hi, held, seconds):
+    """Anchored latents: the first three channels are the 4x box-filtered
+    image, the fourth a detail channel. The encoder learns both (its first
+    three channels pulled to the low-res image, so encode() stays a VAE), the
+    decoder learns to upscale from the exact low-res image plus a detail
+    channel it sees with noise added (up to DETAIL_NOISE times its RMS, kept
+    near 1) or not at all (DETAIL_DROP of the crops), so that a UNet's imperfect latents decode to a clean image
+    instead of blotches: the generator's latent space, where a 3x3 blur of
+    the latents costs 9 dB, made the first upscalers worse than bicubic."""
     vae = AutoencoderKL(**configs.UPSCALER_VAE)
-    state = load_file(os.path.join(GENERATOR, "vae", "diffusion_pytorch_model.safetensors"))
+    init = r.a.vae_init or os.path.join(GENERATOR, "vae", "diffusion_pytorch_model.safetensors")
+    state = load_file(init)
     missing, unexpected = vae.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     assert not missing and all(".attentions." in k for k in unexpected), (missing, unexpected)
     vae = vae.to(r.dev)
     train_x, eval_x = hi[~held], hi[held][:64]
-    r.log(f"vae: from the generator's VAE without mid attention, held-out PSNR at 256x256 "
-          f"{vae_psnr(vae, eval_x):.2f} dB")
+    r.log(f"vae: from {init}, anchored latents")
     opt = torch.optim.AdamW(vae.parameters(), lr=r.a.vae_lr, weight_decay=0.0)
     b = Budget(r, "vae", seconds)
     gen = torch.Generator(device=r.dev).manual_seed(4)
-    step = 0
+    step, losses = 0, []
     while b.left():
         train.set_lr(opt, r.a.vae_lr, b.frac(), step, 50)
         idx = torch.randint(0, len(train_x), (r.a.vae_batch,), device=r.dev, generator=gen)
-        y0, x0 = torch.randint(0, 256 - VAE_CROP + 1, (2,), generator=gen, device=r.dev).tolist()
+        y0, x0 = (4 * torch.randint(0, (256 - VAE_CROP) // 4 + 1, (2,), generator=gen, device=r.dev)).tolist()
         x = to_float(train_x[idx, :, y0:y0 + VAE_CROP, x0:x0 + VAE_CROP])
         (x,) = random_flip(gen, x)
         post = vae.encode(x).latent_dist
-        y = vae.decode(post.sample(generator=gen)).sample
-        loss = F.l1_loss(y, x) + F.mse_loss(y, x) + 1e-6 * post.kl().mean()
+        lo, d = low_res(x), post.mean[:, ANCHORED:]
+        n = len(x)
+        s_a = 0.1 * torch.rand(n, 1, 1, 1, device=r.dev, generator=gen)
+        s_d = DETAIL_NOISE * torch.rand(n, 1, 1, 1, device=r.dev, generator=gen)
+        keep = (torch.rand(n, 1, 1, 1, device=r.dev, generator=gen) >= DETAIL_DROP).float()
+        z = torch.cat([lo + s_a * torch.randn(lo.shape, device=r.dev, generator=gen),
+                       keep * (d + s_d * torch.randn(d.shape, device=r.dev, generator=gen))], 1)
+        y = vae.decode(z).sample
+        anchor = F.mse_loss(post.mean[:, :ANCHORED], lo)
+        loss = F.l1_loss(y, x) + F.mse_loss(y, x) + anchor + 0.1 * (d.pow(2).mean() - 1).pow(2)
         train.update(opt, loss, vae.parameters())
         step += 1
-        if step % 200 == 0:
-            r.log(f"vae step {step} loss {loss.item():.4f}")
-    p = vae_psnr(vae, eval_x)
-    r.log(f"vae done: {step} steps, {b.spent():.0f}s, held-out PSNR at 256x256 {p:.2f} dB")
-    r.save("vae.safetensors", vae.state_dict(), vae_seconds=b.spent(), vae_steps=step, vae_psnr=p)
+        losses.append(loss.item())
+        if step % 50 == 0:
+            r.log(f"vae step {step} loss {np.mean(losses[-50:]):.4f} anchor {anchor.item():.4f} "
+                  f"detail rms {d.pow(2).mean().sqrt().item():.3f}")
+        if step % 500 == 0:
+            r.log(f"vae step {step}: held-out PSNR {vae_psnr(vae, eval_x):.2f} dB, "
+                  f"without detail {vae_psnr(vae, eval_x, detail=False):.2f} dB")
+    p, p0 = vae_psnr(vae, eval_x), vae_psnr(vae, eval_x, detail=False)
+    r.log(f"vae done: {step} steps, {b.spent():.0f}s, held-out PSNR at 256x256 {p:.2f} dB, without detail {p0:.2f}")
+    r.save("vae.safetensors", vae.state_dict(), vae_seconds=b.spent(), vae_steps=step, vae_psnr=p,
+           vae_psnr_without_detail=p0)
     return vae
 
 
@@ -140,14 +201,14 @@ def load_vae(r):
 
 
 def encode_all(r, vae, hi):
-    """Every 256x256 image's latents (the encoder's mean), scaled to unit std."""
+    """Every 256x256 image's anchored latents, scaled to unit std."""
     path = os.path.join(r.a.out, "latents.pt")
     if os.path.exists(path):
         return torch.load(path).to(r.dev)
     out = []
     with torch.no_grad():
         for i in range(0, len(hi), 32):
-            out.append(vae.encode(to_float(hi[i:i + 32])).latent_dist.mean)
+            out.append(latents_of(vae, to_float(hi[i:i + 32])))
     lat = torch.cat(out)
     scaling = 1.0 / lat.std().item()
     r.meta["scaling_factor"] = scaling
@@ -195,6 +256,9 @@ def train_teacher(r, lat, lo, lo_sched, seconds):
         unet.load_state_dict(s["unet"]); ema.load_state_dict(s["ema"]); opt.load_state_dict(s["opt"])
         r.log(f"teacher: resuming at step {step}")
     else:
+        if r.a.teacher_init:
+            unet.load_state_dict(load_file(r.a.teacher_init))
+            r.log(f"teacher: starting from {r.a.teacher_init}")
         ema.load_state_dict(unet.state_dict())
     n_params = sum(p.numel() for p in unet.parameters())
     ab = train.schedule(r.dev)
@@ -219,7 +283,7 @@ def train_teacher(r, lat, lo, lo_sched, seconds):
         eps = torch.randn(x0.shape, device=r.dev, generator=gen)
         a, s = train.coefficients(ab, t)
         v = unet(torch.cat([a * x0 + s * eps, im], 1), t, context(len(x0), r.dev), class_labels=level).sample
-        loss = F.mse_loss(v, a * eps - s * x0)
+        loss = latent_mse(v, a * eps - s * x0)
         train.update(opt, loss, unet.parameters())
         step += 1
         losses.append(loss.item())
@@ -277,7 +341,7 @@ def distill(r, teacher, lat, lo, lo_sched, seconds):
                 z, tt = train.ddim(z, v, a_1, s_1, a_2, s_2), tt - sub
             v_target = train.v_target(zt, z, a_t, s_t, *train.coefficients(ab, t - k))
         v = student(torch.cat([zt, im], 1), t, ctx, class_labels=level).sample
-        loss = F.mse_loss(v, v_target)
+        loss = latent_mse(v, v_target)
         train.update(opt, loss, student.parameters())
         step += 1
         losses.append(loss.item())
@@ -289,6 +353,74 @@ def distill(r, teacher, lat, lo, lo_sched, seconds):
     save()
     r.save("student.safetensors", student.state_dict())
     r.log(f"distill done: {step} steps, {b.spent():.0f}s")
+
+
+def student_samples(r, student, lo, lo_sched):
+    """What the pipeline makes from SAMPLED training images (their indices
+    first): the student's
+    STUDENT_STEPS-step DDIM latents (eta 0) from the image noised at a level
+    drawn from 0 to 2 * UPSCALER_NOISE_LEVEL (the page's default is the
+    middle), as the UNet's latents (scaled)."""
+    path = os.path.join(r.a.out, "samples.pt")
+    if os.path.exists(path):
+        pick, samples = torch.load(path)
+        return pick.to(r.dev), samples.to(r.dev)
+    ab = train.schedule(r.dev)
+    T, n = len(ab), configs.STUDENT_STEPS
+    gen = torch.Generator(device=r.dev).manual_seed(8)
+    pick = torch.randperm(len(lo), generator=gen, device=r.dev)[:SAMPLED]
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(pick), 32):
+            im = to_float(lo[pick[i:i + 32]])
+            im, level = low_res_noise(lo_sched, im, gen, 2 * configs.UPSCALER_NOISE_LEVEL)
+            z = torch.randn((len(im), 4, *im.shape[2:]), device=r.dev, generator=gen)
+            for t in range(T - 1, -1, -(T // n)):
+                tt = torch.full((len(im),), t, device=r.dev)
+                v = student(torch.cat([z, im], 1), tt, context(len(im), r.dev), class_labels=level).sample
+                z = train.ddim(z, v, *train.coefficients(ab, tt), *train.coefficients(ab, tt - T // n))
+            out.append(z.half())
+    samples = torch.cat(out)
+    torch.save((pick, samples), path)
+    r.log(f"student samples: {tuple(samples.shape)}")
+    return pick, samples
+
+
+def tune_decoder(r, pick, samples, lat, hi, seconds):
+    """The VAE's decoder (and post_quant_conv) fine-tuned to decode what the
+    student makes into the real 256x256 image: the student's anchored
+    channels miss the input image by a few hundredths per pixel, enough to
+    blur and blotch a decoder trained on exact latents alone. Half of each
+    batch is the student's latents, half the true (anchored) ones, so that
+    both decode. Aligned crops: 16x16 latents, 64x64 pixels. The encoder is
+    left as it is."""
+    vae = load_vae(r).train()
+    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    for p in vae.encoder.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.AdamW(params, lr=r.a.vae_lr / 2, weight_decay=0.0)
+    scaling = r.meta["scaling_factor"]
+    b = Budget(r, "decoder", seconds)
+    gen = torch.Generator(device=r.dev).manual_seed(9)
+    c, step, losses = VAE_CROP // 4, 0, []
+    while b.left():
+        train.set_lr(opt, r.a.vae_lr / 2, b.frac(), step, 20)
+        half = r.a.vae_batch // 2
+        which = torch.randint(0, len(pick), (half,), device=r.dev, generator=gen)
+        idx = torch.cat([pick[which], torch.randint(0, len(lat), (half,), device=r.dev, generator=gen)])
+        y0, x0 = torch.randint(0, 64 - c + 1, (2,), generator=gen, device=r.dev).tolist()
+        z = torch.cat([samples[which, :, y0:y0 + c, x0:x0 + c], lat[idx[half:], :, y0:y0 + c, x0:x0 + c]])
+        x = to_float(hi[idx, :, 4 * y0:4 * (y0 + c), 4 * x0:4 * (x0 + c)])
+        z, x = random_flip(gen, z.float() / scaling, x)
+        y = vae.decode(z).sample
+        loss = F.l1_loss(y, x) + F.mse_loss(y, x)
+        train.update(opt, loss, params)
+        step += 1
+        losses.append(loss.item())
+        if step % 50 == 0:
+            r.log(f"decoder step {step} loss {np.mean(losses[-50:]):.4f} lr {opt.param_groups[0]['lr']:.2e}")
+    r.save("vae-decoder.safetensors", vae.state_dict(), decoder_seconds=b.spent(), decoder_steps=step)
+    r.log(f"decoder done: {step} steps, {b.spent():.0f}s")
 
 
 def low_res_scheduler():
@@ -321,7 +453,8 @@ def export(r, out, unet_name):
     from diffusers import StableDiffusionUpscalePipeline
 
     vae = AutoencoderKL(**configs.UPSCALER_VAE, scaling_factor=UPSCALE_SCALING)
-    vae.load_state_dict(fold_scaling(load_file(r.find("vae.safetensors")), r.meta["scaling_factor"]))
+    vae_file = r.find("vae-decoder.safetensors") or r.find("vae.safetensors")
+    vae.load_state_dict(fold_scaling(load_file(vae_file), r.meta["scaling_factor"]))
     unet = UNet2DConditionModel(**configs.UPSCALER_UNET)
     unet.load_state_dict(load_file(r.find(f"{unet_name}.safetensors")))
     torch.manual_seed(7)
@@ -356,9 +489,12 @@ def main():
     ap.add_argument("--vae", type=float, default=600, help="seconds for the VAE fine-tuning")
     ap.add_argument("--teacher", type=float, default=1500, help="seconds for the teacher (over all calls)")
     ap.add_argument("--distill", type=float, default=900, help="seconds for the distillation (over all calls)")
+    ap.add_argument("--decoder", type=float, default=600, help="seconds for the decoder's fine-tuning on the student's latents")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--vae-batch", type=int, default=16)
     ap.add_argument("--vae-lr", type=float, default=2e-4)
+    ap.add_argument("--vae-init", help="VAE weights to start from (default: the generator's)")
+    ap.add_argument("--teacher-init", help="UNet weights the teacher starts from (default: random)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--ema", type=float, default=0.999)
@@ -390,7 +526,14 @@ def main():
         teacher = train_teacher(r, lat, lo, lo_sched, a.teacher)
     for p in teacher.parameters():
         p.requires_grad_(False)
-    distill(r, teacher, lat, lo, lo_sched, a.distill)
+    if not (r.find("student.safetensors") and r.meta.get("student_seconds", 0) >= a.distill):
+        distill(r, teacher, lat, lo, lo_sched, a.distill)
+    del teacher
+    if not r.find("vae-decoder.safetensors"):
+        student = new_unet(r)
+        student.load_state_dict(load_file(r.find("student.safetensors")))
+        pick, samples = student_samples(r, student.eval(), lo, lo_sched)
+        tune_decoder(r, pick, samples, lat, hi[~held], a.decoder)
 
 
 if __name__ == "__main__":
