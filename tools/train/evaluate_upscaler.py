@@ -1,7 +1,7 @@
 """Measures the emoji 4x upscaler against the real 256x256 images of the
 held-out emoji (never trained on), from their 64x64 box-filtered versions
 (what the generator is trained to make), next to bicubic interpolation and
-the VAE's own reconstruction (the ceiling of any latent upscaler).
+the VAE's own reconstruction (encode, decode: what its latents can hold).
 
 Metrics, per image then mean +- standard error over the images:
 - PSNR (dB) against the real 256x256 image (RGB, 8-bit);
