@@ -45,8 +45,11 @@ function threadedCpu() {
  * gives when it picks the CPU (the WebGPU module's `cpuNotice`). */
 async function engineFor(backend) {
   if (backend === 'webgpu') return { engine: webgpuModule };
-  const notice = backend === 'auto' ? await webgpuModule.cpuNotice() : undefined;
-  if (backend === 'auto' && notice === undefined) return { engine: webgpuModule };
+  let notice;
+  if (backend === 'auto') {
+    notice = await webgpuModule.cpuNotice();
+    if (notice === undefined) return { engine: webgpuModule }; // "auto" picks WebGPU
+  }
   const threaded = await threadedCpu();
   return threaded ? { engine: threaded, backend: 'cpu', notice } : { engine: webgpuModule };
 }
@@ -65,8 +68,8 @@ async function load(base, backend, vae, precision, role = 'generate') {
   slot.gen = null;
   slot.key = null;
   generator = null;
-  download = new AbortController();
   const route = await engineFor(backend);
+  download = new AbortController();
   try {
     slot.gen = await route.engine.Generator.fromUrl(base, route.backend ?? backend,
       (file, loaded, total) => postMessage({ type: 'download', file, loaded, total }),

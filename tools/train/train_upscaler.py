@@ -57,6 +57,7 @@ GENERATOR = os.path.join(ROOT, "www", "models", "emoji-4step")
 CROP = 32  # latents (= low-res pixels) per side of a training crop
 VAE_CROP = 64  # pixels per side of a VAE training crop
 ANCHORED = 3  # latent channels that are the low-res image itself
+ANCHOR_NOISE = 0.1  # most noise added to those channels when training the decoder
 DETAIL_NOISE = 0.5  # most noise added to the detail channel (RMS ~1) when training the decoder
 DETAIL_DROP = 0.1  # share of decoder training crops whose detail channel is zeros
 # The UNet's loss weighs the anchored channels this much more than the detail
@@ -144,10 +145,11 @@ def train_vae(r, hi, held, seconds):
     """Anchored latents: the first three channels are the 4x box-filtered
     image, the fourth a detail channel. The encoder learns both (its first
     three channels pulled to the low-res image, so encode() stays a VAE), the
-    decoder learns to upscale from the exact low-res image plus a detail
+    decoder learns to upscale from the low-res image (up to ANCHOR_NOISE of
+    noise added) plus a detail
     channel it sees with noise added (up to DETAIL_NOISE times its RMS, kept
-    near 1) or not at all (DETAIL_DROP of the crops), so that a UNet's imperfect latents decode to a clean image
-    instead of blotches: the generator's latent space, where a 3x3 blur of
+    near 1) or not at all (DETAIL_DROP of the crops), so that a UNet's
+    imperfect latents decode to a clean image instead of blotches: the generator's latent space, where a 3x3 blur of
     the latents costs 9 dB, made the first upscalers worse than bicubic."""
     vae = AutoencoderKL(**configs.UPSCALER_VAE)
     init = r.a.vae_init or os.path.join(GENERATOR, "vae", "diffusion_pytorch_model.safetensors")
@@ -170,7 +172,7 @@ def train_vae(r, hi, held, seconds):
         post = vae.encode(x).latent_dist
         lo, d = low_res(x), post.mean[:, ANCHORED:]
         n = len(x)
-        s_a = 0.1 * torch.rand(n, 1, 1, 1, device=r.dev, generator=gen)
+        s_a = ANCHOR_NOISE * torch.rand(n, 1, 1, 1, device=r.dev, generator=gen)
         s_d = DETAIL_NOISE * torch.rand(n, 1, 1, 1, device=r.dev, generator=gen)
         keep = (torch.rand(n, 1, 1, 1, device=r.dev, generator=gen) >= DETAIL_DROP).float()
         z = torch.cat([lo + s_a * torch.randn(lo.shape, device=r.dev, generator=gen),
@@ -356,11 +358,10 @@ def distill(r, teacher, lat, lo, lo_sched, seconds):
 
 
 def student_samples(r, student, lo, lo_sched):
-    """What the pipeline makes from SAMPLED training images (their indices
-    first): the student's
-    STUDENT_STEPS-step DDIM latents (eta 0) from the image noised at a level
-    drawn from 0 to 2 * UPSCALER_NOISE_LEVEL (the page's default is the
-    middle), as the UNet's latents (scaled)."""
+    """What the pipeline makes from SAMPLED training images: their indices,
+    and the student's STUDENT_STEPS-step DDIM latents (eta 0, as the UNet's
+    scaled latents) from each image noised at a level drawn from 0 to
+    2 * UPSCALER_NOISE_LEVEL (the page's default is the middle)."""
     path = os.path.join(r.a.out, "samples.pt")
     if os.path.exists(path):
         pick, samples = torch.load(path)
@@ -406,11 +407,11 @@ def tune_decoder(r, pick, samples, lat, hi, seconds):
     while b.left():
         train.set_lr(opt, r.a.vae_lr / 2, b.frac(), step, 20)
         half = r.a.vae_batch // 2
-        which = torch.randint(0, len(pick), (half,), device=r.dev, generator=gen)
-        idx = torch.cat([pick[which], torch.randint(0, len(lat), (half,), device=r.dev, generator=gen)])
+        which = torch.randint(0, len(pick), (half,), device=r.dev, generator=gen)  # into the samples
+        other = torch.randint(0, len(lat), (half,), device=r.dev, generator=gen)  # into all images
         y0, x0 = torch.randint(0, 64 - c + 1, (2,), generator=gen, device=r.dev).tolist()
-        z = torch.cat([samples[which, :, y0:y0 + c, x0:x0 + c], lat[idx[half:], :, y0:y0 + c, x0:x0 + c]])
-        x = to_float(hi[idx, :, 4 * y0:4 * (y0 + c), 4 * x0:4 * (x0 + c)])
+        z = torch.cat([samples[which, :, y0:y0 + c, x0:x0 + c], lat[other, :, y0:y0 + c, x0:x0 + c]])
+        x = to_float(hi[torch.cat([pick[which], other]), :, 4 * y0:4 * (y0 + c), 4 * x0:4 * (x0 + c)])
         z, x = random_flip(gen, z.float() / scaling, x)
         y = vae.decode(z).sample
         loss = F.l1_loss(y, x) + F.mse_loss(y, x)
@@ -482,6 +483,11 @@ def export(r, out, unet_name):
     r.log(f"exported {unet_name} to {out}: weights {total} bytes ({total / 1e6:.2f} MB)")
 
 
+def finished(r, phase, budget):
+    """Whether a budgeted phase wrote its final weights and spent its budget."""
+    return r.find(f"{phase}.safetensors") and r.meta.get(f"{phase}_seconds", 0) >= budget
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("work")
@@ -517,8 +523,7 @@ def main():
     del vae
     lo = lo[~held]
     lo_sched = low_res_scheduler()
-    done = r.find("teacher.safetensors") and r.meta.get("teacher_seconds", 0) >= a.teacher
-    if done:
+    if finished(r, "teacher", a.teacher):
         teacher = new_unet(r)
         teacher.load_state_dict(load_file(r.find("teacher.safetensors")))
         teacher.eval()
@@ -526,7 +531,7 @@ def main():
         teacher = train_teacher(r, lat, lo, lo_sched, a.teacher)
     for p in teacher.parameters():
         p.requires_grad_(False)
-    if not (r.find("student.safetensors") and r.meta.get("student_seconds", 0) >= a.distill):
+    if not finished(r, "student", a.distill):
         distill(r, teacher, lat, lo, lo_sched, a.distill)
     del teacher
     if not r.find("vae-decoder.safetensors"):
