@@ -6,6 +6,11 @@
 //! - `names`: what the model was trained to draw, for autocomplete;
 //! - `words`: every word of its training prompts: a prompt with none of them
 //!   is one the model cannot follow, and the page says so;
+//! - `alike`: words it was never trained on → the trained word its text
+//!   encoder reads them as (the same embedding row:
+//!   `tools/train/word_neighbours.py` gives an unseen word the row of its
+//!   nearest trained word by meaning), so the page can say that "shark" is
+//!   read as "dolphin";
 //! - `emoji`: emoji character → name, so "🐱" is read as "cat face" before it
 //!   is tokenized (CLIP's vocabulary has no useful tokens for most emoji, and
 //!   the model never saw them).
@@ -24,7 +29,8 @@ use crate::{Error, Result};
 pub const PROMPTS_FILE: &str = "prompts.json";
 
 // Bounds on what the file may hold (ours: 12 examples, 2445 names, 2081
-// words, 3786 emoji), so a hostile file cannot make us allocate without end.
+// words, 27460 alike, 3786 emoji), so a hostile file cannot make us allocate
+// without end.
 const MAX_EXAMPLES: usize = 256;
 const MAX_ENTRIES: usize = 100_000;
 const MAX_ENTRY_CHARS: usize = 200;
@@ -41,6 +47,7 @@ pub struct PromptVocabulary {
     pub examples: Vec<String>,
     pub names: Vec<String>,
     words: HashSet<String>,
+    alike: HashMap<String, String>,
     emoji: HashMap<String, String>,
     /// Code points in the longest `emoji` key.
     longest: usize,
@@ -55,9 +62,12 @@ pub struct PromptCheck {
     pub tokens: usize,
     /// The most tokens the text encoder reads; the rest is cut off.
     pub max_tokens: usize,
-    /// Words of `text` that are not in the model's training prompts; empty
-    /// when the folder says nothing about its words.
+    /// Words of `text` that are not in the model's training prompts and not
+    /// read as one that is; empty when the folder says nothing about its words.
     pub unknown_words: Vec<String>,
+    /// Words of `text` the model was not trained on but reads as one it was
+    /// (`alike`): (word, the word it is read as).
+    pub read_as: Vec<(String, String)>,
     /// Whether at least one word is in the model's training prompts (always
     /// true when the folder says nothing about its words).
     pub has_known_word: bool,
@@ -80,6 +90,19 @@ impl PromptCheck {
                 self.max_tokens + 2
             ));
         }
+        if !self.read_as.is_empty() {
+            let pairs: Vec<String> = self
+                .read_as
+                .iter()
+                .take(8)
+                .map(|(w, as_)| format!("\"{w}\" as \"{as_}\""))
+                .collect();
+            notes.push(format!(
+                "words this model was never trained on are read as the nearest it was: {}{}",
+                pairs.join(", "),
+                if self.read_as.len() > 8 { ", …" } else { "" }
+            ));
+        }
         if !self.has_known_word {
             notes.push(
                 "no word of the prompt is one this model was trained on, so expect an image \
@@ -89,6 +112,13 @@ impl PromptCheck {
         }
         notes
     }
+}
+
+/// What [`PromptVocabulary::known`] finds of a text's words.
+struct Known {
+    unknown: Vec<String>,
+    read_as: Vec<(String, String)>,
+    any: bool,
 }
 
 /// The words of a text as the vocabulary lists them: lower-case letters and digits.
@@ -110,6 +140,8 @@ impl PromptVocabulary {
             #[serde(default)]
             words: Vec<String>,
             #[serde(default)]
+            alike: HashMap<String, String>,
+            #[serde(default)]
             emoji: HashMap<String, String>,
         }
         let f: File = serde_json::from_str(text)
@@ -124,6 +156,7 @@ impl PromptVocabulary {
         for (list, n) in [
             ("names", f.names.len()),
             ("words", f.words.len()),
+            ("alike", f.alike.len()),
             ("emoji", f.emoji.len()),
         ] {
             if n > MAX_ENTRIES {
@@ -132,6 +165,7 @@ impl PromptVocabulary {
         }
         let strings = f.examples.iter().chain(&f.names).chain(&f.words);
         if let Some(s) = strings
+            .chain(f.alike.iter().flat_map(|(k, v)| [k, v]))
             .chain(f.emoji.values())
             .find(|s| s.chars().count() > MAX_ENTRY_CHARS)
         {
@@ -158,6 +192,7 @@ impl PromptVocabulary {
             examples: f.examples,
             names: f.names,
             words: f.words.iter().flat_map(|w| words(w)).collect(),
+            alike: f.alike,
             emoji,
             longest,
         })
@@ -203,22 +238,31 @@ impl PromptVocabulary {
         vocabulary.map_or_else(|| prompt.to_string(), |v| v.read(prompt))
     }
 
-    /// Words of `text` (already [`Self::read`]) not in the training prompts,
-    /// and whether any word is. Without a word list, nothing is unknown.
-    fn known(&self, text: &str) -> (Vec<String>, bool) {
+    /// Words of `text` (already [`Self::read`]) not in the training prompts
+    /// and not read as one that is, those read as one (with it), and whether
+    /// any word is in the training prompts. Without a word list, nothing is
+    /// unknown.
+    fn known(&self, text: &str) -> Known {
+        let mut k = Known {
+            unknown: Vec::new(),
+            read_as: Vec::new(),
+            any: self.words.is_empty() || text.trim().is_empty(),
+        };
         if self.words.is_empty() {
-            return (Vec::new(), true);
+            return k;
         }
-        let mut unknown: Vec<String> = Vec::new();
-        let mut any = false;
         for w in words(text) {
             if self.words.contains(&w) {
-                any = true;
-            } else if !unknown.contains(&w) {
-                unknown.push(w);
+                k.any = true;
+            } else if let Some(as_) = self.alike.get(&w) {
+                if !k.read_as.iter().any(|(r, _)| *r == w) {
+                    k.read_as.push((w, as_.clone()));
+                }
+            } else if !k.unknown.contains(&w) {
+                k.unknown.push(w);
             }
         }
-        (unknown, any || text.trim().is_empty())
+        k
     }
 
     /// What a model with this vocabulary (or none) and `tokenizer` will read
@@ -245,14 +289,21 @@ impl PromptVocabulary {
         max_tokens: usize,
     ) -> PromptCheck {
         let text = Self::read_or_typed(vocabulary, prompt);
-        let (unknown_words, has_known_word) =
-            vocabulary.map_or((Vec::new(), true), |v| v.known(&text));
+        let k = vocabulary.map_or(
+            Known {
+                unknown: Vec::new(),
+                read_as: Vec::new(),
+                any: true,
+            },
+            |v| v.known(&text),
+        );
         PromptCheck {
             tokens: count(&text),
             max_tokens,
             text,
-            unknown_words,
-            has_known_word,
+            unknown_words: k.unknown,
+            read_as: k.read_as,
+            has_known_word: k.any,
         }
     }
 }
@@ -265,6 +316,7 @@ mod tests {
         PromptVocabulary::from_json(
             r#"{"examples":["red heart"],"names":["cat face","red heart"],
                 "words":["cat","face","red","heart","family"],
+                "alike":{"kitty":"cat","lake":"sea"},
                 "emoji":{"🐱":"cat face","❤️":"red heart","👨‍👩‍👧":"family: man, woman, girl","👨":"man"}}"#,
         )
         .unwrap()
@@ -298,8 +350,22 @@ mod tests {
         assert!(c.notes().is_empty());
         let c = PromptVocabulary::check_with(Some(&v), "a photo of a Mountain lake", count, 75);
         assert!(!c.has_known_word);
-        assert_eq!(c.unknown_words, ["a", "photo", "of", "mountain", "lake"]);
-        assert_eq!(c.notes().len(), 1);
+        assert_eq!(c.unknown_words, ["a", "photo", "of", "mountain"]);
+        assert_eq!(c.read_as, [("lake".to_string(), "sea".to_string())]);
+        let notes = c.notes();
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(
+            notes[0].ends_with(r#"nearest it was: "lake" as "sea""#),
+            "{notes:?}"
+        );
+        assert!(notes[1].starts_with("no word of the prompt"), "{notes:?}");
+        // A word read as a trained one is not a trained word itself, and is
+        // listed once.
+        let c = PromptVocabulary::check_with(Some(&v), "kitty, Kitty", count, 75);
+        assert!(!c.has_known_word && c.unknown_words.is_empty());
+        assert_eq!(c.read_as, [("kitty".to_string(), "cat".to_string())]);
+        let c = PromptVocabulary::check_with(Some(&v), "red kitty", count, 75);
+        assert!(c.has_known_word && c.notes().len() == 1);
         let long = "red ".repeat(80);
         let c = PromptVocabulary::check_with(Some(&v), &long, count, 75);
         assert!(c.truncated() && c.has_known_word);
@@ -331,6 +397,12 @@ mod tests {
         let long = format!(r#"{{"names":["{}"]}}"#, "x".repeat(MAX_ENTRY_CHARS + 1));
         let e = PromptVocabulary::from_json(&long).unwrap_err().to_string();
         assert!(e.contains("longer than"), "{e}");
+        let long = format!(
+            r#"{{"alike":{{"x":"{}"}}}}"#,
+            "y".repeat(MAX_ENTRY_CHARS + 1)
+        );
+        let e = PromptVocabulary::from_json(&long).unwrap_err().to_string();
+        assert!(e.contains("longer than"), "{e}");
     }
 
     #[test]
@@ -344,7 +416,17 @@ mod tests {
         // A keycap is an emoji; the digit alone is not.
         assert_eq!(v.read("5\u{fe0f}\u{20e3} 5"), "keycap 5 5");
         for e in &v.examples {
-            assert!(v.known(e).1, "example {e:?} has no known word");
+            assert!(v.known(e).any, "example {e:?} has no known word");
         }
+        // Every word read as another is read as one the model was trained on.
+        assert!(v.alike.len() > 20_000, "{} alike", v.alike.len());
+        for (w, as_) in &v.alike {
+            assert!(
+                !v.words.contains(w) && v.words.contains(as_),
+                "{w} -> {as_}"
+            );
+        }
+        let k = v.known("a shark");
+        assert!(k.any && k.unknown.is_empty() && k.read_as[0].0 == "shark");
     }
 }

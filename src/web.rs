@@ -457,7 +457,7 @@ impl Generator {
     /// `onProgress(file, loadedBytes, totalBytes)` is called as bytes arrive
     /// (total is 0 when unknown). `options`: `{ signal, cache, stallTimeoutMs }`:
     /// an `AbortSignal` that cancels the download, the Cache API cache to keep
-    /// and reuse files in (default `"ldw-models-v2"`, `false` for none), and
+    /// and reuse files in (default `"ldw-models-v3"`, `false` for none), and
     /// how long a stalled download may wait for its next byte (default 30000).
     #[wasm_bindgen(js_name = fromUrl)]
     pub async fn from_url(
@@ -1220,7 +1220,8 @@ struct ModelInfo {
 }
 
 /// A [`PromptCheck`] for JS: `{ text, tokens, maxTokens, truncated,
-/// unknownWords, hasKnownWord, notes }`.
+/// unknownWords, readAs, hasKnownWord, notes }` (`readAs`: `[word, the
+/// trained word it is read as]` pairs).
 #[derive(serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 struct PromptReport {
@@ -1230,6 +1231,7 @@ struct PromptReport {
     tokens: usize,
     max_tokens: usize,
     unknown_words: Vec<String>,
+    read_as: Vec<(String, String)>,
     has_known_word: bool,
 }
 
@@ -1242,6 +1244,7 @@ impl From<PromptCheck> for PromptReport {
             tokens: c.tokens,
             max_tokens: c.max_tokens,
             unknown_words: c.unknown_words,
+            read_as: c.read_as,
             has_known_word: c.has_known_word,
         }
     }
@@ -1278,7 +1281,7 @@ impl Prompts {
     }
 
     /// What the text encoder will read of `prompt`: `{ text, tokens,
-    /// maxTokens, truncated, unknownWords, hasKnownWord, notes }`. `text`
+    /// maxTokens, truncated, unknownWords, readAs, hasKnownWord, notes }`. `text`
     /// has emoji replaced by names; `notes` are sentences for the user.
     pub fn check(&self, prompt: &str) -> Result<JsValue, JsError> {
         let c = PromptVocabulary::check(self.vocabulary.as_ref(), &self.tokenizer, prompt);
@@ -1322,8 +1325,9 @@ mod fetch {
     /// The cache weights are kept in unless the caller names another. Files
     /// in it are used without asking the server again, so the name changes
     /// when a shipped model changes (v2: the guidance-conditioned emoji
-    /// model); the service worker deletes the older caches.
-    pub const DEFAULT_CACHE: &str = "ldw-models-v2";
+    /// model; v3: its text encoder reads unseen words as their nearest
+    /// trained word); the service worker deletes the older caches.
+    pub const DEFAULT_CACHE: &str = "ldw-models-v3";
 
     fn global(name: &str) -> Result<JsValue, JsError> {
         Reflect::get(&js_sys::global(), &JsValue::from_str(name))

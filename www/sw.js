@@ -12,8 +12,9 @@ self.addEventListener('install', (e) => {
 
 // Weight caches of earlier versions (the crate's default cache is named by
 // version, since cached files are used without revalidation): v1 held the
-// emoji model before its guidance became an input.
-const OLD_MODEL_CACHES = ['ldw-models-v1'];
+// emoji model before its guidance became an input, v2 before its text
+// encoder read unseen words as their nearest trained word.
+const OLD_MODEL_CACHES = ['ldw-models-v1', 'ldw-models-v2'];
 
 self.addEventListener('activate', (e) => e.waitUntil(
   Promise.all(OLD_MODEL_CACHES.map((c) => caches.delete(c))).then(() => self.clients.claim())));

@@ -180,7 +180,7 @@ test('the model line says what a folder needs before it is downloaded', async ()
   for (const f of ['unet/diffusion_pytorch_model', 'vae/diffusion_pytorch_model', 'text_encoder/model']) {
     bytes += (await stat(`${ROOT}www/models/tiny-random/${f}.safetensors`)).size;
   }
-  await page.evaluate(() => caches.delete('ldw-models-v2'));
+  await page.evaluate(() => caches.delete('ldw-models-v3'));
   await page.fill('#model', 'models/tiny-random/');
   await page.dispatchEvent('#model', 'change');
   await page.waitForFunction(() => /to download/.test(document.getElementById('model-info').textContent));
@@ -193,7 +193,7 @@ test('the model line says what a folder needs before it is downloaded', async ()
   // Only the headers were read: no weight file was kept in the cache (the
   // fp16 variants the folder lacks are remembered as 404s).
   const kept = await page.evaluate(async () => {
-    const cache = await caches.open('ldw-models-v2');
+    const cache = await caches.open('ldw-models-v3');
     const urls = [];
     for (const r of await cache.keys()) {
       if (r.url.includes('/tiny-random/') && r.url.endsWith('.safetensors') && (await cache.match(r)).status !== 404) urls.push(r.url);
@@ -243,7 +243,7 @@ test('typing a model URL, then pressing Generate as a person does, starts the ru
 test('a corrupted safetensors download shows an error and the page stays usable', async () => {
   assert.equal(await run({ model: 'models/corrupt/', steps: 2 }), 'error');
   assert.match(await page.textContent('#error'), /not a valid safetensors file.*truncated/);
-  const cached = await page.evaluate(async () => (await (await caches.open('ldw-models-v2')).keys())
+  const cached = await page.evaluate(async () => (await (await caches.open('ldw-models-v3')).keys())
     .filter((r) => r.url.includes('/models/corrupt/')).length);
   assert.equal(cached, 0, 'files of a model that failed to load must not stay cached');
   assert.equal(await run({ model: 'models/tiny-random/', steps: 2 }), 'done');
@@ -308,26 +308,28 @@ test('inpaint keeps unmasked pixels and changes masked ones', async () => {
   await page.selectOption('#mode', 'generate');
 });
 
-test('the service worker deletes the weight cache of the earlier model version', async () => {
-  // A returning visitor: weights cached under v1 (files in it are used
-  // without asking the server again, so a changed model needs a new cache).
+test('the service worker deletes the weight caches of earlier model versions', async () => {
+  // A returning visitor: weights cached under v1 or v2 (files in them are
+  // used without asking the server again, so a changed model needs a new cache).
   const srv = await serve('www');
   const b = await launch();
   try {
     const p = await b.context.newPage();
     await p.goto(`${srv.url}learn/example.png`);
     await p.evaluate(async () => {
-      await (await caches.open('ldw-models-v1')).put('/models/emoji-4step/unet/config.json', new Response('{}'));
-      await (await caches.open('ldw-models-v2')).put('/kept', new Response('kept'));
+      for (const old of ['ldw-models-v1', 'ldw-models-v2']) {
+        await (await caches.open(old)).put('/models/emoji-4step/unet/config.json', new Response('{}'));
+      }
+      await (await caches.open('ldw-models-v3')).put('/kept', new Response('kept'));
     });
     await p.goto(srv.url);
     await p.evaluate(() => navigator.serviceWorker.ready);
     const t0 = Date.now();
-    while (await p.evaluate(() => caches.has('ldw-models-v1'))) {
-      assert.ok(Date.now() - t0 < 30_000, 'the v1 cache is still there after 30 s');
+    while (await p.evaluate(async () => (await caches.has('ldw-models-v1')) || caches.has('ldw-models-v2'))) {
+      assert.ok(Date.now() - t0 < 30_000, 'an old weight cache is still there after 30 s');
       await new Promise((r) => setTimeout(r, 200));
     }
-    assert.ok(await p.evaluate(() => caches.has('ldw-models-v2')), 'the current cache must stay');
+    assert.ok(await p.evaluate(() => caches.has('ldw-models-v3')), 'the current cache must stay');
   } finally {
     await b.close();
     srv.close();
