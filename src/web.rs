@@ -41,7 +41,61 @@ fn start() {
         if let Ok(mut p) = LAST_PANIC.lock() {
             *p = Some(info.to_string());
         }
+        #[cfg(feature = "threads")]
+        post_pool_panic(&info.to_string());
     }));
+}
+
+/// The `BroadcastChannel` a panic on a thread of the pool is posted to (see
+/// `setPanicChannel`).
+#[cfg(feature = "threads")]
+static PANIC_CHANNEL: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// A panic on one of the pool's threads traps that Web Worker, and the worker
+/// that called into the pool sleeps on forever, waiting for an answer: only
+/// the page can end that. So the panic is posted to the page (a panic on the
+/// calling worker's own thread traps there and is caught as before).
+#[cfg(feature = "threads")]
+fn post_pool_panic(message: &str) {
+    if rayon::current_thread_index().is_none() {
+        return;
+    }
+    // `try_lock`: a panic while the name was being set must not deadlock here.
+    if let Ok(name) = PANIC_CHANNEL.try_lock()
+        && let Some(name) = name.as_deref()
+        && let Ok(channel) = BroadcastChannel::new(name)
+    {
+        let _ = channel.post_message(message);
+        channel.close();
+    }
+}
+
+// The few methods of `BroadcastChannel` used above, declared here rather than
+// through a web-sys feature: that would rebuild wgpu and Burn's WebGPU
+// backend, which depend on web-sys too.
+#[cfg(feature = "threads")]
+#[wasm_bindgen]
+extern "C" {
+    type BroadcastChannel;
+    #[wasm_bindgen(constructor, catch)]
+    fn new(name: &str) -> Result<BroadcastChannel, JsValue>;
+    #[wasm_bindgen(method, catch, js_name = postMessage)]
+    fn post_message(this: &BroadcastChannel, message: &str) -> Result<(), JsValue>;
+    #[wasm_bindgen(method)]
+    fn close(this: &BroadcastChannel);
+}
+
+/// Names the `BroadcastChannel` on which the threaded module posts a panic on
+/// one of its pool's threads (the page listens there: `www/panic-watch.js`),
+/// or none. The other module has no pool; there it does nothing.
+#[wasm_bindgen(js_name = setPanicChannel)]
+pub fn set_panic_channel(name: Option<String>) {
+    #[cfg(feature = "threads")]
+    if let Ok(mut c) = PANIC_CHANNEL.lock() {
+        *c = name;
+    }
+    #[cfg(not(feature = "threads"))]
+    let _ = name;
 }
 
 /// What the last panic said (a trap's `RuntimeError` only says
@@ -140,6 +194,14 @@ pub fn gaussian_noise(seed: u64, n: usize) -> Result<Vec<f32>, JsError> {
 #[wasm_bindgen(js_name = debugPanic)]
 pub fn debug_panic(message: &str) {
     panic!("{message}");
+}
+
+/// Panics on purpose on a thread of the pool (the threaded module; the other
+/// panics where it is called, as `debugPanic`): the page's test that such a
+/// panic is reported instead of leaving the run hanging calls it.
+#[wasm_bindgen(js_name = debugPoolPanic)]
+pub fn debug_pool_panic(message: &str) {
+    run_on_cpu_pool(|| panic!("{message}"));
 }
 
 /// A random seed from the browser's crypto source.

@@ -1,5 +1,7 @@
 // The page: collects options, talks to the worker, draws progress and images,
 // keeps a history of results and makes share links.
+import { watchPoolPanics } from './panic-watch.js';
+
 const $ = (id) => document.getElementById(id);
 let worker = null;
 let busy = false;
@@ -9,15 +11,18 @@ let lastRun = null; // the settings of the run in progress / of the image shown
 
 /** Starts the worker that runs the model. After a trap (a Rust panic or a
  * wasm fault) its module cannot be trusted, so it is replaced by a new one. */
+let unwatchPanics = () => {};
 function startWorker() {
+  unwatchPanics();
   worker?.terminate();
   worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
   worker.onmessage = onWorkerMessage;
-  worker.onerror = (e) => {
-    e.preventDefault?.();
-    fail(`The generator crashed (${e.message || 'no details'}); it has been restarted, so try again.`);
+  const crashed = (why) => {
+    fail(`The generator crashed (${why || 'no details'}); it has been restarted, so try again.`);
     startWorker();
   };
+  worker.onerror = (e) => { e.preventDefault?.(); crashed(e.message); };
+  unwatchPanics = watchPoolPanics(worker, crashed);
 }
 
 function fail(message) {
@@ -562,7 +567,10 @@ function onWorkerMessage({ data: m }) {
 }
 startWorker();
 // For the recovery test: makes the worker panic on purpose.
-window.ldwDebug = { trapWorker: () => worker.postMessage({ type: 'debug-trap' }) };
+window.ldwDebug = {
+  trapWorker: () => worker.postMessage({ type: 'debug-trap' }),
+  trapPool: () => worker.postMessage({ type: 'debug-trap-pool' }),
+};
 
 $('controls').addEventListener('submit', (e) => {
   e.preventDefault();

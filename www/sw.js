@@ -2,7 +2,7 @@
 // visit. Network first (so a rebuild is picked up), the cache when offline.
 // Model weights are cached by worker.js in their own cache.
 const SHELL = 'ldw-shell-v1';
-const FILES = ['./', 'index.html', 'app.js', 'worker.js', 'style.css', 'schedules.html', 'schedules.js',
+const FILES = ['./', 'index.html', 'app.js', 'panic-watch.js', 'worker.js', 'style.css', 'schedules.html', 'schedules.js',
   'learn.html', 'learn.js', 'learn.css', 'learn/example.png',
   'pkg/latent_diffusion_web.js', 'pkg/latent_diffusion_web_bg.wasm'];
 

@@ -21,6 +21,8 @@
 // worker.js, so the widget works when this script, the wasm and the weights
 // are on another origin than the page (they must be served with CORS).
 
+import { watchPoolPanics } from './panic-watch.js';
+
 const WORKER_URL = new URL('worker.js', import.meta.url).href;
 const DEFAULT_MODEL = new URL('models/emoji-4step/', import.meta.url).href;
 // Our model's guidance scale is an input (one pass per step); 1.5 balances
@@ -37,14 +39,16 @@ const hub = {
     const url = URL.createObjectURL(blob);
     this.worker = new Worker(url, { type: 'module' });
     this.worker.onmessage = ({ data }) => this.current?.on(data);
-    this.worker.onerror = (e) => {
-      e.preventDefault?.();
+    const crashed = (why) => {
       const j = this.current;
       this.restart();
-      j?.on({ type: 'error', message: `The generator failed to start or crashed (${e.message || 'no details'}).` });
+      j?.on({ type: 'error', message: `The generator failed to start or crashed (${why || 'no details'}).` });
     };
+    this.worker.onerror = (e) => { e.preventDefault?.(); crashed(e.message); };
+    this.unwatchPanics = watchPoolPanics(this.worker, crashed);
   },
   restart() {
+    this.unwatchPanics?.();
     this.worker?.terminate();
     this.worker = null;
     this.start();

@@ -5,6 +5,8 @@
 //      (role 'upscale': an upscaler folder, kept loaded beside the generator; `image` is the one to upscale)
 //      {type: 'inspect', id, base, vae?} (what a folder needs, read before downloading it)
 //      {type: 'debug-trap'} (a deliberate panic, for the recovery test)
+//      {type: 'debug-trap-pool'} (a deliberate panic on a thread of the threaded module's pool)
+//      {type: 'panic-channel', name} (where that module posts such a panic: panic-watch.js)
 //      {type: 'check-prompt', id, base, prompt} (what the model will read of a prompt)
 //      {type: 'trace', base, backend, options, image?, mask?, vae?} (a run laid open step by step)
 //      {type: 'forward', base, backend, vae?, rgba, width, height, config, t, seed} (latent forward process)
@@ -27,12 +29,14 @@ const ready = init();
  * cross-origin isolated and the machine has cores to share; else the WebGPU
  * module's own CPU path, one thread. */
 let cpuModule = null;
+let panicChannel = null; // the page's channel for panics on the pool's threads
 function threadedCpu() {
   if (!self.crossOriginIsolated || (navigator.hardwareConcurrency ?? 1) < 2) return Promise.resolve(null);
   cpuModule ??= (async () => {
     const m = await import('./pkg-threads/latent_diffusion_web.js');
     await m.default();
     await m.initThreadPool(navigator.hardwareConcurrency);
+    m.setPanicChannel(panicChannel);
     return m;
   })().catch((e) => {
     console.warn('the threaded CPU module did not start; the CPU path runs on one thread:', e);
@@ -163,11 +167,22 @@ onmessage = async ({ data }) => {
     generator?.cancel();
     return;
   }
+  if (data.type === 'panic-channel') {
+    panicChannel = data.name;
+    cpuModule?.then((m) => m?.setPanicChannel(panicChannel));
+    return;
+  }
   if (data.type === 'debug-trap') {
     await ready;
     try { debugPanic('a deliberate panic (debug-trap)'); } catch (e) {
       postMessage({ type: 'error', message: crash(e), fatal: fatal(e) });
     }
+    return;
+  }
+  if (data.type === 'debug-trap-pool') {
+    const m = await threadedCpu();
+    if (!m) postMessage({ type: 'error', message: 'This page has no threaded CPU module.' });
+    else m.debugPoolPanic('a deliberate panic on a pool thread (debug-trap-pool)'); // never returns
     return;
   }
   if (data.type === 'inspect') {

@@ -2,7 +2,8 @@
 // worker send them) runs the CPU path on the threaded module (www/pkg-threads,
 // a rayon pool of Web Workers) and still makes diffusers' images within one
 // level; WebGPU, asked for, stays on the WebGPU module; an error on the
-// threaded path leaves the page usable.
+// threaded path, or a panic on one of its pool's threads, leaves the page
+// usable.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { openPage, runPage, worstLevel } from './harness.mjs';
@@ -50,4 +51,17 @@ test('isolated: a bad model URL on the threaded path is an error; the next run w
     await page.textContent('#error'));
   assert.match(await page.textContent('#backend-info'), /threads\)/);
   assert.deepEqual(ctx.browser.errors, []);
+});
+
+test('isolated: a panic on a thread of the pool is reported, the worker replaced, and the next run works', async () => {
+  // Such a panic traps one of the pool's Web Workers while the model's worker
+  // sleeps waiting for it, so no error reaches the worker's own handlers: the
+  // page hears of it through panic-watch.js (else the run hangs until Cancel).
+  const { page } = ctx;
+  await page.evaluate(() => window.ldwDebug.trapPool());
+  await page.waitForFunction(() => document.body.dataset.state === 'error', null, { timeout: 30_000 });
+  assert.match(await page.textContent('#error'), /crashed \([\s\S]*deliberate panic on a pool thread[\s\S]*restarted/);
+  assert.equal(await runPage(page, { model: 'models/tiny-random/', steps: 2 }), 'done',
+    await page.textContent('#error'));
+  assert.match(await page.textContent('#backend-info'), /threads\)/);
 });
