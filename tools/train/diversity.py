@@ -74,14 +74,8 @@ def main():
     ap.add_argument("--json")
     a = ap.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    data = np.load(os.path.join(a.work, "emoji64.npz"))
-    names = np.load(os.path.join(a.work, "tokens.npz"))["prompts"][:, 1]
-    groups, subgroups = sorted(set(data["group"])), sorted(set(data["subgroup"]))
-    g = torch.tensor([groups.index(v) for v in data["group"]])
-    s = torch.tensor([subgroups.index(v) for v in data["subgroup"]])
-    held = data["heldout"]
-    clf = evaluate.train_classifier(os.path.join(a.work, "classifier.pt"), evaluate.to_tensor(data["images"][~held]),
-                                    g[~held], s[~held], len(groups), len(subgroups))
+    w = evaluate.load_work(a.work)
+    names, s, held, clf = w.names, w.s, w.held, w.clf
     hidx = np.flatnonzero(held)
     prompts = list(evaluate.GRID_PROMPTS) + [str(names[i]) for i in hidx[:max(0, a.prompts - len(evaluate.GRID_PROMPTS))]]
     labels = [None] * len(evaluate.GRID_PROMPTS) + [int(s[i]) for i in hidx[:len(prompts) - len(evaluate.GRID_PROMPTS)]]

@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -106,6 +107,26 @@ def train_classifier(path, x, g, s, n_groups, n_subgroups, epochs=30):
     return model
 
 
+def load_work(work):
+    """WORK's emoji: `data` (emoji64.npz), `names` (the prompt a person would
+    type, e.g. "red heart"), group and subgroup labels `g` and `s`, the
+    held-out mask `held`, the images `x` as a tensor, and the evaluation
+    classifier `clf` (trained on the training images once, cached in WORK)."""
+    data = np.load(os.path.join(work, "emoji64.npz"))
+    names = np.load(os.path.join(work, "tokens.npz"))["prompts"][:, 1]
+    groups, subgroups = sorted(set(data["group"])), sorted(set(data["subgroup"]))
+    g = torch.tensor([groups.index(v) for v in data["group"]])
+    s = torch.tensor([subgroups.index(v) for v in data["subgroup"]])
+    held = data["heldout"]
+    x = to_tensor(data["images"])
+    t0 = time.time()
+    clf = train_classifier(os.path.join(work, "classifier.pt"), x[~held], g[~held], s[~held], len(groups),
+                           len(subgroups))
+    print(f"classifier ready in {time.time() - t0:.0f}s")
+    return SimpleNamespace(data=data, names=names, groups=groups, subgroups=subgroups, g=g, s=s, held=held, x=x,
+                           clf=clf)
+
+
 @torch.no_grad()
 def score(model, x):
     feats, gs, ss = [], [], []
@@ -178,17 +199,8 @@ def main():
     ap.add_argument("--limit", type=int, default=0, help="evaluate only the first N held-out emoji (smoke test)")
     a = ap.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    data = np.load(os.path.join(a.work, "emoji64.npz"))
-    prompts = np.load(os.path.join(a.work, "tokens.npz"))["prompts"][:, 1]  # the emoji's name
-    groups, subgroups = sorted(set(data["group"])), sorted(set(data["subgroup"]))
-    g = torch.tensor([groups.index(v) for v in data["group"]])
-    s = torch.tensor([subgroups.index(v) for v in data["subgroup"]])
-    held = data["heldout"]
-    x = to_tensor(data["images"])
-    t0 = time.time()
-    clf = train_classifier(os.path.join(a.work, "classifier.pt"), x[~held], g[~held], s[~held], len(groups),
-                           len(subgroups))
-    print(f"classifier ready in {time.time() - t0:.0f}s")
+    w = load_work(a.work)
+    prompts, groups, subgroups, g, s, held, x, clf = w.names, w.groups, w.subgroups, w.g, w.s, w.held, w.x, w.clf
 
     hidx = np.flatnonzero(held)
     if a.limit:

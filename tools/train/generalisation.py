@@ -56,15 +56,8 @@ def main():
     ap.add_argument("--labels", nargs=2, metavar=("BEFORE", "AFTER"), help="what the folders are, for the json")
     a = ap.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    data = np.load(os.path.join(a.work, "emoji64.npz"))
-    prompts = np.load(os.path.join(a.work, "tokens.npz"))["prompts"][:, 1]
-    groups, subgroups = sorted(set(data["group"])), sorted(set(data["subgroup"]))
-    g = torch.tensor([groups.index(v) for v in data["group"]])
-    s = torch.tensor([subgroups.index(v) for v in data["subgroup"]])
-    held = data["heldout"]
-    x = ev.to_tensor(data["images"])
-    clf = ev.train_classifier(os.path.join(a.work, "classifier.pt"), x[~held], g[~held], s[~held], len(groups),
-                              len(subgroups))
+    w = ev.load_work(a.work)
+    data, prompts, g, s, held, x, clf = w.data, w.names, w.g, w.s, w.held, w.x, w.clf
     hidx = np.flatnonzero(held)
     seen = set()
     for c, sg in zip(data["captions"][~held], data["subgroup"][~held]):
