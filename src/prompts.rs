@@ -121,6 +121,17 @@ struct Known {
     any: bool,
 }
 
+impl Known {
+    /// Nothing unknown: what a model that lists no words gets.
+    fn everything() -> Self {
+        Self {
+            unknown: Vec::new(),
+            read_as: Vec::new(),
+            any: true,
+        }
+    }
+}
+
 /// The words of a text as the vocabulary lists them: lower-case letters and digits.
 fn words(text: &str) -> impl Iterator<Item = String> + '_ {
     text.split(|c: char| !c.is_alphanumeric())
@@ -243,14 +254,11 @@ impl PromptVocabulary {
     /// any word is in the training prompts. Without a word list, nothing is
     /// unknown.
     fn known(&self, text: &str) -> Known {
-        let mut k = Known {
-            unknown: Vec::new(),
-            read_as: Vec::new(),
-            any: self.words.is_empty() || text.trim().is_empty(),
-        };
+        let mut k = Known::everything();
         if self.words.is_empty() {
             return k;
         }
+        k.any = text.trim().is_empty();
         for w in words(text) {
             if self.words.contains(&w) {
                 k.any = true;
@@ -289,14 +297,7 @@ impl PromptVocabulary {
         max_tokens: usize,
     ) -> PromptCheck {
         let text = Self::read_or_typed(vocabulary, prompt);
-        let k = vocabulary.map_or(
-            Known {
-                unknown: Vec::new(),
-                read_as: Vec::new(),
-                any: true,
-            },
-            |v| v.known(&text),
-        );
+        let k = vocabulary.map_or_else(Known::everything, |v| v.known(&text));
         PromptCheck {
             tokens: count(&text),
             max_tokens,

@@ -1,6 +1,6 @@
 // The page: collects options, talks to the worker, draws progress and images,
 // keeps a history of results and makes share links.
-import { watchPoolPanics } from './panic-watch.js';
+import { onWorkerCrash } from './panic-watch.js';
 
 const $ = (id) => document.getElementById(id);
 let worker = null;
@@ -9,20 +9,18 @@ let runs = 0; // counts submitted runs, so a late cancel timer spares the next o
 let hasImage = false; // the canvas holds a result or an upload (img2img/inpaint need one)
 let lastRun = null; // the settings of the run in progress / of the image shown
 
+let unwatchCrash = () => {};
 /** Starts the worker that runs the model. After a trap (a Rust panic or a
  * wasm fault) its module cannot be trusted, so it is replaced by a new one. */
-let unwatchPanics = () => {};
 function startWorker() {
-  unwatchPanics();
+  unwatchCrash();
   worker?.terminate();
   worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
   worker.onmessage = onWorkerMessage;
-  const crashed = (why) => {
+  unwatchCrash = onWorkerCrash(worker, (why) => {
     fail(`The generator crashed (${why || 'no details'}); it has been restarted, so try again.`);
     startWorker();
-  };
-  worker.onerror = (e) => { e.preventDefault?.(); crashed(e.message); };
-  unwatchPanics = watchPoolPanics(worker, crashed);
+  });
 }
 
 function fail(message) {

@@ -1,18 +1,19 @@
-// A panic on a thread of the threaded CPU module's pool (www/pkg-threads)
-// traps that thread's Web Worker, and the model's worker, which called into
-// the pool, sleeps on forever waiting for the answer: no error ever reaches
-// its onmessage. The module's panic hook posts such a panic on a
-// BroadcastChannel whose name the worker passes to it (`setPanicChannel`);
-// the page listens there, reports the panic and replaces the worker.
+// When the model's worker has crashed: an error it could not handle (its
+// `error` event), or a panic on a thread of its threaded CPU module's pool
+// (www/pkg-threads). Such a panic traps that thread's Web Worker while the
+// model's worker sleeps on, waiting for the answer, so no error reaches it:
+// the module's panic hook posts the panic on a BroadcastChannel whose name the
+// worker passes to it (`setPanicChannel`), and the page listens there.
 
-/** Listens for panics on the pool of `worker`'s threaded module and calls
- * `onPanic(message)`; returns a function that stops listening. */
-export function watchPoolPanics(worker, onPanic) {
+/** Calls `crashed(message)` when `worker` crashes; returns a function that
+ * stops listening (call it before replacing the worker). */
+export function onWorkerCrash(worker, crashed) {
+  worker.onerror = (e) => { e.preventDefault?.(); crashed(e.message); };
   if (typeof BroadcastChannel === 'undefined') return () => {};
   // One channel per worker: other tabs and earlier workers post elsewhere.
   const name = `ldw-pool-panic-${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`;
   const channel = new BroadcastChannel(name);
-  channel.onmessage = ({ data }) => onPanic(String(data));
+  channel.onmessage = ({ data }) => crashed(String(data));
   worker.postMessage({ type: 'panic-channel', name });
   return () => channel.close();
 }

@@ -21,7 +21,7 @@
 // worker.js, so the widget works when this script, the wasm and the weights
 // are on another origin than the page (they must be served with CORS).
 
-import { watchPoolPanics } from './panic-watch.js';
+import { onWorkerCrash } from './panic-watch.js';
 
 const WORKER_URL = new URL('worker.js', import.meta.url).href;
 const DEFAULT_MODEL = new URL('models/emoji-4step/', import.meta.url).href;
@@ -39,16 +39,14 @@ const hub = {
     const url = URL.createObjectURL(blob);
     this.worker = new Worker(url, { type: 'module' });
     this.worker.onmessage = ({ data }) => this.current?.on(data);
-    const crashed = (why) => {
+    this.unwatchCrash = onWorkerCrash(this.worker, (why) => {
       const j = this.current;
       this.restart();
       j?.on({ type: 'error', message: `The generator failed to start or crashed (${why || 'no details'}).` });
-    };
-    this.worker.onerror = (e) => { e.preventDefault?.(); crashed(e.message); };
-    this.unwatchPanics = watchPoolPanics(this.worker, crashed);
+    });
   },
   restart() {
-    this.unwatchPanics?.();
+    this.unwatchCrash?.();
     this.worker?.terminate();
     this.worker = null;
     this.start();

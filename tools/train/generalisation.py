@@ -24,21 +24,16 @@ names have a word no training prompt has, seed 0.
 import argparse
 import json
 import os
-import re
 
 import numpy as np
 import torch
 from diffusers import StableDiffusionPipeline
 
 import evaluate as ev
-from tokenize_captions import variants
+from tokenize_captions import prompt_words, variants
 
 STEPS, GUIDANCE, ETA = 4, ev.STUDENT_GUIDANCE, 0.0
 GRID_NAMES = ["shark", "sheep", "crab", "mango", "saxophone", "socks", "ferry", "electric light bulb"]
-
-
-def words(text):
-    return set(re.findall(r"[a-z0-9]+", text.lower()))
 
 
 def mean_se(a):
@@ -62,9 +57,9 @@ def main():
     seen = set()
     for c, sg in zip(data["captions"][~held], data["subgroup"][~held]):
         for p in variants(c, sg):
-            seen |= words(p)
+            seen.update(prompt_words(p))
     skin = np.array(["skin tone" in p for p in prompts[hidx]])
-    covered = np.array([words(p) <= seen for p in prompts[hidx]])
+    covered = np.array([set(prompt_words(p)) <= seen for p in prompts[hidx]])
     sets = {"all": np.ones(len(hidx), bool), "skin tone": skin, "seen words": ~skin & covered,
             "unseen words": ~skin & ~covered}
 

@@ -24,7 +24,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
 from prepare_data import caption, fetch, metadata, norm  # noqa: E402
-from tokenize_captions import variants  # noqa: E402
+from tokenize_captions import prompt_words, variants  # noqa: E402
 
 EXAMPLES = ["red heart", "cat face", "pizza", "grinning face", "rocket", "sun", "thumbs up", "frog",
             "crying face", "four leaf clover", "hot beverage", "ghost"]
@@ -49,7 +49,7 @@ def main():
     for code in trained:
         info = table[code]
         for prompt in variants(caption(info), info[3]):
-            words.update(re.findall(r"[a-z0-9]+", prompt.lower()))
+            words.update(prompt_words(prompt))
         if "skin tone" not in info[0]:
             names.update([info[0]] + [s for s in info[1] if re.fullmatch(r"[a-z][a-z ]+", s)])
     alike = {w: a for w, a in sorted(learned.get("read_as", {}).items()) if w not in words}

@@ -13,6 +13,7 @@ The shipped teacher was trained on the four plain variants.
 
 import argparse
 import os
+import re
 
 import numpy as np
 from transformers import CLIPTokenizer
@@ -29,6 +30,11 @@ def variants(caption, subgroup):
         name = f"{names[0]}, {names[1]}"
     short = names[-1] if len(names) > 1 and "skin tone" not in names[-1] else name
     return [caption, name, short, f"{name}, {subgroup.replace('-', ' ')}"]
+
+
+def prompt_words(text):
+    """The words of a prompt as prompts.json lists them: lower-case letters and digits."""
+    return re.findall(r"[a-z0-9]+", text.lower())
 
 
 def keyword_variants(name, keywords, rng):

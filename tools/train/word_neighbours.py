@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 import configs
+from tokenize_captions import prompt_words
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 VOCAB = os.path.join(ROOT, "tests", "fixtures", "clip_tokenizer", "vocab.json")
@@ -72,14 +73,14 @@ def main():
     trained = set(np.unique(tokens["ids"][~held, :PLAIN]).tolist()) - special
     # Words the training prompts have as words: a trained token like "ation</w>"
     # that only ever ended a longer word ("decoration") is no stand-in.
-    prompt_words = {w for p in tokens["prompts"][~held, :PLAIN].ravel() for w in re.findall(r"[a-z0-9]+", p.lower())}
+    trained_words = {w for p in tokens["prompts"][~held, :PLAIN].ravel() for w in prompt_words(p)}
 
     vectors = word_vectors(a.glove)
     vocab = json.load(open(VOCAB, encoding="utf-8"))
     # Token id -> word, for the tokens that are a whole lower-case word with a vector.
     words = {i: t[:-4] for t, i in vocab.items()
              if t.endswith("</w>") and re.fullmatch(r"[a-z]+", t[:-4]) and t[:-4] in vectors}
-    known = sorted(i for i in trained if words.get(i) in prompt_words)
+    known = sorted(i for i in trained if words.get(i) in trained_words)
     unseen = sorted(i for i in words if i not in trained)
     src = torch.stack([vectors[words[i]] for i in known])
     nearest = torch.cat([(torch.stack([vectors[words[i]] for i in unseen[k:k + 4096]]) @ src.T).argmax(1)
