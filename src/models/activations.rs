@@ -105,7 +105,7 @@ fn on_host<const D: usize>(
 
 /// SiLU in place: `x · sigmoid(x)`.
 #[inline(always)]
-fn silu_slice(v: &mut [f32]) {
+pub(super) fn silu_slice(v: &mut [f32]) {
     for x in v {
         *x *= sigmoid(*x);
     }

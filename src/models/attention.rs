@@ -2,8 +2,8 @@
 //! `Transformer2DModel` (diffusers `attention_processor.py`, `attention.py`,
 //! `transformers/transformer_2d.py`).
 
-use super::conv;
 use super::linear::Linear;
+use super::{conv, normalization};
 use crate::models::activations::{gelu, softmax};
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, LayerNorm};
@@ -307,23 +307,15 @@ mod host {
                 }
             }
         };
-        #[cfg(any(not(target_family = "wasm"), feature = "threads"))]
-        {
-            use rayon::prelude::*;
-            out.par_chunks_mut(n * inner)
-                .enumerate()
-                .for_each(|(bi, item)| {
-                    item.par_chunks_mut(rows * inner)
-                        .enumerate()
-                        .for_each(|(i, block)| job(bi, i * rows, block))
-                });
-        }
-        #[cfg(all(target_family = "wasm", not(feature = "threads")))]
-        for (bi, item) in out.chunks_mut(n * inner).enumerate() {
-            for (i, block) in item.chunks_mut(rows * inner).enumerate() {
-                job(bi, i * rows, block)
-            }
-        }
+        // One job per block of one batch item's queries.
+        let per_item = n.div_ceil(rows);
+        let bounds: Vec<usize> = (0..b)
+            .flat_map(|bi| (0..per_item).map(move |i| (bi * n + i * rows) * inner))
+            .chain([b * n * inner])
+            .collect();
+        crate::cpu_pool::for_each_part_mut(&mut out, &bounds, |j, block| {
+            job(j / per_item, (j % per_item) * rows, block)
+        });
         out
     }
 }
@@ -468,7 +460,7 @@ impl Transformer2DModel {
 
     pub fn forward(&self, x: Tensor<4>, context: &Tensor<3>) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
-        let normed = self.norm.forward(x.clone());
+        let normed = normalization::group_norm(&self.norm, x.clone());
         let to_tokens = |t: Tensor<4>| {
             let ch = t.dims()[1];
             t.reshape([b, ch, h * w]).swap_dims(1, 2)

@@ -1,8 +1,7 @@
 //! `AutoencoderKL` (diffusers `autoencoders/autoencoder_kl.py`, `vae.py`):
 //! images to latent means and latents back to images.
 
-use super::conv;
-use crate::models::activations::silu;
+use super::{conv, normalization};
 use burn::nn::GroupNorm;
 use burn::nn::conv::Conv2d;
 use burn::tensor::{DType, Tensor, TensorData};
@@ -155,9 +154,7 @@ impl SpatialAttention {
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
-        let tokens = self
-            .group_norm
-            .forward(x.clone())
+        let tokens = normalization::group_norm(&self.group_norm, x.clone())
             .reshape([b, c, h * w])
             .swap_dims(1, 2);
         let out = self.attn.forward(tokens, None);
@@ -295,7 +292,10 @@ impl Encoder {
             }
         }
         let x = self.mid_block.forward(x);
-        conv::forward(&self.conv_out, silu(self.conv_norm_out.forward(x)))
+        conv::forward(
+            &self.conv_out,
+            normalization::group_norm_silu(&self.conv_norm_out, x),
+        )
     }
 }
 
@@ -351,7 +351,10 @@ impl Decoder {
                 x = u.forward(x, None);
             }
         }
-        conv::forward(&self.conv_out, silu(self.conv_norm_out.forward(x)))
+        conv::forward(
+            &self.conv_out,
+            normalization::group_norm_silu(&self.conv_norm_out, x),
+        )
     }
 }
 

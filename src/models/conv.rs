@@ -147,25 +147,26 @@ fn upsampled(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     let [n, c_in, h, w] = x.dims();
     let c_out = conv.weight.dims()[0];
     let phases = |xv: &[f32], wv: &[f32], bias: &[f32]| {
+        let phase = |[py, px]: [usize; 2]| {
+            let filters = Filters::upsample_phase(wv, bias, [c_out, c_in], [py, px]);
+            // Even rows (py = 0) read rows i - 1 and i, odd rows i and i + 1.
+            filters.conv(xv, [n, h, w], [1 - py, 1 - px, py, px]).0
+        };
+        let phases = [[0, 0], [0, 1], [1, 0], [1, 1]].map(phase);
         let mut out = vec![0.0f32; n * c_out * 4 * h * w];
-        for py in 0..2 {
-            for px in 0..2 {
-                let filters = Filters::upsample_phase(wv, bias, [c_out, c_in], [py, px]);
-                // Even rows (py = 0) read rows i - 1 and i, odd rows i and i + 1.
-                let (phase, _) = filters.conv(xv, [n, h, w], [1 - py, 1 - px, py, px]);
-                for (plane, src) in out
-                    .chunks_exact_mut(4 * h * w)
-                    .zip(phase.chunks_exact(h * w))
-                {
-                    for (i, row) in src.chunks_exact(w).enumerate() {
-                        let dst = &mut plane[(2 * i + py) * 2 * w..(2 * i + py + 1) * 2 * w];
-                        for (j, &v) in row.iter().enumerate() {
-                            dst[2 * j + px] = v;
-                        }
+        // One job per output plane.
+        crate::cpu_pool::for_each_chunk_mut(&mut out, 4 * h * w, |p, plane| {
+            for (k, phase) in phases.iter().enumerate() {
+                let (py, px) = (k / 2, k % 2);
+                let src = &phase[p * h * w..(p + 1) * h * w];
+                for (i, row) in src.chunks_exact(w).enumerate() {
+                    let dst = &mut plane[(2 * i + py) * 2 * w..(2 * i + py + 1) * 2 * w];
+                    for (j, &v) in row.iter().enumerate() {
+                        dst[2 * j + px] = v;
                     }
                 }
             }
-        }
+        });
         (out, [n, c_out, 2 * h, 2 * w])
     };
     on_host(conv, x, phases, |x| conv.forward(upsample_nearest(x)))
@@ -206,16 +207,20 @@ impl<'a> Filters<'a> {
         // Which 3×3 taps fold into each of the two taps, per phase.
         const TAPS: [[&[usize]; 2]; 2] = [[&[0], &[1, 2]], [&[0, 1], &[2]]];
         let mut folded = vec![0.0f32; c_out * c_in * 4];
-        for (dst, src) in folded.chunks_exact_mut(4).zip(weight.chunks_exact(9)) {
-            for (a, rows) in TAPS[py].iter().enumerate() {
-                for (b, cols) in TAPS[px].iter().enumerate() {
-                    dst[2 * a + b] = rows
-                        .iter()
-                        .flat_map(|&r| cols.iter().map(move |&c| src[3 * r + c]))
-                        .sum();
+        // Filters of 8 output channels per job.
+        crate::cpu_pool::for_each_chunk_mut(&mut folded, 8 * c_in * 4, |i, part| {
+            let src = weight[i * 8 * c_in * 9..].chunks_exact(9);
+            for (dst, src) in part.chunks_exact_mut(4).zip(src) {
+                for (a, rows) in TAPS[py].iter().enumerate() {
+                    for (b, cols) in TAPS[px].iter().enumerate() {
+                        dst[2 * a + b] = rows
+                            .iter()
+                            .flat_map(|&r| cols.iter().map(move |&c| src[3 * r + c]))
+                            .sum();
+                    }
                 }
             }
-        }
+        });
         Self {
             c_in,
             kernel: [2, 2],
@@ -273,26 +278,16 @@ impl<'a> Filters<'a> {
                     plane[at..at + w].copy_from_slice(row);
                 }
             }
-            let job = |((out, filters), bias): ((&mut [f32], &[f32]), &[f32])| {
+            crate::cpu_pool::for_each_chunk_mut(yb, co * ho * wo, |i, out| {
+                let filters = &self.weight[i * block_weights..];
+                let filters = &filters[..block_weights.min(filters.len())];
+                let bias = &self.bias[i * co..(i * co + co).min(c_out)];
                 if g.packed {
                     kernel(&g, &padded, &side_by_side(filters, filter, co), bias, out)
                 } else {
                     kernel(&g, &padded, filters, bias, out)
                 }
-            };
-            #[cfg(any(not(target_family = "wasm"), feature = "threads"))]
-            {
-                use rayon::prelude::*;
-                yb.par_chunks_mut(co * ho * wo)
-                    .zip(self.weight.par_chunks(block_weights))
-                    .zip(self.bias.par_chunks(co))
-                    .for_each(job);
-            }
-            #[cfg(all(target_family = "wasm", not(feature = "threads")))]
-            yb.chunks_mut(co * ho * wo)
-                .zip(self.weight.chunks(block_weights))
-                .zip(self.bias.chunks(co))
-                .for_each(job);
+            });
         }
         y
     }
@@ -921,6 +916,7 @@ mod tests {
             [2, 3, 5, 5, 7],
             [1, 8, 3, 1, 1],
             [1, 6, 9, 16, 9],
+            [2, 5, 19, 3, 4],
         ]
         .into_iter()
         .enumerate()
@@ -934,10 +930,13 @@ mod tests {
             let options =
                 InterpolateOptions::new(InterpolateMode::Nearest).with_output_size([2 * h, 2 * w]);
             let want = conv.forward(interpolate(x.clone(), options));
-            let got = upsampled(&conv, x);
-            assert_eq!(got.dims(), want.dims(), "case {i}");
-            let diff = (got - want).abs().max().into_scalar::<f32>();
-            assert!(diff < 1e-5, "case {i}: max diff {diff}");
+            // On rayon's pool and on the team of `run_on_cpu_pool`.
+            let team = crate::run_on_cpu_pool(|| upsampled(&conv, x.clone()));
+            for got in [upsampled(&conv, x.clone()), team] {
+                assert_eq!(got.dims(), want.dims(), "case {i}");
+                let diff = (got - want.clone()).abs().max().into_scalar::<f32>();
+                assert!(diff < 1e-5, "case {i}: max diff {diff}");
+            }
         }
     }
 

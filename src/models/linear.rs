@@ -37,7 +37,7 @@ impl Linear {
         let rows = dims[..D - 1].iter().product::<usize>();
         let weight = self.weight.val();
         let [d_out, d_in] = weight.dims();
-        let y = x.reshape([rows, d_in]).matmul(weight.transpose());
+        let y = matmul(x.reshape([rows, d_in]), weight.transpose());
         let y = match &self.bias {
             Some(b) => y + b.val().reshape([1, d_out]),
             None => y,
@@ -46,3 +46,36 @@ impl Linear {
         y.reshape(dims)
     }
 }
+
+/// `x · wt` for `x` `[rows, in]` and `wt` `[in, out]`. On the CPU pool's
+/// threads (natively, or the threaded browser module) a product too small
+/// for flex to split (under 192³ multiply-adds) but large enough to pay for
+/// a second thread ([`SPLIT_FROM`]) is split by rows of `x`, one product per
+/// thread.
+fn matmul(x: Tensor<2>, wt: Tensor<2>) -> Tensor<2> {
+    use burn::tensor::{DType, Device};
+    let [rows, d_in] = x.dims();
+    let work = rows * d_in * wt.dims()[1];
+    let threads = crate::cpu_pool::threads().min(rows / SPLIT_ROWS);
+    if threads < 2
+        || !(SPLIT_FROM..FLEX_SPLITS_FROM).contains(&work)
+        || x.dtype() != DType::F32
+        || x.device() != Device::flex()
+    {
+        return x.matmul(wt);
+    }
+    let per = rows.div_ceil(threads);
+    let mut parts: Vec<Option<Tensor<2>>> = (0..rows.div_ceil(per)).map(|_| None).collect();
+    crate::cpu_pool::for_each_chunk_mut(&mut parts, 1, |i, part| {
+        let x = x.clone().slice(i * per..((i + 1) * per).min(rows));
+        part[0] = Some(x.matmul(wt.clone()));
+    });
+    Tensor::cat(parts.into_iter().flatten().collect(), 0)
+}
+
+/// Multiply-adds from which [`matmul`] splits a product over threads.
+const SPLIT_FROM: usize = 1 << 18;
+/// Rows per thread at least.
+const SPLIT_ROWS: usize = 8;
+/// Flex splits a product over threads itself from 192³ multiply-adds.
+const FLEX_SPLITS_FROM: usize = 192 * 192 * 192;

@@ -9,6 +9,7 @@ pub mod clip;
 pub mod conv;
 pub mod embeddings;
 pub mod linear;
+pub mod normalization;
 pub mod resnet;
 pub mod unet_2d_blocks;
 pub mod unet_2d_condition;

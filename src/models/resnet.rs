@@ -4,6 +4,7 @@
 use super::conv;
 use super::linear::Linear;
 use crate::models::activations::silu;
+use crate::models::normalization::group_norm_silu;
 use burn::nn::GroupNorm;
 use burn::nn::conv::Conv2d;
 use burn::tensor::Tensor;
@@ -46,12 +47,12 @@ impl ResnetBlock2D {
     }
 
     pub fn forward(&self, x: Tensor<4>, temb: Option<&Tensor<2>>) -> Tensor<4> {
-        let mut h = conv::forward(&self.conv1, silu(self.norm1.forward(x.clone())));
+        let mut h = conv::forward(&self.conv1, group_norm_silu(&self.norm1, x.clone()));
         if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
             let [b, c] = [h.dims()[0], h.dims()[1]];
             h = h + proj.forward(silu(temb.clone())).reshape([b, c, 1, 1]);
         }
-        let h = conv::forward(&self.conv2, silu(self.norm2.forward(h)));
+        let h = conv::forward(&self.conv2, group_norm_silu(&self.norm2, h));
         let shortcut = match &self.conv_shortcut {
             Some(c) => conv::forward(c, x),
             None => x,

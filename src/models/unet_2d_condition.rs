@@ -1,8 +1,7 @@
 //! `UNet2DConditionModel` (diffusers `unets/unet_2d_condition.py`) for the
 //! Stable Diffusion 1.x/2.x family and small distilled configs.
 
-use super::conv;
-use crate::models::activations::silu;
+use super::{conv, normalization};
 use burn::nn::conv::Conv2d;
 use burn::nn::{Embedding, GroupNorm};
 use burn::tensor::{DType, Int, Tensor, TensorData};
@@ -490,7 +489,7 @@ impl UNet2DConditionModel {
             });
             x = block.forward(x, &mut skips, &temb, context, size);
         }
-        let x = silu(self.conv_norm_out.forward(x));
+        let x = normalization::group_norm_silu(&self.conv_norm_out, x);
         to_dtype(conv::forward(&self.conv_out, x), DType::F32)
     }
 }

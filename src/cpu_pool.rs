@@ -1,0 +1,374 @@
+//! The CPU path's threads: where the models run and how the kernels
+//! (convolution, attention, linear layers) split their work.
+//!
+//! Natively and in the threaded browser module (feature `threads`) the
+//! models run on rayon's global pool ([`run_on_cpu_pool`]). Inside that call
+//! the pool's other threads form a *team*: they wait for the kernels' jobs
+//! spinning, instead of going to sleep between operations as rayon's idle
+//! workers do. A UNet step of the shipped model is a few hundred operations
+//! of tens of microseconds each; waking a sleeping Web Worker for each one
+//! cost what the second core brought, so two threads gained nothing on a
+//! step (`tools/bench_ort.mjs`: 1.05× one thread's time), and splitting the
+//! linear layers too made it slower still (1.07×). The team hands out jobs
+//! through one atomic word, and the caller spins until the last is done, as
+//! onnxruntime's and OpenMP's thread pools do. The spinning lasts only as
+//! long as the call; between calls the threads sleep.
+//!
+//! [`for_each_chunk_mut`] is the kernels' one way to split work: over the
+//! team inside [`run_on_cpu_pool`], over rayon's pool elsewhere (the native
+//! tests call the models from their own threads), in order in the
+//! single-threaded browser module.
+
+/// Runs `f(i, chunk)` for each `chunk`-long piece of `out` (the last may be
+/// shorter), `i` counting from 0, spread over the CPU pool's threads.
+pub fn for_each_chunk_mut<T: Send>(
+    out: &mut [T],
+    chunk: usize,
+    f: impl Fn(usize, &mut [T]) + Sync,
+) {
+    assert!(chunk > 0, "chunk length 0");
+    let len = out.len();
+    let bounds: Vec<usize> = (0..=len.div_ceil(chunk))
+        .map(|i| (i * chunk).min(len))
+        .collect();
+    for_each_part_mut(out, &bounds, f)
+}
+
+/// Runs `f(i, &mut out[bounds[i]..bounds[i + 1]])` for each part, spread
+/// over the CPU pool's threads. `bounds` must rise and end within `out`.
+pub fn for_each_part_mut<T: Send>(
+    out: &mut [T],
+    bounds: &[usize],
+    f: impl Fn(usize, &mut [T]) + Sync,
+) {
+    assert!(
+        bounds.windows(2).all(|w| w[0] <= w[1]) && bounds.last().is_none_or(|&e| e <= out.len()),
+        "part bounds must rise and end within the slice"
+    );
+    #[cfg(any(not(target_family = "wasm"), feature = "threads"))]
+    if bounds.len() > 2 && team::try_run(out, bounds, &f) {
+        return;
+    }
+    let mut parts = Vec::with_capacity(bounds.len().saturating_sub(1));
+    let mut rest = out;
+    let mut at = bounds.first().copied().unwrap_or(0);
+    rest = &mut rest[at..];
+    for &end in bounds.iter().skip(1) {
+        let (part, tail) = rest.split_at_mut(end - at);
+        parts.push(part);
+        rest = tail;
+        at = end;
+    }
+    #[cfg(any(not(target_family = "wasm"), feature = "threads"))]
+    {
+        use rayon::prelude::*;
+        parts.into_par_iter().enumerate().for_each(|(i, p)| f(i, p));
+    }
+    #[cfg(all(target_family = "wasm", not(feature = "threads")))]
+    for (i, p) in parts.into_iter().enumerate() {
+        f(i, p)
+    }
+}
+
+/// The number of threads [`for_each_chunk_mut`] spreads work over.
+pub fn threads() -> usize {
+    #[cfg(any(not(target_family = "wasm"), feature = "threads"))]
+    return rayon::current_num_threads();
+    #[cfg(all(target_family = "wasm", not(feature = "threads")))]
+    1
+}
+
+/// Runs `f` on a thread of rayon's global pool, the pool that flex's ops,
+/// gemm and the kernels split their work over, with the pool's other threads
+/// waiting for the kernels' jobs as a team (above) until `f` returns; call
+/// the models from inside it. Called from any other thread, that thread
+/// sleeps until `f` is done.
+/// - Natively: as PyTorch's OpenMP main thread, the caller is one of the
+///   workers (`tools/bench.sh` on 2 cores, before the team: UNet 30–35 → 25
+///   ms, decoder 24 → 22 ms against calling from outside).
+/// - The threaded browser module: the page's worker sleeps (it may block; a
+///   page's main thread may not) while the pool's Web Workers run the call.
+///   Called from outside, 2 threads made an image 1.21× slower than one
+///   (tools/bench_ort.mjs).
+/// - The single-threaded browser module: `f()`.
+#[cfg(any(not(target_family = "wasm"), feature = "threads"))]
+pub fn run_on_cpu_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    team::run(f)
+}
+
+/// Runs `f` (this module has no threads).
+#[cfg(all(target_family = "wasm", not(feature = "threads")))]
+pub fn run_on_cpu_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    f()
+}
+
+#[cfg(any(not(target_family = "wasm"), feature = "threads"))]
+mod team {
+    use std::any::Any;
+    use std::cell::Cell;
+    use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+
+    /// Jobs and job indices fit in this many bits of [`Team::word`].
+    const BITS: u32 = 24;
+    const MASK: u64 = (1 << BITS) - 1;
+
+    /// The threads of one [`run`] call.
+    struct Team {
+        /// The current task: generation (16 bits), job count and next job
+        /// index (24 bits each). Claiming job `i` is one compare-and-swap
+        /// of this word, so a thread that read an older task's word can
+        /// never claim a newer task's job.
+        word: AtomicU64,
+        /// The current task's `&dyn Fn(usize)`, on its caller's stack. Read
+        /// only after claiming a job: the caller waits for every job, so
+        /// the task outlives each claim.
+        task: AtomicPtr<()>,
+        /// Jobs of the current task finished.
+        finished: AtomicUsize,
+        /// The first panic of a job on a helper thread (natively; in wasm a
+        /// panic aborts that Web Worker, and the page reports it).
+        panic: Mutex<Option<Box<dyn Any + Send>>>,
+        /// The rayon thread that runs `f`.
+        owner: AtomicUsize,
+        /// `f` has returned: the helpers leave.
+        closed: AtomicBool,
+    }
+
+    type Task<'a> = &'a (dyn Fn(usize) + Sync);
+
+    thread_local! {
+        /// The team this thread leads, while it runs `f` and no task.
+        static LEADING: Cell<*const Team> = const { Cell::new(std::ptr::null()) };
+    }
+
+    pub(super) fn run<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+        if !LEADING.get().is_null() {
+            return f(); // Already inside a team's call.
+        }
+        let team = Team {
+            word: AtomicU64::new(0),
+            task: AtomicPtr::new(std::ptr::null_mut()),
+            finished: AtomicUsize::new(0),
+            panic: Mutex::new(None),
+            owner: AtomicUsize::new(usize::MAX),
+            closed: AtomicBool::new(false),
+        };
+        // `scope` (unlike `in_place_scope`) runs its closure in the pool.
+        rayon::scope(|s| {
+            let me = rayon::current_thread_index().unwrap_or(usize::MAX);
+            team.owner.store(me, Ordering::Relaxed);
+            for _ in 1..rayon::current_num_threads() {
+                s.spawn(|_| team.help());
+            }
+            struct Lead<'a>(&'a AtomicBool);
+            impl Drop for Lead<'_> {
+                fn drop(&mut self) {
+                    LEADING.set(std::ptr::null());
+                    self.0.store(true, Ordering::Release);
+                }
+            }
+            let _lead = Lead(&team.closed);
+            LEADING.set(&team);
+            f()
+        })
+    }
+
+    /// Runs `f` over `out`'s parts on the team this thread leads, if any.
+    pub(super) fn try_run<T: Send>(
+        out: &mut [T],
+        bounds: &[usize],
+        f: &(dyn Fn(usize, &mut [T]) + Sync),
+    ) -> bool {
+        let team = LEADING.get();
+        let jobs = bounds.len() - 1;
+        if team.is_null() || jobs as u64 > MASK {
+            return false;
+        }
+        // SAFETY: `LEADING` points at the `Team` of the `run` call this
+        // thread is inside (it is cleared before that call returns).
+        let team = unsafe { &*team };
+        struct Out<T>(*mut T);
+        // SAFETY: each job index is claimed once, and job `i` only touches
+        // part `i`; the caller checked that the parts do not overlap.
+        unsafe impl<T: Send> Sync for Out<T> {}
+        let base = Out(out.as_mut_ptr());
+        let base = &base;
+        let job = move |i: usize| {
+            let (start, end) = (bounds[i], bounds[i + 1]);
+            // SAFETY: part `i` lies within `out` and is this job's alone.
+            let part = unsafe { std::slice::from_raw_parts_mut(base.0.add(start), end - start) };
+            f(i, part)
+        };
+        LEADING.set(std::ptr::null()); // A job that splits again runs on rayon.
+        let panic = team.lead(&job, jobs);
+        LEADING.set(team);
+        if let Some(p) = panic {
+            resume_unwind(p);
+        }
+        true
+    }
+
+    impl Team {
+        /// Publishes `task`'s `jobs`, runs jobs until none is left, waits
+        /// for the helpers' last ones; the first panic, if any.
+        fn lead(&self, task: Task, jobs: usize) -> Option<Box<dyn Any + Send>> {
+            let task_ref: *const Task = &task;
+            self.task.store(task_ref as *mut (), Ordering::Relaxed);
+            self.finished.store(0, Ordering::Relaxed);
+            let generation = ((self.word.load(Ordering::Relaxed) >> (2 * BITS)) + 1) & 0xffff;
+            self.word.store(
+                generation << (2 * BITS) | (jobs as u64) << BITS,
+                Ordering::Release,
+            );
+            let mut first = None;
+            while let Some(i) = self.claim() {
+                if let Err(p) = catch_unwind(AssertUnwindSafe(|| task(i))) {
+                    first.get_or_insert(p);
+                }
+                self.finished.fetch_add(1, Ordering::Release);
+            }
+            while self.finished.load(Ordering::Acquire) < jobs {
+                std::hint::spin_loop();
+            }
+            let helper = self.panic.lock().unwrap_or_else(|e| e.into_inner()).take();
+            first.or(helper)
+        }
+
+        /// The next job of the current task, claimed.
+        fn claim(&self) -> Option<usize> {
+            let mut word = self.word.load(Ordering::Acquire);
+            loop {
+                let (jobs, next) = ((word >> BITS) & MASK, word & MASK);
+                if next >= jobs {
+                    return None;
+                }
+                match self.word.compare_exchange_weak(
+                    word,
+                    word + 1,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => return Some(next as usize),
+                    Err(now) => word = now,
+                }
+            }
+        }
+
+        /// A helper thread's loop: jobs as they come, rayon's work (flex's
+        /// and gemm's own splits) in between, until `f` returns.
+        fn help(&self) {
+            if rayon::current_thread_index() == Some(self.owner.load(Ordering::Relaxed)) {
+                return; // The owner popped its own helper job.
+            }
+            let mut idle = 0u32;
+            while !self.closed.load(Ordering::Acquire) {
+                if let Some(i) = self.claim() {
+                    // SAFETY: the claim keeps the task alive (see `task`).
+                    let task = unsafe { *(self.task.load(Ordering::Acquire) as *const Task) };
+                    if let Err(p) = catch_unwind(AssertUnwindSafe(|| task(i))) {
+                        let mut slot = self.panic.lock().unwrap_or_else(|e| e.into_inner());
+                        slot.get_or_insert(p);
+                    }
+                    self.finished.fetch_add(1, Ordering::Release);
+                    idle = 0;
+                    continue;
+                }
+                idle = idle.wrapping_add(1);
+                if idle.is_multiple_of(64) {
+                    rayon::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Every part, once, with its own index, inside the team and outside.
+    fn fill(len: usize, chunk: usize) -> Vec<usize> {
+        let mut out = vec![usize::MAX; len];
+        for_each_chunk_mut(&mut out, chunk, |i, part| {
+            for (k, v) in part.iter_mut().enumerate() {
+                assert_eq!(*v, usize::MAX, "an element written twice");
+                *v = i * chunk + k;
+            }
+        });
+        out
+    }
+
+    #[test]
+    fn every_chunk_once_in_and_out_of_the_team() {
+        for (len, chunk) in [(0, 3), (1, 1), (10, 3), (1000, 7), (64, 64), (65, 64)] {
+            let want: Vec<usize> = (0..len).collect();
+            assert_eq!(fill(len, chunk), want, "outside, {len}/{chunk}");
+            assert_eq!(
+                run_on_cpu_pool(|| fill(len, chunk)),
+                want,
+                "team, {len}/{chunk}"
+            );
+        }
+    }
+
+    #[test]
+    fn many_tasks_in_one_call_wrap_the_generation() {
+        // More tasks than the word's 16-bit generation counts.
+        let tasks = 70_000;
+        let sum = run_on_cpu_pool(|| {
+            let total = AtomicUsize::new(0);
+            for t in 0..tasks {
+                let mut parts = [0usize; 4];
+                for_each_chunk_mut(&mut parts, 1, |i, p| p[0] = t + i);
+                total.fetch_add(parts.iter().sum::<usize>(), Ordering::Relaxed);
+            }
+            total.into_inner()
+        });
+        assert_eq!(sum, (0..tasks).map(|t| 4 * t + 6).sum::<usize>());
+    }
+
+    #[test]
+    fn uneven_parts_and_nested_splits() {
+        let bounds = [2, 2, 5, 9, 20];
+        let mut out = vec![0u32; 24];
+        run_on_cpu_pool(|| {
+            for_each_part_mut(&mut out, &bounds, |i, part| {
+                // A job that splits again (rayon's pool, not the team).
+                for_each_chunk_mut(part, 2, |_, p| p.fill(i as u32 + 1));
+            })
+        });
+        let mut want = vec![0u32; 24];
+        for (i, w) in bounds.windows(2).enumerate() {
+            want[w[0]..w[1]].fill(i as u32 + 1);
+        }
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    #[should_panic(expected = "part bounds")]
+    fn overlapping_parts_are_refused() {
+        for_each_part_mut(&mut [0u8; 8], &[0, 5, 3, 8], |_, _| ());
+    }
+
+    #[test]
+    fn a_job_that_panics_fails_the_call_and_the_pool_works_after() {
+        let caught = std::panic::catch_unwind(|| {
+            run_on_cpu_pool(|| {
+                let mut out = vec![0u8; 64];
+                for_each_chunk_mut(&mut out, 1, |i, _| assert!(i != 37, "job 37 fails"));
+            })
+        });
+        let message = caught.expect_err("the panic reaches the caller");
+        let text = (message.downcast_ref::<&str>().map(|s| s.to_string()))
+            .or_else(|| message.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        assert!(text.contains("job 37 fails"), "{text}");
+        let want: Vec<usize> = (0..100).collect();
+        assert_eq!(run_on_cpu_pool(|| fill(100, 3)), want);
+    }
+}
