@@ -45,6 +45,9 @@ pub fn for_each_part_mut<T: Send>(
         bounds.windows(2).all(|w| w[0] <= w[1]) && bounds.last().is_none_or(|&e| e <= out.len()),
         "part bounds must rise and end within the slice"
     );
+    if bounds.len() == 2 {
+        return f(0, &mut out[bounds[0]..bounds[1]]);
+    }
     #[cfg(any(not(target_family = "wasm"), feature = "threads"))]
     if bounds.len() > 2 && team::try_run(out, bounds, &f) {
         return;
@@ -107,7 +110,7 @@ mod team {
     use std::any::Any;
     use std::cell::Cell;
     use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
     use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
     /// Jobs and job indices fit in this many bits of [`Team::word`].
@@ -131,7 +134,7 @@ mod team {
         /// panic aborts that Web Worker, and the page reports it).
         panic: Mutex<Option<Box<dyn Any + Send>>>,
         /// The rayon thread that runs `f`.
-        owner: AtomicUsize,
+        owner: Option<usize>,
         /// `f` has returned: the helpers leave.
         closed: AtomicBool,
     }
@@ -147,20 +150,22 @@ mod team {
         if !LEADING.get().is_null() {
             return f(); // Already inside a team's call.
         }
-        let team = Team {
-            word: AtomicU64::new(0),
-            task: AtomicPtr::new(std::ptr::null_mut()),
-            finished: AtomicUsize::new(0),
-            panic: Mutex::new(None),
-            owner: AtomicUsize::new(usize::MAX),
-            closed: AtomicBool::new(false),
-        };
         // `scope` (unlike `in_place_scope`) runs its closure in the pool.
-        rayon::scope(|s| {
-            let me = rayon::current_thread_index().unwrap_or(usize::MAX);
-            team.owner.store(me, Ordering::Relaxed);
+        rayon::scope(|_| {
+            let team = Arc::new(Team {
+                word: AtomicU64::new(0),
+                task: AtomicPtr::new(std::ptr::null_mut()),
+                finished: AtomicUsize::new(0),
+                panic: Mutex::new(None),
+                owner: rayon::current_thread_index(),
+                closed: AtomicBool::new(false),
+            });
+            // The helpers hold the team, so the call ends without waiting
+            // for them (in a browser, for a sleeping Web Worker to wake
+            // up only to see that it is over).
             for _ in 1..rayon::current_num_threads() {
-                s.spawn(|_| team.help());
+                let team = team.clone();
+                rayon::spawn(move || team.help());
             }
             struct Lead<'a>(&'a AtomicBool);
             impl Drop for Lead<'_> {
@@ -170,7 +175,7 @@ mod team {
                 }
             }
             let _lead = Lead(&team.closed);
-            LEADING.set(&team);
+            LEADING.set(Arc::as_ptr(&team));
             f()
         })
     }
@@ -259,7 +264,7 @@ mod team {
         /// A helper thread's loop: jobs as they come, rayon's work (flex's
         /// and gemm's own splits) in between, until `f` returns.
         fn help(&self) {
-            if rayon::current_thread_index() == Some(self.owner.load(Ordering::Relaxed)) {
+            if rayon::current_thread_index() == self.owner {
                 return; // The owner popped its own helper job.
             }
             let mut idle = 0u32;

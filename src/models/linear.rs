@@ -74,7 +74,7 @@ fn matmul(x: Tensor<2>, wt: Tensor<2>) -> Tensor<2> {
 }
 
 /// Multiply-adds from which [`matmul`] splits a product over threads.
-const SPLIT_FROM: usize = 1 << 18;
+const SPLIT_FROM: usize = 1 << 20;
 /// Rows per thread at least.
 const SPLIT_ROWS: usize = 8;
 /// Flex splits a product over threads itself from 192³ multiply-adds.
