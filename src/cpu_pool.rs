@@ -110,8 +110,8 @@ mod team {
     use std::any::Any;
     use std::cell::Cell;
     use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
-    use std::sync::{Arc, Mutex};
     use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
 
     /// Jobs and job indices fit in this many bits of [`Team::word`].
     const BITS: u32 = 24;
