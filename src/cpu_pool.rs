@@ -9,7 +9,9 @@
 //! of tens of microseconds each; waking a sleeping Web Worker for each one
 //! cost what the second core brought, so two threads gained nothing on a
 //! step (`tools/bench_ort.mjs`: 1.05× one thread's time), and splitting the
-//! linear layers too made it slower still (1.07×). The team hands out jobs
+//! linear layers over rayon too made it slower still (12.0 against 11.2 ms
+//! a step). With the team, a step on 2 threads takes 0.7× the time it took
+//! before (README, Benchmarks). The team hands out jobs
 //! through one atomic word, and the caller spins until the last is done, as
 //! onnxruntime's and OpenMP's thread pools do. The spinning lasts only as
 //! long as the call; between calls the threads sleep.
@@ -81,11 +83,13 @@ pub fn threads() -> usize {
     1
 }
 
-/// Runs `f` on a thread of rayon's global pool, the pool that flex's ops,
-/// gemm and the kernels split their work over, with the pool's other threads
-/// waiting for the kernels' jobs as a team (above) until `f` returns; call
-/// the models from inside it. Called from any other thread, that thread
-/// sleeps until `f` is done.
+/// Runs `f` on a thread of rayon's global pool, the pool that flex's ops
+/// and gemm split their work over, with the pool's other threads waiting
+/// for the kernels' jobs as a team (above) until `f` returns; call the
+/// models from inside it. Called from any other thread, that thread sleeps
+/// until `f` is done. (Leading the team from the calling thread instead was
+/// tried in the browser: flex's own rayon ops then each wait for a sleeping
+/// worker from outside the pool, and the text encoder took 9 ms, not 1.5.)
 /// - Natively: as PyTorch's OpenMP main thread, the caller is one of the
 ///   workers (`tools/bench.sh` on 2 cores, before the team: UNet 30–35 → 25
 ///   ms, decoder 24 → 22 ms against calling from outside).

@@ -3,6 +3,7 @@
 // module (here for the schedule and pixel-space noising; in worker.js for
 // everything that needs the model).
 import init, { addNoiseRgba, alphasCumprod, signalToNoise } from './pkg/latent_diffusion_web.js';
+import { onWorkerCrash } from './panic-watch.js';
 
 const $ = (id) => document.getElementById(id);
 const BASE = 'models/emoji-4step/';
@@ -13,7 +14,25 @@ const GUIDANCE = 1.5;
 
 // ---- One worker, one job at a time.
 
-const worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
+let worker = null;
+let unwatchCrash = () => {};
+/** Starts the worker that runs the model; after a crash (a trap on its
+ * thread or its thread pool's) its module cannot be trusted, so the job in
+ * progress fails and a new worker takes the queue. */
+function startWorker() {
+  unwatchCrash();
+  worker?.terminate();
+  worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
+  worker.onmessage = onWorkerMessage;
+  unwatchCrash = onWorkerCrash(worker, (why) => {
+    const error = new Error(`The generator crashed (${why || 'no details'}); it has been restarted, so try again.`);
+    startWorker();
+    const j = current;
+    current = null;
+    if (j) j.reject(error); else show(error);
+    next();
+  });
+}
 let current = null;
 const queue = [];
 /** Runs a worker job; `onMessage` sees its trace/step messages. Resolves to
@@ -28,7 +47,7 @@ function next() {
   current = queue.shift() ?? null;
   if (current) worker.postMessage({ base: BASE, backend: 'auto', ...current.message });
 }
-worker.onmessage = ({ data: m }) => {
+function onWorkerMessage({ data: m }) {
   const j = current;
   if (!j) return;
   if (m.type === 'download') {
@@ -40,7 +59,11 @@ worker.onmessage = ({ data: m }) => {
   } else {
     j.onMessage(m);
   }
-};
+}
+startWorker();
+
+// For the crash test: a panic on a thread of the threaded module's pool.
+window.ldwDebug = { trapPool: () => worker.postMessage({ type: 'debug-trap-pool' }) };
 
 function show(error) {
   $('error').textContent = error ? (error.message ?? String(error)) : '';

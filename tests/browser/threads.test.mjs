@@ -65,3 +65,25 @@ test('isolated: a panic on a thread of the pool is reported, the worker replaced
     await page.textContent('#error'));
   assert.match(await page.textContent('#backend-info'), /threads\)/);
 });
+
+test('isolated: in the learning view too, a pool thread\'s panic fails the run and the next run works', async () => {
+  const learn = await ctx.browser.context.newPage();
+  try {
+    await learn.goto(`${ctx.server.url}learn.html`);
+    await learn.waitForSelector('body[data-ready="true"]', { timeout: 60_000 });
+    const trace = async () => {
+      await learn.click('#run');
+      await learn.waitForFunction(() => ['done', 'error'].includes(document.body.dataset.trace), null, { timeout: 120_000 });
+      return learn.evaluate(() => document.body.dataset.trace);
+    };
+    // A traced run loads the threaded module in the view's worker.
+    assert.equal(await trace(), 'done', await learn.textContent('#error'));
+    await learn.evaluate(() => window.ldwDebug.trapPool());
+    await learn.waitForFunction(() => /crashed/.test(document.getElementById('error').textContent), null, { timeout: 30_000 });
+    assert.match(await learn.textContent('#error'), /crashed \([\s\S]*deliberate panic on a pool thread[\s\S]*restarted/);
+    assert.equal(await trace(), 'done', await learn.textContent('#error'));
+    assert.equal(await learn.textContent('#error'), '');
+  } finally {
+    await learn.close();
+  }
+});
