@@ -1,27 +1,12 @@
 // The page: collects options, talks to the worker, draws progress and images,
 // keeps a history of results and makes share links.
-import { onWorkerCrash } from './panic-watch.js';
+import { ModelWorker } from './panic-watch.js';
 
 const $ = (id) => document.getElementById(id);
-let worker = null;
 let busy = false;
 let runs = 0; // counts submitted runs, so a late cancel timer spares the next one
 let hasImage = false; // the canvas holds a result or an upload (img2img/inpaint need one)
 let lastRun = null; // the settings of the run in progress / of the image shown
-
-let unwatchCrash = () => {};
-/** Starts the worker that runs the model. After a trap (a Rust panic or a
- * wasm fault) its module cannot be trusted, so it is replaced by a new one. */
-function startWorker() {
-  unwatchCrash();
-  worker?.terminate();
-  worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
-  worker.onmessage = onWorkerMessage;
-  unwatchCrash = onWorkerCrash(worker, (why) => {
-    fail(`The generator crashed (${why || 'no details'}); it has been restarted, so try again.`);
-    startWorker();
-  });
-}
 
 function fail(message) {
   upscaleEnded();
@@ -157,7 +142,7 @@ function inspect() {
     showExamples([], []);
   });
   $('model-info').textContent = base ? 'Checking what this model needs…' : '';
-  if (base) worker.postMessage({ type: 'inspect', id, base, vae: $('taesd').checked ? TAESD : null });
+  if (base) generator.post({ type: 'inspect', id, base, vae: $('taesd').checked ? TAESD : null });
 }
 const gb = (b) => (b >= 1e9 ? `${(b / 1e9).toFixed(2)} GB` : `${(b / 1e6).toFixed(1)} MB`);
 function showInspection(m) {
@@ -259,7 +244,7 @@ let promptChecks = 0, promptTimer = 0;
 function checkPrompt() {
   clearTimeout(promptTimer);
   promptTimer = setTimeout(() => {
-    if (model.info) worker.postMessage({ type: 'check-prompt', id: ++promptChecks, base: model.base, prompt: $('prompt').value });
+    if (model.info) generator.post({ type: 'check-prompt', id: ++promptChecks, base: model.base, prompt: $('prompt').value });
   }, 150);
 }
 $('prompt').addEventListener('input', checkPrompt);
@@ -515,7 +500,7 @@ $('upscale').addEventListener('click', () => {
   const options = { prompt: s.prompt, seed: Number(s.seed) || 0, steps: 4, guidanceScale: 1, noiseLevel: 20, width: w, height: h };
   upscaling = { ...lastRun, upscaled: true, saved: { ...s, upscaled: 'x4' } };
   $('status').textContent = 'Upscaling 4×…';
-  worker.postMessage({ type: 'generate', role: 'upscale', base, backend: $('backend').value, preview: false, options, image, precision: $('precision').value });
+  generator.post({ type: 'generate', role: 'upscale', base, backend: $('backend').value, preview: false, options, image, precision: $('precision').value });
 });
 
 // ---- The worker's messages.
@@ -560,14 +545,19 @@ function onWorkerMessage({ data: m }) {
     showPromptCheck(m);
   } else if (m.type === 'error') {
     fail(m.message);
-    if (m.fatal) startWorker();
+    if (m.fatal) generator.restart();
   }
 }
-startWorker();
+/** The worker that runs the model; after a crash, a new one. */
+const generator = new ModelWorker(
+  () => new Worker(new URL('./worker.js', import.meta.url), { type: 'module' }),
+  onWorkerMessage,
+  (why) => fail(`The generator crashed (${why || 'no details'}); it has been restarted, so try again.`),
+);
 // For the recovery test: makes the worker panic on purpose.
 window.ldwDebug = {
-  trapWorker: () => worker.postMessage({ type: 'debug-trap' }),
-  trapPool: () => worker.postMessage({ type: 'debug-trap-pool' }),
+  trapWorker: () => generator.post({ type: 'debug-trap' }),
+  trapPool: () => generator.post({ type: 'debug-trap-pool' }),
 };
 
 $('controls').addEventListener('submit', (e) => {
@@ -612,7 +602,7 @@ $('controls').addEventListener('submit', (e) => {
   }
   const saved = currentSettings();
   lastRun = { ...saved, mode, saved };
-  worker.postMessage({
+  generator.post({
     type: 'generate', base: $('model').value.trim(), backend: $('backend').value, preview: true, options, image, mask,
     vae: $('taesd').checked ? TAESD : null, precision: $('precision').value,
   });
@@ -621,11 +611,11 @@ $('controls').addEventListener('submit', (e) => {
 // size on the CPU, say) is stopped by replacing the worker.
 function cancel() {
   if (!busy) return;
-  worker.postMessage({ type: 'cancel' });
+  generator.post({ type: 'cancel' });
   const run = runs;
   setTimeout(() => {
     if (!busy || run !== runs) return;
-    startWorker();
+    generator.restart();
     upscaleEnded();
     $('status').textContent = 'Cancelled (the generator was restarted to stop a long step).';
     setBusy(false);

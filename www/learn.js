@@ -3,7 +3,7 @@
 // module (here for the schedule and pixel-space noising; in worker.js for
 // everything that needs the model).
 import init, { addNoiseRgba, alphasCumprod, signalToNoise } from './pkg/latent_diffusion_web.js';
-import { onWorkerCrash } from './panic-watch.js';
+import { ModelWorker } from './panic-watch.js';
 
 const $ = (id) => document.getElementById(id);
 const BASE = 'models/emoji-4step/';
@@ -14,25 +14,6 @@ const GUIDANCE = 1.5;
 
 // ---- One worker, one job at a time.
 
-let worker = null;
-let unwatchCrash = () => {};
-/** Starts the worker that runs the model; after a crash (a trap on its
- * thread or its thread pool's) its module cannot be trusted, so the job in
- * progress fails and a new worker takes the queue. */
-function startWorker() {
-  unwatchCrash();
-  worker?.terminate();
-  worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
-  worker.onmessage = onWorkerMessage;
-  unwatchCrash = onWorkerCrash(worker, (why) => {
-    const error = new Error(`The generator crashed (${why || 'no details'}); it has been restarted, so try again.`);
-    startWorker();
-    const j = current;
-    current = null;
-    if (j) j.reject(error); else show(error);
-    next();
-  });
-}
 let current = null;
 const queue = [];
 /** Runs a worker job; `onMessage` sees its trace/step messages. Resolves to
@@ -45,7 +26,7 @@ function job(message, onMessage = () => {}) {
 }
 function next() {
   current = queue.shift() ?? null;
-  if (current) worker.postMessage({ base: BASE, backend: 'auto', ...current.message });
+  if (current) generator.post({ base: BASE, backend: 'auto', ...current.message });
 }
 function onWorkerMessage({ data: m }) {
   const j = current;
@@ -60,10 +41,23 @@ function onWorkerMessage({ data: m }) {
     j.onMessage(m);
   }
 }
-startWorker();
+/** The worker that runs the model; after a crash (a trap on its thread or
+ * its thread pool's) the job in progress fails and a new worker takes the
+ * queue. */
+const generator = new ModelWorker(
+  () => new Worker(new URL('./worker.js', import.meta.url), { type: 'module' }),
+  onWorkerMessage,
+  (why) => {
+    const error = new Error(`The generator crashed (${why || 'no details'}); it has been restarted, so try again.`);
+    const j = current;
+    current = null;
+    if (j) j.reject(error); else show(error);
+    next();
+  },
+);
 
 // For the crash test: a panic on a thread of the threaded module's pool.
-window.ldwDebug = { trapPool: () => worker.postMessage({ type: 'debug-trap-pool' }) };
+window.ldwDebug = { trapPool: () => generator.post({ type: 'debug-trap-pool' }) };
 
 function show(error) {
   $('error').textContent = error ? (error.message ?? String(error)) : '';
@@ -212,7 +206,7 @@ function setRunning(b) {
   $('cancel').disabled = !b;
   for (const el of document.querySelectorAll('[data-compare]')) el.disabled = b;
 }
-$('cancel').addEventListener('click', () => worker.postMessage({ type: 'cancel' }));
+$('cancel').addEventListener('click', () => generator.post({ type: 'cancel' }));
 
 /** Runs `body` as the page's one long task: buttons disabled meanwhile,
  * errors shown, `document.body.dataset[kind]` = running, then what `body`

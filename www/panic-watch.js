@@ -17,3 +17,29 @@ export function onWorkerCrash(worker, crashed) {
   worker.postMessage({ type: 'panic-channel', name });
   return () => channel.close();
 }
+
+/** The model's worker, `create()`, replaced by a fresh one after a crash
+ * (after a trap its module cannot be trusted): `onMessage(event)` gets its
+ * messages, `crashed(message)` is called once the new worker is started. */
+export class ModelWorker {
+  constructor(create, onMessage, crashed) {
+    Object.assign(this, { create, onMessage, crashed });
+    this.restart();
+  }
+
+  /** Replaces the worker (also to stop a step that will not end). */
+  restart() {
+    this.unwatch?.();
+    this.worker?.terminate();
+    this.worker = this.create();
+    this.worker.onmessage = (e) => this.onMessage(e);
+    this.unwatch = onWorkerCrash(this.worker, (why) => {
+      this.restart();
+      this.crashed(why);
+    });
+  }
+
+  post(message) {
+    this.worker.postMessage(message);
+  }
+}
