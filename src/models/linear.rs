@@ -79,3 +79,28 @@ const SPLIT_FROM: usize = 1 << 20;
 const SPLIT_ROWS: usize = 8;
 /// Flex splits a product over threads itself from 192³ multiply-adds.
 const FLEX_SPLITS_FROM: usize = 192 * 192 * 192;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, Distribution};
+
+    /// A product large enough to be split by rows gives what one product
+    /// gives, on the team of `run_on_cpu_pool` and on rayon's pool; the
+    /// product's size is in the split range.
+    #[test]
+    fn split_products_match_one_product() {
+        let device = Device::flex();
+        let [rows, d_in, d_out] = [77, 80, 640];
+        assert!((SPLIT_FROM..FLEX_SPLITS_FROM).contains(&(rows * d_in * d_out)));
+        let x = Tensor::<2>::random([rows, d_in], Distribution::Normal(0.0, 1.0), &device);
+        let w = Tensor::<2>::random([d_out, d_in], Distribution::Normal(0.0, 1.0), &device);
+        let want = x.clone().matmul(w.clone().transpose());
+        let team = crate::run_on_cpu_pool(|| matmul(x.clone(), w.clone().transpose()));
+        for got in [matmul(x.clone(), w.clone().transpose()), team] {
+            assert_eq!(got.dims(), [rows, d_out]);
+            let diff: f32 = (got - want.clone()).abs().max().into_scalar();
+            assert!(diff < 1e-4, "max diff {diff}");
+        }
+    }
+}
