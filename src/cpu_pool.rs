@@ -47,18 +47,19 @@ pub fn for_each_part_mut<T: Send>(
         bounds.windows(2).all(|w| w[0] <= w[1]) && bounds.last().is_none_or(|&e| e <= out.len()),
         "part bounds must rise and end within the slice"
     );
-    if bounds.len() == 2 {
-        return f(0, &mut out[bounds[0]..bounds[1]]);
+    match bounds {
+        [] | [_] => return,
+        &[start, end] => return f(0, &mut out[start..end]),
+        _ => {}
     }
     #[cfg(any(not(target_family = "wasm"), feature = "threads"))]
-    if bounds.len() > 2 && team::try_run(out, bounds, &f) {
+    if team::try_run(out, bounds, &f) {
         return;
     }
-    let mut parts = Vec::with_capacity(bounds.len().saturating_sub(1));
-    let mut rest = out;
-    let mut at = bounds.first().copied().unwrap_or(0);
-    rest = &mut rest[at..];
-    for &end in bounds.iter().skip(1) {
+    let mut parts = Vec::with_capacity(bounds.len() - 1);
+    let mut at = bounds[0];
+    let mut rest = &mut out[at..];
+    for &end in &bounds[1..] {
         let (part, tail) = rest.split_at_mut(end - at);
         parts.push(part);
         rest = tail;
@@ -134,8 +135,8 @@ mod team {
         task: AtomicPtr<()>,
         /// Jobs of the current task finished.
         finished: AtomicUsize,
-        /// The first panic of a job on a helper thread (natively; in wasm a
-        /// panic aborts that Web Worker, and the page reports it).
+        /// The current task's first panic (natively; in wasm a panic aborts
+        /// its Web Worker, and the page reports it).
         panic: Mutex<Option<Box<dyn Any + Send>>>,
         /// The rayon thread that runs `f`.
         owner: Option<usize>,
@@ -221,7 +222,7 @@ mod team {
 
     impl Team {
         /// Publishes `task`'s `jobs`, runs jobs until none is left, waits
-        /// for the helpers' last ones; the first panic, if any.
+        /// for the helpers' last ones; the task's first panic, if any.
         fn lead(&self, task: Task, jobs: usize) -> Option<Box<dyn Any + Send>> {
             let task_ref: *const Task = &task;
             self.task.store(task_ref as *mut (), Ordering::Relaxed);
@@ -231,18 +232,22 @@ mod team {
                 generation << (2 * BITS) | (jobs as u64) << BITS,
                 Ordering::Release,
             );
-            let mut first = None;
             while let Some(i) = self.claim() {
-                if let Err(p) = catch_unwind(AssertUnwindSafe(|| task(i))) {
-                    first.get_or_insert(p);
-                }
-                self.finished.fetch_add(1, Ordering::Release);
+                self.work(task, i);
             }
             while self.finished.load(Ordering::Acquire) < jobs {
                 std::hint::spin_loop();
             }
-            let helper = self.panic.lock().unwrap_or_else(|e| e.into_inner()).take();
-            first.or(helper)
+            self.panic.lock().unwrap_or_else(|e| e.into_inner()).take()
+        }
+
+        /// Runs claimed job `i` of `task`, keeping the first panic.
+        fn work(&self, task: Task, i: usize) {
+            if let Err(p) = catch_unwind(AssertUnwindSafe(|| task(i))) {
+                let mut slot = self.panic.lock().unwrap_or_else(|e| e.into_inner());
+                slot.get_or_insert(p);
+            }
+            self.finished.fetch_add(1, Ordering::Release);
         }
 
         /// The next job of the current task, claimed.
@@ -276,11 +281,7 @@ mod team {
                 if let Some(i) = self.claim() {
                     // SAFETY: the claim keeps the task alive (see `task`).
                     let task = unsafe { *(self.task.load(Ordering::Acquire) as *const Task) };
-                    if let Err(p) = catch_unwind(AssertUnwindSafe(|| task(i))) {
-                        let mut slot = self.panic.lock().unwrap_or_else(|e| e.into_inner());
-                        slot.get_or_insert(p);
-                    }
-                    self.finished.fetch_add(1, Ordering::Release);
+                    self.work(task, i);
                     idle = 0;
                     continue;
                 }

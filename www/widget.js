@@ -21,7 +21,7 @@
 // worker.js, so the widget works when this script, the wasm and the weights
 // are on another origin than the page (they must be served with CORS).
 
-import { onWorkerCrash } from './panic-watch.js';
+import { ModelWorker } from './panic-watch.js';
 
 const WORKER_URL = new URL('worker.js', import.meta.url).href;
 const DEFAULT_MODEL = new URL('models/emoji-4step/', import.meta.url).href;
@@ -29,36 +29,30 @@ const DEFAULT_MODEL = new URL('models/emoji-4step/', import.meta.url).href;
 // following the prompt against variety between seeds (its model card).
 const DEFAULT_MODEL_GUIDANCE = 1.5;
 
-/** The one worker of this page, and its job queue. */
+/** The one worker of this page (started with the first job), and its job
+ * queue. */
 const hub = {
-  worker: null,
+  model: null,
   queue: [],
   current: null,
-  start() {
-    const blob = new Blob([`import ${JSON.stringify(WORKER_URL)};`], { type: 'text/javascript' });
-    const url = URL.createObjectURL(blob);
-    this.worker = new Worker(url, { type: 'module' });
-    this.worker.onmessage = ({ data }) => this.current?.on(data);
-    this.unwatchCrash = onWorkerCrash(this.worker, (why) => {
-      const j = this.current;
-      this.restart();
-      j?.on({ type: 'error', message: `The generator failed to start or crashed (${why || 'no details'}).` });
-    });
-  },
-  restart() {
-    this.unwatchCrash?.();
-    this.worker?.terminate();
-    this.worker = null;
-    this.start();
+  workerUrl: null,
+  createWorker() {
+    this.workerUrl ??= URL.createObjectURL(
+      new Blob([`import ${JSON.stringify(WORKER_URL)};`], { type: 'text/javascript' }));
+    return new Worker(this.workerUrl, { type: 'module' });
   },
   run(job) {
-    if (!this.worker) this.start();
+    this.model ??= new ModelWorker(
+      () => this.createWorker(),
+      ({ data }) => this.current?.on(data),
+      (why) => this.current?.on({ type: 'error', message: `The generator failed to start or crashed (${why || 'no details'}).` }),
+    );
     this.queue.push(job);
     if (!this.current) this.next();
   },
   next() {
     this.current = this.queue.shift() ?? null;
-    if (this.current) this.worker.postMessage(this.current.message);
+    if (this.current) this.model.post(this.current.message);
   },
   /** Ends the current job (its last message was handled) and starts the next. */
   finish(job) {
@@ -68,11 +62,11 @@ const hub = {
     const i = this.queue.indexOf(job);
     if (i >= 0) { this.queue.splice(i, 1); job.on({ type: 'cancelled' }); return; }
     if (this.current !== job) return;
-    this.worker.postMessage({ type: 'cancel' });
+    this.model.post({ type: 'cancel' });
     // A step that does not end within 3 s is stopped by replacing the worker.
     setTimeout(() => {
       if (this.current !== job) return;
-      this.restart();
+      this.model.restart();
       job.on({ type: 'cancelled' });
     }, 3000);
   },
