@@ -94,10 +94,11 @@ pub fn threads() -> usize {
 /// - Natively: as PyTorch's OpenMP main thread, the caller is one of the
 ///   workers (`tools/bench.sh` on 2 cores, before the team: UNet 30–35 → 25
 ///   ms, decoder 24 → 22 ms against calling from outside).
-/// - The threaded browser module: the page's worker sleeps (it may block; a
-///   page's main thread may not) while the pool's Web Workers run the call.
-///   Called from outside, 2 threads made an image 1.21× slower than one
-///   (tools/bench_ort.mjs).
+/// - The threaded browser module: the page's worker is the pool's thread 0
+///   ([`init_thread_pool`]), so `f` runs on it directly, with no hand-off to
+///   a sleeping Web Worker and back (that cost about 0.3 ms a call, 1.7
+///   against 1.4 ms for the text encoder in `tools/bench_ort.mjs`). It may
+///   block (a page's main thread may not).
 /// - The single-threaded browser module: `f()`.
 #[cfg(any(not(target_family = "wasm"), feature = "threads"))]
 pub fn run_on_cpu_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
@@ -108,6 +109,109 @@ pub fn run_on_cpu_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 #[cfg(all(target_family = "wasm", not(feature = "threads")))]
 pub fn run_on_cpu_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     f()
+}
+
+#[cfg(all(target_family = "wasm", feature = "threads"))]
+pub use web_workers::init_thread_pool;
+
+/// The threaded browser module's pool: rayon's global pool whose thread 0 is
+/// the Web Worker that starts it (rayon's `use_current_thread`), the others
+/// Web Workers started by `cpu_pool.js` on the module's shared memory.
+#[cfg(all(target_family = "wasm", feature = "threads"))]
+mod web_workers {
+    use js_sys::JsString;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Condvar, Mutex};
+    use wasm_bindgen::prelude::*;
+
+    /// The most threads a pool may have (the caller's included).
+    const MAX_THREADS: usize = 64;
+
+    /// Threads rayon has handed out, each waiting for a Web Worker to run it.
+    static HANDED: Mutex<Vec<rayon::ThreadBuilder>> = Mutex::new(Vec::new());
+    static HANDED_READY: Condvar = Condvar::new();
+    static STARTED: AtomicBool = AtomicBool::new(false);
+
+    #[wasm_bindgen(module = "/src/cpu_pool.js")]
+    extern "C" {
+        #[wasm_bindgen(js_name = startWorkers, catch)]
+        async fn start_workers(
+            module: JsValue,
+            memory: JsValue,
+            main_js: JsString,
+            count: usize,
+        ) -> Result<(), JsValue>;
+    }
+
+    #[wasm_bindgen]
+    extern "C" {
+        /// The URL of the module's JS file (each Web Worker imports it).
+        #[wasm_bindgen(thread_local_v2, js_namespace = ["import", "meta"], js_name = url)]
+        static MODULE_URL: JsString;
+    }
+
+    /// `initThreadPool(n)`: starts the CPU pool once, with `n` threads: the
+    /// calling Web Worker (which must be the one that calls the models, and
+    /// not a page's main thread: it blocks while it waits for the others)
+    /// and `n - 1` new Web Workers. It rejects if the page is not
+    /// cross-origin isolated (no shared memory), if a worker fails to start,
+    /// or on a second call.
+    #[wasm_bindgen(js_name = initThreadPool)]
+    pub async fn init_thread_pool(threads: usize) -> Result<(), JsError> {
+        if !(1..=MAX_THREADS).contains(&threads) {
+            return Err(JsError::new(&format!(
+                "initThreadPool: {threads} threads; 1 to {MAX_THREADS} are possible"
+            )));
+        }
+        if STARTED.swap(true, Ordering::AcqRel) {
+            return Err(JsError::new(
+                "initThreadPool: the CPU pool has already been started",
+            ));
+        }
+        let url = MODULE_URL.with(Clone::clone);
+        start_workers(
+            wasm_bindgen::module(),
+            wasm_bindgen::memory(),
+            url,
+            threads - 1,
+        )
+        .await
+        .map_err(|e| {
+            STARTED.store(false, Ordering::Release); // may be tried again
+            JsError::new(&format!(
+                "initThreadPool: a Web Worker of the CPU pool did not start: {e:?}"
+            ))
+        })?;
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .use_current_thread()
+            .spawn_handler(|thread| {
+                HANDED
+                    .lock()
+                    .map_err(|_| std::io::Error::other("poisoned"))?
+                    .push(thread);
+                HANDED_READY.notify_all();
+                Ok(())
+            })
+            .build_global()
+            .map_err(|e| JsError::new(&format!("initThreadPool: {e}")))
+    }
+
+    /// A Web Worker of the pool (`cpu_pool.js`): waits for a thread of the
+    /// pool and runs it, for good.
+    #[wasm_bindgen(js_name = cpuPoolWorker)]
+    pub fn cpu_pool_worker() {
+        let thread = {
+            let mut handed = HANDED.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                match handed.pop() {
+                    Some(t) => break t,
+                    None => handed = HANDED_READY.wait(handed).unwrap_or_else(|p| p.into_inner()),
+                }
+            }
+        };
+        thread.run()
+    }
 }
 
 #[cfg(any(not(target_family = "wasm"), feature = "threads"))]

@@ -25,10 +25,11 @@ pub mod weights;
 #[cfg(target_family = "wasm")]
 mod web;
 
-/// `initThreadPool(n)`: starts the threaded CPU module's pool of `n` Web
-/// Workers (the page calls it once, where it is cross-origin isolated).
+/// `initThreadPool(n)`: starts the threaded CPU module's pool of `n`
+/// threads (the page's worker calls it once, where the page is cross-origin
+/// isolated).
 #[cfg(all(target_family = "wasm", feature = "threads"))]
-pub use wasm_bindgen_rayon::init_thread_pool;
+pub use cpu_pool::init_thread_pool;
 
 pub use cpu_pool::run_on_cpu_pool;
 pub use error::{Error, Result};

@@ -51,13 +51,13 @@ fn start() {
 #[cfg(feature = "threads")]
 static PANIC_CHANNEL: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 
-/// A panic on one of the pool's threads traps that Web Worker, and the worker
-/// that called into the pool sleeps on forever, waiting for an answer: only
+/// A panic on one of the pool's Web Workers traps that worker, and the
+/// page's worker (the pool's thread 0) waits on forever for its job: only
 /// the page can end that. So the panic is posted to the page (a panic on the
-/// calling worker's own thread traps there and is caught as before).
+/// page's worker itself traps there and is caught as before).
 #[cfg(feature = "threads")]
 fn post_pool_panic(message: &str) {
-    if rayon::current_thread_index().is_none() {
+    if rayon::current_thread_index().is_none_or(|i| i == 0) {
         return;
     }
     // `try_lock`: a panic while the name was being set must not deadlock here.
@@ -196,12 +196,33 @@ pub fn debug_panic(message: &str) {
     panic!("{message}");
 }
 
-/// Panics on purpose on a thread of the pool (the threaded module; the other
-/// panics where it is called, as `debugPanic`): the page's test that such a
-/// panic is reported instead of leaving the run hanging calls it.
+/// Panics on purpose on one of the pool's Web Workers, in a job the page's
+/// worker waits for as for a kernel's (the threaded module; the other panics
+/// where it is called, as `debugPanic`): the page's test that such a panic
+/// is reported instead of leaving the run hanging calls it.
 #[wasm_bindgen(js_name = debugPoolPanic)]
 pub fn debug_pool_panic(message: &str) {
-    run_on_cpu_pool(|| panic!("{message}"));
+    #[cfg(feature = "threads")]
+    run_on_cpu_pool(|| {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        if rayon::current_num_threads() < 2 {
+            panic!("{message}");
+        }
+        // Two jobs; the caller's waits until another thread has the other,
+        // so that one panics there.
+        let taken = AtomicBool::new(false);
+        crate::cpu_pool::for_each_chunk_mut(&mut [0u8; 2], 1, |_, _| {
+            if rayon::current_thread_index().is_some_and(|i| i != 0) {
+                taken.store(true, Ordering::Release);
+                panic!("{message}");
+            }
+            while !taken.load(Ordering::Acquire) {
+                std::hint::spin_loop();
+            }
+        });
+    });
+    #[cfg(not(feature = "threads"))]
+    panic!("{message}");
 }
 
 /// A random seed from the browser's crypto source.

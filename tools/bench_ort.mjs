@@ -14,14 +14,15 @@
 //
 //   ./build.sh wasm && python tools/export_onnx.py      (once)
 //   npm ci --prefix tools/ort                            (once)
-//   node tools/bench_ort.mjs [rounds] [--webgpu] [--baseline DIR]
+//   node tools/bench_ort.mjs [rounds] [--webgpu] [--baseline DIR [--baseline-threads N]]
 //
 // Engines: ours-cpu, ort-wasm-1 (1 thread), ort-wasm-2 (2 threads; the page
 // is served cross-origin isolated so onnxruntime-web may use them); with
 // --webgpu also ours-webgpu and ort-webgpu on the browser's adapter; with
-// --baseline DIR also ours-cpu-base, our CPU path from another build's
-// www/pkg folder (a copy kept from before a change), for an A/B in the same
-// rounds.
+// --baseline DIR also ours-cpu-base-N, our CPU path on N threads (1 unless
+// --baseline-threads says; N > 1 needs a copy of www/pkg-threads) from
+// another build's folder (a copy kept from before a change), for an A/B in
+// the same rounds.
 import { existsSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { resolve } from 'node:path';
@@ -31,6 +32,7 @@ const args = process.argv.slice(2);
 const rounds = Number(args.find((a) => /^\d+$/.test(a)) ?? 7);
 const webgpu = args.includes('--webgpu');
 const baseline = args.includes('--baseline') ? args[args.indexOf('--baseline') + 1] : null;
+const baselineThreads = args.includes('--baseline-threads') ? Number(args[args.indexOf('--baseline-threads') + 1]) : 1;
 const MODEL = 'emoji-4step';
 const ONNX = `${ROOT}target/onnx/${MODEL}/`;
 const ORT = `${ROOT}tools/ort/node_modules/onnxruntime-web/dist/`;
@@ -147,7 +149,7 @@ const engines = [await engine('ours-cpu', 'ours-cpu', 1), await engine('ort-wasm
 if (existsSync(`${ROOT}www/pkg-threads/latent_diffusion_web.js`)) {
   engines.push(await engine('ours-cpu-2', 'ours-cpu', 2, '/pkg-threads/'));
 }
-if (baseline) engines.push(await engine('ours-cpu-base', 'ours-cpu', 1, '/pkg-base/'));
+if (baseline) engines.push(await engine(`ours-cpu-base-${baselineThreads}`, 'ours-cpu', baselineThreads, '/pkg-base/'));
 if (webgpu) engines.push(await engine('ours-webgpu', 'ours-webgpu'), await engine('ort-webgpu', 'ort-webgpu', 1));
 for (const e of engines) console.log(`${e.name}: ${e.backend}, crossOriginIsolated ${e.isolated}`);
 

@@ -15,7 +15,8 @@ import { ROOT, launch, serve } from '../tests/browser/harness.mjs';
 
 const args = process.argv.slice(2);
 const option = (name, fallback) => (args.includes(name) ? args[args.indexOf(name) + 1] : fallback);
-const [threads = 2, images = 10] = args.filter((a) => /^\d+$/.test(a)).map(Number);
+const positional = args.filter((a, i) => /^\d+$/.test(a) && !['--pkg', '--under', '--top'].includes(args[i - 1]));
+const [threads = 2, images = 10] = positional.map(Number);
 const pkg = option('--pkg', '/pkg-threads/');
 const under = option('--under', null);
 const top = Number(option('--top', 30));
@@ -49,6 +50,8 @@ const send = (sessionId, method, params = {}) => new Promise((ok) => {
   raw(sessionId, { id, method, params });
 });
 function attached({ sessionId, targetInfo }, parent) {
+  // Attaching again from a parent's session reports a worker already known.
+  if ([...sessions.values()].some((s) => s.info.targetId === targetInfo.targetId)) return;
   sessions.set(sessionId, { info: targetInfo, parent });
   send(sessionId, 'Runtime.runIfWaitingForDebugger');
 }
@@ -88,8 +91,11 @@ const median = (v) => [...v].sort((a, b) => a - b)[v.length >> 1];
 console.log(`${pkg}, ${threads} thread(s), ${images} images (profiler on, so slower than bench_ort): ` +
   `text ${median(times.map((t) => t.text)).toFixed(2)} ms, step ${median(times.flatMap((t) => t.step)).toFixed(2)} ms, ` +
   `decode ${median(times.map((t) => t.decode)).toFixed(2)} ms`);
+let poolWorkers = 0;
 for (const { info, profile } of profiles) {
   if (!profile) continue;
+  // The pool's workers all run the same blob URL (src/cpu_pool.js): numbered.
+  const label = info.url.startsWith('blob:') ? `pool worker ${++poolWorkers}` : info.url.split('/').pop();
   const byId = new Map(profile.nodes.map((n) => [n.id, n]));
   const parent = new Map();
   for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
@@ -108,7 +114,7 @@ for (const { info, profile } of profiles) {
     for (const f of under ? new Set(stack) : [stack[0]]) time.set(f, (time.get(f) ?? 0) + c);
   }
   if (!counted) continue;
-  console.log(`\n${info.url.split('/').pop()}: ${(counted * ms).toFixed(0)} ms${under ? ` under ${under}` : ''}`);
+  console.log(`\n${label}: ${(counted * ms).toFixed(0)} ms${under ? ` under ${under}` : ''}`);
   for (const [f, c] of [...time].sort((a, b) => b[1] - a[1]).slice(0, top)) {
     console.log(`${((100 * c) / counted).toFixed(1).padStart(5)}%  ${f.slice(0, 150)}`);
   }

@@ -55,8 +55,9 @@ test('isolated: a bad model URL on the threaded path is an error; the next run w
 
 test('isolated: a panic on a thread of the pool is reported, the worker replaced, and the next run works', async () => {
   // Such a panic traps one of the pool's Web Workers while the model's worker
-  // sleeps waiting for it, so no error reaches the worker's own handlers: the
-  // page hears of it through panic-watch.js (else the run hangs until Cancel).
+  // (the pool's thread 0) waits for its job, so no error reaches the worker's
+  // own handlers: the page hears of it through panic-watch.js (else the run
+  // hangs until Cancel; checked by posting no panic: a 30 s timeout here).
   const { page } = ctx;
   await page.evaluate(() => window.ldwDebug.trapPool());
   await page.waitForFunction(() => document.body.dataset.state === 'error', null, { timeout: 30_000 });
