@@ -124,7 +124,7 @@ mod web_workers {
     use std::sync::{Condvar, Mutex};
     use wasm_bindgen::prelude::*;
 
-    /// The most threads a pool may have (the caller's included).
+    /// The most threads a pool has (the caller's included); more are capped.
     const MAX_THREADS: usize = 64;
 
     /// Threads rayon has handed out, each waiting for a Web Worker to run it.
@@ -150,19 +150,21 @@ mod web_workers {
         static MODULE_URL: JsString;
     }
 
-    /// `initThreadPool(n)`: starts the CPU pool once, with `n` threads: the
-    /// calling Web Worker (which must be the one that calls the models, and
-    /// not a page's main thread: it blocks while it waits for the others)
-    /// and `n - 1` new Web Workers. It rejects if the page is not
-    /// cross-origin isolated (no shared memory), if a worker fails to start,
-    /// or on a second call.
+    /// `initThreadPool(n)`: starts the CPU pool once, with `n` threads (at
+    /// most 64): the calling Web Worker (which must be the one that calls
+    /// the models, and not a page's main thread: it blocks while it waits
+    /// for the others) and `n - 1` new Web Workers. It rejects `n = 0`, a
+    /// second call, and a worker that fails to start. (The module itself
+    /// loads only where the page is cross-origin isolated: its memory is
+    /// shared.)
     #[wasm_bindgen(js_name = initThreadPool)]
     pub async fn init_thread_pool(threads: usize) -> Result<(), JsError> {
-        if !(1..=MAX_THREADS).contains(&threads) {
-            return Err(JsError::new(&format!(
-                "initThreadPool: {threads} threads; 1 to {MAX_THREADS} are possible"
-            )));
+        if threads == 0 {
+            return Err(JsError::new(
+                "initThreadPool: 0 threads; at least 1 is needed",
+            ));
         }
+        let threads = threads.min(MAX_THREADS);
         if STARTED.swap(true, Ordering::AcqRel) {
             return Err(JsError::new(
                 "initThreadPool: the CPU pool has already been started",

@@ -53,6 +53,39 @@ test('isolated: a bad model URL on the threaded path is an error; the next run w
   assert.deepEqual(ctx.browser.errors, []);
 });
 
+test('isolated: initThreadPool refuses 0 threads and a second start; a pool of 3 on this machine generates', async () => {
+  // The threaded module's API as an embedding page's worker calls it.
+  const { page } = ctx;
+  const got = await page.evaluate(async () => {
+    const src = `onmessage = async ({ data: origin }) => {
+      const out = [];
+      try {
+        const m = await import(origin + '/pkg-threads/latent_diffusion_web.js');
+        await m.default();
+        for (const n of [0, 3, 2]) {
+          out.push(await m.initThreadPool(n).then(() => 'started', (e) => String(e?.message ?? e)));
+        }
+        const g = await m.Generator.fromUrl(origin + '/models/tiny-random/', 'cpu');
+        g.start({ prompt: 'a red heart', seed: 1, steps: 2, guidanceScale: 1 });
+        while (g.stepsDone() < g.totalSteps()) g.step();
+        out.push(g.backend, (await g.result()).length);
+      } catch (e) {
+        out.push('failed: ' + String(e?.stack ?? e));
+      }
+      postMessage(out);
+    };`;
+    const w = new Worker(URL.createObjectURL(new Blob([src], { type: 'text/javascript' })), { type: 'module' });
+    const out = await new Promise((ok) => { w.onmessage = ({ data }) => ok(data); w.postMessage(location.origin); });
+    w.terminate();
+    return out;
+  });
+  assert.match(got[0], /initThreadPool: 0 threads/);
+  assert.equal(got[1], 'started');
+  assert.match(got[2], /already been started/);
+  assert.equal(got[3], 'CPU (WebAssembly, 3 threads)');
+  assert.equal(got[4], 16 * 16 * 4, String(got));
+});
+
 test('isolated: a panic on a thread of the pool is reported, the worker replaced, and the next run works', async () => {
   // Such a panic traps one of the pool's Web Workers while the model's worker
   // (the pool's thread 0) waits for its job, so no error reaches the worker's
