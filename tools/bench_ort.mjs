@@ -10,7 +10,10 @@
 // noise; ort: the same tokenizer and noise, then the session run), one UNet
 // step (ours: step(), UNet + DDIM; ort: session run + the DDIM update in
 // JS), decoder (ours: result(), decode + RGBA bytes; ort: session run + RGBA
-// bytes), whole image.
+// bytes), whole image. Then, once per engine: its loading (our worker's
+// module, pool and weights; onnxruntime-web's sessions, from the moment our
+// helper module is on the page) and its first image after that, which the
+// medians leave out.
 //
 //   ./build.sh wasm && python tools/export_onnx.py      (once)
 //   npm ci --prefix tools/ort                            (once)
@@ -60,6 +63,9 @@ async function engine(name, kind, threads, pkg = '/pkg/') {
   const info = await page.evaluate(async ({ kind, threads, steps, model, pkg }) => {
     const m = await import(`${pkg}latent_diffusion_web.js`);
     await m.default();
+    // Loading: from here (our module on the page is only the tokenizer and
+    // noise for onnxruntime-web) until the engine can make an image.
+    const loadStart = performance.now();
     const base = `/models/${model}/`;
     if (kind.startsWith('ours')) {
       const w = new Worker('/bench/bench_worker.mjs', { type: 'module' });
@@ -72,7 +78,7 @@ async function engine(name, kind, threads, pkg = '/pkg/') {
         threads, model, steps,
       });
       window.run = ask;
-      return { backend, isolated: crossOriginIsolated };
+      return { backend, isolated: crossOriginIsolated, load: performance.now() - loadStart };
     }
     // onnxruntime-web; our module only supplies the tokenizer, noise and
     // DDIM schedule (computed before the clock starts).
@@ -139,7 +145,8 @@ async function engine(name, kind, threads, pkg = '/pkg/') {
       const t3 = performance.now();
       return { text: t1 - t0, step, decode: t3 - t2, total: t3 - t0, rgba: Array.from(rgba) };
     };
-    return { backend: `onnxruntime-web ${ort.env.versions?.web ?? ''} ${ep[0]}`, isolated: crossOriginIsolated };
+    return { backend: `onnxruntime-web ${ort.env.versions?.web ?? ''} ${ep[0]}`, isolated: crossOriginIsolated,
+      load: performance.now() - loadStart };
   }, { kind, threads, steps: STEPS, model: MODEL, pkg });
   return { name, page, ...info };
 }
@@ -149,11 +156,13 @@ const engines = [await engine('ours-cpu', 'ours-cpu', 1), await engine('ort-wasm
 if (existsSync(`${ROOT}www/pkg-threads/latent_diffusion_web.js`)) {
   engines.push(await engine('ours-cpu-2', 'ours-cpu', 2, '/pkg-threads/'));
 }
-if (baseline) engines.push(await engine(`ours-cpu-base-${baselineThreads}`, 'ours-cpu', baselineThreads, '/pkg-base/'));
+const baseName = `ours-cpu-base-${baselineThreads}`;
+if (baseline) engines.push(await engine(baseName, 'ours-cpu', baselineThreads, '/pkg-base/'));
 if (webgpu) engines.push(await engine('ours-webgpu', 'ours-webgpu'), await engine('ort-webgpu', 'ort-webgpu', 1));
 for (const e of engines) console.log(`${e.name}: ${e.backend}, crossOriginIsolated ${e.isolated}`);
 
 const times = Object.fromEntries(engines.map((e) => [e.name, { text: [], step: [], decode: [], total: [] }]));
+const first = {}; // each engine's first image (round 0), after its load
 let worst = 0;
 for (let r = 0; r <= rounds; r++) {
   let reference;
@@ -166,7 +175,7 @@ for (let r = 0; r <= rounds; r++) {
     const res = await e.page.evaluate((a) => window.run(a), { seed: r, prompt: PROMPTS[r % PROMPTS.length] });
     reference ??= res.rgba;
     for (let i = 0; i < reference.length; i++) worst = Math.max(worst, Math.abs(reference[i] - res.rgba[i]));
-    if (r === 0) continue; // warm-up
+    if (r === 0) { first[e.name] = res.total; continue; } // warm-up
     const t = times[e.name];
     t.text.push(res.text);
     t.step.push(...res.step);
@@ -192,7 +201,11 @@ console.log(`| ours ÷ | ${parts.join(' | ')} |`);
 console.log(`|---|${parts.map(() => '---:').join('|')}|`);
 for (const [ours, peer] of [['ours-cpu', 'ort-wasm-1'], ['ours-cpu', 'ort-wasm-2'], ['ours-cpu-2', 'ort-wasm-2'],
   ['ours-cpu-2', 'ours-cpu'], ['ours-webgpu', 'ort-webgpu'],
-  ['ours-cpu', 'ours-cpu-base'], ['ours-cpu-base', 'ort-wasm-1']]) {
+  [baselineThreads > 1 ? 'ours-cpu-2' : 'ours-cpu', baseName], [baseName, `ort-wasm-${Math.min(baselineThreads, 2)}`]]) {
   if (!times[ours] || !times[peer]) continue;
   console.log(`| ${ours} ÷ ${peer} | ${parts.map((p) => (median(times[ours][p]) / median(times[peer][p])).toFixed(2)).join(' | ')} |`);
 }
+console.log('\nLoading (module, weights from the local server, sessions) and the first image after it, ms:\n');
+console.log('| engine | load | first image | load + first image |');
+console.log('|---|---:|---:|---:|');
+for (const e of engines) console.log(`| ${e.name} | ${e.load.toFixed(0)} | ${first[e.name].toFixed(0)} | ${(e.load + first[e.name]).toFixed(0)} |`);
