@@ -25,7 +25,8 @@ const { Prompts, addNoise, debugPanic } = webgpuModule;
 const ready = init();
 
 /** The CPU path's module: the threaded one (./build.sh builds it into
- * pkg-threads/; a rayon pool of Web Workers, no WebGPU) where the page is
+ * pkg-threads/; no WebGPU; a rayon pool of one thread per core, this worker
+ * being the first and the models' caller: src/cpu_pool.rs) where the page is
  * cross-origin isolated and the machine has cores to share; else the WebGPU
  * module's own CPU path, one thread. */
 let cpuModule = null;
