@@ -30,20 +30,19 @@ export async function startWorkers(module, memory, mainJS, count) {
     return r.blob();
   });
   const url = URL.createObjectURL(new Blob([script], { type: 'text/javascript' }));
-  const started = [];
+  const started = Array.from({ length: count }, () => new Worker(url, { type: 'module', name: NAME }));
   try {
-    workers = await Promise.all(Array.from({ length: count }, () => new Promise((ok, fail) => {
-      const w = new Worker(url, { type: 'module', name: NAME });
-      started.push(w);
+    await Promise.all(started.map((w) => new Promise((ok, fail) => {
       w.onmessage = ({ data }) => {
         w.onmessage = null;
         w.onerror = null;
-        if (data.ready) ok(w);
+        if (data.ready) ok();
         else fail(new Error(data.error));
       };
       w.onerror = (e) => fail(new Error(e.message || 'the worker script failed to load'));
       w.postMessage({ module, memory, mainJS });
     })));
+    workers = started;
   } catch (e) {
     for (const w of started) w.terminate(); // the pool will not start
     throw e;

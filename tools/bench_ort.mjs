@@ -32,10 +32,12 @@ import { resolve } from 'node:path';
 import { ROOT, launch, serve } from '../tests/browser/harness.mjs';
 
 const args = process.argv.slice(2);
-const rounds = Number(args.find((a) => /^\d+$/.test(a)) ?? 7);
+const option = (name, fallback) => (args.includes(name) ? args[args.indexOf(name) + 1] : fallback);
+// The rounds: the one number that is not an option's value.
+const rounds = Number(args.find((a, i) => /^\d+$/.test(a) && !args[i - 1]?.startsWith('--baseline')) ?? 7);
 const webgpu = args.includes('--webgpu');
-const baseline = args.includes('--baseline') ? args[args.indexOf('--baseline') + 1] : null;
-const baselineThreads = args.includes('--baseline-threads') ? Number(args[args.indexOf('--baseline-threads') + 1]) : 1;
+const baseline = option('--baseline', null);
+const baselineThreads = Number(option('--baseline-threads', 1));
 const MODEL = 'emoji-4step';
 const ONNX = `${ROOT}target/onnx/${MODEL}/`;
 const ORT = `${ROOT}tools/ort/node_modules/onnxruntime-web/dist/`;
