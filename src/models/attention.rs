@@ -168,12 +168,14 @@ fn on_device(
 /// 4.3 s with 1,048,576.
 mod host {
     use super::super::activations::softmax_rows;
-    use burn::tensor::{Device, Tensor, TensorData};
+    use super::super::flex_host::{self, Values};
+    use burn::tensor::Tensor;
 
     /// Scores per job at most (one block of queries against all keys).
     pub(super) const SCORES: usize = 262_144;
 
-    /// `scaled_dot_product` for f32 tensors on flex.
+    /// `scaled_dot_product` for f32 tensors on flex, their values read in
+    /// place.
     pub(super) fn attention(
         q: Tensor<3>,
         k: Tensor<3>,
@@ -183,26 +185,25 @@ mod host {
     ) -> Tensor<3> {
         let [b, n, inner] = q.dims();
         let m = k.dims()[1];
-        let device = Device::flex();
-        let mask = mask.map(|mk| (mk.dims(), mk.into_data()));
-        let (q, k, v) = (q.into_data(), k.into_data(), v.into_data());
-        fn values(t: &TensorData) -> Option<&[f32]> {
-            t.as_slice::<f32>().ok()
-        }
         let mask_values = match &mask {
-            Some((dims, data)) => values(data).map(|v| Some((*dims, v))),
+            Some(mk) => Values::of(mk).map(|v| Some((mk.dims(), v))),
             None => Some(None),
         };
         let (Some(qv), Some(kv), Some(vv), Some(mask_values)) =
-            (values(&q), values(&k), values(&v), mask_values)
+            (Values::of(&q), Values::of(&k), Values::of(&v), mask_values)
         else {
             // Not f32 after all (a mask in another dtype): Burn's ops.
-            let tensor = |t| Tensor::from_data(t, &device);
-            let mask = mask.map(|(_, data)| Tensor::from_data(data, &device));
-            return super::on_device(tensor(q), tensor(k), tensor(v), heads, mask);
+            return super::on_device(q, k, v, heads, mask);
         };
-        let out = attend(qv, kv, vv, [b, n, m, heads, inner / heads], mask_values);
-        Tensor::from_data(TensorData::new(out, [b, n, inner]), &device)
+        let mask = mask_values.as_ref().map(|(dims, v)| (*dims, v.values()));
+        let out = attend(
+            qv.values(),
+            kv.values(),
+            vv.values(),
+            [b, n, m, heads, inner / heads],
+            mask,
+        );
+        flex_host::tensor(out, [b, n, inner])
     }
 
     /// An additive mask: its dims `[mb, mh, mn, M]` (each of the first three

@@ -29,13 +29,18 @@
 //!
 //! It is used for f32 tensors on flex with stride 1, no dilation, one group
 //! and kernels larger than 1×1 (flex multiplies 1×1 convolutions without
-//! im2col already); every other case (strides, f16, WebGPU) takes Burn's op.
+//! im2col already; as one `flex_host::matmul_add` per batch item they took
+//! BK-SDM-Tiny's 512² UNet call from 6.5 to 13.9 s natively, and gained
+//! nothing in wasm); every other case (strides, f16, WebGPU) takes Burn's
+//! op. The weights are read in place (`flex_host::Values`), not copied per
+//! call.
 
+use super::flex_host::{self, Values};
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
-use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor};
 use std::borrow::Cow;
 
 /// Output channels per block where the kernel has 16 vector registers (wasm,
@@ -94,28 +99,37 @@ fn direct(conv: &Conv2d, x: Tensor<4>, padding: [usize; 4]) -> Tensor<4> {
 }
 
 /// `f(x, weight, bias)` on the values of `x` and of the convolution's
-/// parameters in host memory (a missing bias as zeros), its output
-/// `(values, shape)` as a tensor on `x`'s device; `burn(x)` if any of them
-/// is not f32 (not reachable for the tensors `plan` admits).
+/// parameters in host memory, read in place (a missing bias as zeros), its
+/// output `(values, shape)` as a tensor on flex; `burn(x)` if any of them
+/// is not an f32 tensor on flex (not reachable for the tensors `plan`
+/// admits).
 fn on_host(
     conv: &Conv2d,
     x: Tensor<4>,
     f: impl FnOnce(&[f32], &[f32], &[f32]) -> (Vec<f32>, [usize; 4]),
     burn: impl FnOnce(Tensor<4>) -> Tensor<4>,
 ) -> Tensor<4> {
-    let device = x.device();
-    let weight = conv.weight.val().into_data();
+    let (Some(weight), Some(xv)) = (Values::of(&conv.weight.val()), Values::of(&x)) else {
+        return burn(x);
+    };
     let bias = match &conv.bias {
-        Some(b) => b.val().into_data().try_to_vec::<f32>().ok(),
-        None => Some(vec![0.0; conv.weight.dims()[0]]),
+        Some(b) => match Values::of(&b.val()) {
+            Some(b) => Some(b),
+            None => return burn(x),
+        },
+        None => None,
     };
-    let data = x.into_data();
-    let (Ok(xv), Ok(wv), Some(bias)) = (data.as_slice::<f32>(), weight.as_slice::<f32>(), bias)
-    else {
-        return burn(Tensor::from_data(data, &device));
+    let zeros;
+    let bias = match &bias {
+        Some(b) => b.values(),
+        None => {
+            zeros = vec![0.0; conv.weight.dims()[0]];
+            &zeros[..]
+        }
     };
-    let (out, shape) = f(xv, wv, &bias);
-    Tensor::from_data(TensorData::new(out, shape), &device)
+    drop(x);
+    let (out, shape) = f(xv.values(), weight.values(), bias);
+    flex_host::tensor(out, shape)
 }
 
 /// Nearest-neighbour 2× upsampling, as Burn computes it.
@@ -776,6 +790,7 @@ x86_simd!(
 mod tests {
     use super::*;
     use burn::nn::conv::Conv2dConfig;
+    use burn::tensor::TensorData;
 
     fn values(n: usize, seed: u32) -> Vec<f32> {
         let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(12_345);

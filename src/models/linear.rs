@@ -6,9 +6,11 @@
 //! UNet in `perf`. Laying it out `[in, out]` at load instead added 113 MiB to
 //! the peak wasm memory of loading BK-SDM-Tiny on the CPU path. Here the
 //! input's leading dimensions fold into rows and one matrix product reads
-//! the stored weight transposed in place (flex's gemm takes strides), so the
-//! weight is never copied, at load or per call.
+//! the stored weight transposed in place (gemm takes strides), so the weight
+//! is never copied, at load or per call. On flex that product starts from the
+//! bias and is split over the CPU pool's threads (`flex_host::matmul_add`).
 
+use super::flex_host::{self, Operand, Values};
 use burn::module::Param;
 use burn::tensor::Tensor;
 
@@ -37,70 +39,93 @@ impl Linear {
         let rows = dims[..D - 1].iter().product::<usize>();
         let weight = self.weight.val();
         let [d_out, d_in] = weight.dims();
-        let y = matmul(x.reshape([rows, d_in]), weight.transpose());
+        dims[D - 1] = d_out;
+        if let Some(y) = on_host(&x, &weight, self.bias.as_ref(), rows) {
+            return flex_host::tensor(y, dims);
+        }
+        let y = x.reshape([rows, d_in]).matmul(weight.transpose());
         let y = match &self.bias {
             Some(b) => y + b.val().reshape([1, d_out]),
             None => y,
         };
-        dims[D - 1] = d_out;
         y.reshape(dims)
     }
 }
 
-/// `x · wt` for `x` `[rows, in]` and `wt` `[in, out]`. On the CPU pool's
-/// threads (natively, or the threaded browser module) a product too small
-/// for flex to split (under 192³ multiply-adds) but large enough to pay for
-/// a second thread ([`SPLIT_FROM`]) is split by rows of `x`, one product per
-/// thread.
-fn matmul(x: Tensor<2>, wt: Tensor<2>) -> Tensor<2> {
-    use burn::tensor::{DType, Device};
-    let [rows, d_in] = x.dims();
-    let work = rows * d_in * wt.dims()[1];
-    let threads = crate::cpu_pool::threads().min(rows / SPLIT_ROWS);
-    if threads < 2
-        || !(SPLIT_FROM..FLEX_SPLITS_FROM).contains(&work)
-        || x.dtype() != DType::F32
-        || x.device() != Device::flex()
-    {
-        return x.matmul(wt);
-    }
-    let per = rows.div_ceil(threads);
-    let mut parts: Vec<Option<Tensor<2>>> = (0..rows.div_ceil(per)).map(|_| None).collect();
-    crate::cpu_pool::for_each_chunk_mut(&mut parts, 1, |i, part| {
-        let x = x.clone().slice(i * per..((i + 1) * per).min(rows));
-        part[0] = Some(x.matmul(wt.clone()));
-    });
-    Tensor::cat(parts.into_iter().flatten().collect(), 0)
+/// `x Wᵀ + b` for f32 tensors on flex: the values `[rows, out]`, by one
+/// [`flex_host::matmul_add`] that reads `x` and the stored weight in place
+/// and splits the rows over the CPU pool's threads; `None` on any other
+/// device or dtype.
+fn on_host<const D: usize>(
+    x: &Tensor<D>,
+    weight: &Tensor<2>,
+    bias: Option<&Param<Tensor<1>>>,
+    rows: usize,
+) -> Option<Vec<f32>> {
+    let [d_out, d_in] = weight.dims();
+    let w = Values::of(weight)?;
+    let b = match bias {
+        Some(b) => Some(Values::of(&b.val())?),
+        None => None,
+    };
+    let x = Values::of(x)?;
+    let mut y = vec![0.0f32; rows * d_out];
+    // Wᵀ `[in, out]` read from W `[out, in]`: row i, column o at `o·in + i`.
+    flex_host::matmul_add(
+        &mut y,
+        [rows, d_out, d_in],
+        Operand {
+            values: x.values(),
+            row_stride: d_in,
+            col_stride: 1,
+        },
+        Operand {
+            values: w.values(),
+            row_stride: 1,
+            col_stride: d_in,
+        },
+        b.as_ref().map(|b| b.values()),
+    );
+    Some(y)
 }
-
-/// Multiply-adds from which [`matmul`] splits a product over threads.
-const SPLIT_FROM: usize = 1 << 20;
-/// Rows per thread at least.
-const SPLIT_ROWS: usize = 8;
-/// Flex splits a product over threads itself from 192³ multiply-adds.
-const FLEX_SPLITS_FROM: usize = 192 * 192 * 192;
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use burn::tensor::{Device, Distribution};
 
-    /// A product large enough to be split by rows gives what one product
-    /// gives, on the team of `run_on_cpu_pool` and on rayon's pool; the
-    /// product's size is in the split range.
+    /// The forward on flex (one `matmul_add`, split over the threads for
+    /// the larger sizes) gives what Burn's ops give, with and without a
+    /// bias, on rayon's pool and on the team of `run_on_cpu_pool`.
     #[test]
-    fn split_products_match_one_product() {
+    fn forward_matches_burn_ops() {
         let device = Device::flex();
-        let [rows, d_in, d_out] = [77, 80, 640];
-        assert!((SPLIT_FROM..FLEX_SPLITS_FROM).contains(&(rows * d_in * d_out)));
-        let x = Tensor::<2>::random([rows, d_in], Distribution::Normal(0.0, 1.0), &device);
-        let w = Tensor::<2>::random([d_out, d_in], Distribution::Normal(0.0, 1.0), &device);
-        let want = x.clone().matmul(w.clone().transpose());
-        let team = crate::run_on_cpu_pool(|| matmul(x.clone(), w.clone().transpose()));
-        for got in [matmul(x.clone(), w.clone().transpose()), team] {
-            assert_eq!(got.dims(), [rows, d_out]);
-            let diff: f32 = (got - want.clone()).abs().max().into_scalar();
-            assert!(diff < 1e-4, "max diff {diff}");
+        let normal = Distribution::Normal(0.0, 1.0);
+        for [batch, tokens, d_in, d_out] in [
+            [2, 77, 80, 640],
+            [1, 3, 5, 7],
+            [1, 64, 64, 64],
+            [2, 64, 320, 320],
+        ] {
+            let x = Tensor::<3>::random([batch, tokens, d_in], normal, &device);
+            let weight = Tensor::<2>::random([d_out, d_in], normal, &device);
+            let bias = Tensor::<1>::random([d_out], normal, &device);
+            for with_bias in [true, false] {
+                let linear = Linear {
+                    weight: Param::from_tensor(weight.clone()),
+                    bias: with_bias.then(|| Param::from_tensor(bias.clone())),
+                };
+                let mut want = x.clone().matmul(weight.clone().transpose().unsqueeze());
+                if with_bias {
+                    want = want + bias.clone().reshape([1, 1, d_out]);
+                }
+                let team = crate::run_on_cpu_pool(|| linear.forward(x.clone()));
+                for got in [linear.forward(x.clone()), team] {
+                    assert_eq!(got.dims(), [batch, tokens, d_out]);
+                    let diff: f32 = (got - want.clone()).abs().max().into_scalar();
+                    assert!(diff < 1e-4, "max diff {diff}");
+                }
+            }
         }
     }
 }

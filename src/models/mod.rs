@@ -8,6 +8,7 @@ pub mod autoencoder_tiny;
 pub mod clip;
 pub mod conv;
 pub mod embeddings;
+pub mod flex_host;
 pub mod linear;
 pub mod normalization;
 pub mod resnet;
