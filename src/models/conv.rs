@@ -127,7 +127,6 @@ fn on_host(
             &zeros[..]
         }
     };
-    drop(x);
     let (out, shape) = f(xv.values(), weight.values(), bias);
     flex_host::tensor(out, shape)
 }

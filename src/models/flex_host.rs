@@ -1,6 +1,6 @@
 //! The values of f32 tensors on Burn's CPU backend (flex), read in place,
-//! and the matrix products of the linear layers and 1×1 convolutions over
-//! them, spread over the CPU pool.
+//! and the linear layers' matrix products over them, spread over the CPU
+//! pool.
 //!
 //! `Tensor::into_data` copies a tensor whose buffer is shared, and a
 //! parameter's always is: the direct convolution kernel (`conv.rs`) copied
@@ -76,33 +76,31 @@ impl Operand<'_> {
     }
 }
 
-/// `out = bias + lhs · rhs` for `lhs` `[m, k]`, `rhs` `[k, n]`, `bias` `[n]`
-/// (added to every row; none is zeros) and `out` `[m, n]` row-major. Blocks
+/// `bias + lhs · rhs` for `lhs` `[m, k]`, `rhs` `[k, n]` and `bias` `[n]`
+/// (added to every row; none is zeros), `[m, n]` row-major. Blocks
 /// of rows are spread over the CPU pool's threads from [`SPLIT_FROM`]
 /// multiply-adds; from [`RAYON_FROM`] the product is left to gemm's own
 /// split where the pool is rayon's (as flex does).
 ///
 /// # Panics
-/// If an operand, the bias or `out` does not hold the shapes given.
+/// If an operand or the bias does not hold the shapes given.
 pub fn matmul_add(
-    out: &mut [f32],
     [m, n, k]: [usize; 3],
     lhs: Operand,
     rhs: Operand,
     bias: Option<&[f32]>,
-) {
-    assert_eq!(Some(out.len()), m.checked_mul(n), "out shape");
+) -> Vec<f32> {
     assert!(lhs.holds([m, k]), "lhs shape");
     assert!(rhs.holds([k, n]), "rhs shape");
     assert!(bias.is_none_or(|b| b.len() == n), "bias shape");
+    let mut out = vec![0.0f32; m.checked_mul(n).expect("output size")];
     if out.is_empty() {
-        return;
+        return out;
     }
-    // Rows `first..` of `out` into `part`.
+    // Rows `first..` of the output into `part` (zeros until then).
     let job = |first: usize, part: &mut [f32], parallelism: gemm::Parallelism| {
-        match bias {
-            Some(b) => part.chunks_exact_mut(n).for_each(|r| r.copy_from_slice(b)),
-            None => part.fill(0.0),
+        if let Some(b) = bias {
+            part.chunks_exact_mut(n).for_each(|r| r.copy_from_slice(b));
         }
         if k == 0 {
             return;
@@ -138,7 +136,8 @@ pub fn matmul_add(
     let threads = crate::cpu_pool::threads();
     #[cfg(any(not(target_family = "wasm"), feature = "threads"))]
     if threads > 1 && work >= RAYON_FROM {
-        return job(0, out, gemm::Parallelism::Rayon(threads));
+        job(0, &mut out, gemm::Parallelism::Rayon(threads));
+        return out;
     }
     // One block per thread, of at least `SPLIT_ROWS` rows.
     let parts = if threads > 1 && work >= SPLIT_FROM {
@@ -147,9 +146,10 @@ pub fn matmul_add(
         1
     };
     let rows = m.div_ceil(parts);
-    crate::cpu_pool::for_each_chunk_mut(out, rows * n, |i, part| {
+    crate::cpu_pool::for_each_chunk_mut(&mut out, rows * n, |i, part| {
         job(i * rows, part, gemm::Parallelism::None)
     });
+    out
 }
 
 /// Multiply-adds from which [`matmul_add`] splits a product's rows over the
@@ -195,7 +195,6 @@ mod tests {
                     })
                     .collect();
                 let run = || {
-                    let mut out = vec![f32::NAN; m * n];
                     let lhs = Operand {
                         values: &a,
                         row_stride: k,
@@ -206,8 +205,7 @@ mod tests {
                         row_stride: 1,
                         col_stride: k,
                     };
-                    matmul_add(&mut out, [m, n, k], lhs, rhs, bias);
-                    out
+                    matmul_add([m, n, k], lhs, rhs, bias)
                 };
                 for got in [run(), crate::run_on_cpu_pool(run)] {
                     let diff = got
@@ -236,7 +234,7 @@ mod tests {
             row_stride: 3,
             col_stride: 1,
         };
-        matmul_add(&mut [0.0; 9], [3, 3, 4], lhs, rhs, None);
+        matmul_add([3, 3, 4], lhs, rhs, None);
     }
 
     /// Values of a shared parameter, a transposed view and a slice read as

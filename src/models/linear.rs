@@ -69,10 +69,8 @@ fn on_host<const D: usize>(
         None => None,
     };
     let x = Values::of(x)?;
-    let mut y = vec![0.0f32; rows * d_out];
     // Wᵀ `[in, out]` read from W `[out, in]`: row i, column o at `o·in + i`.
-    flex_host::matmul_add(
-        &mut y,
+    Some(flex_host::matmul_add(
         [rows, d_out, d_in],
         Operand {
             values: x.values(),
@@ -85,8 +83,7 @@ fn on_host<const D: usize>(
             col_stride: d_in,
         },
         b.as_ref().map(|b| b.values()),
-    );
-    Some(y)
+    ))
 }
 
 #[cfg(test)]
